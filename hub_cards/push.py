@@ -1,0 +1,131 @@
+"""Push a checkpoint folder (weights, remote code, tokenizer, card, results, images, training files) to the Hub.
+
+    push_folder(folder, repo_id, *, private=False, revision=None, commit_message=None, token=None) -> commit url
+
+Order: arguments and token are checked; a folder without README.md gets a card rendered from its training
+files, and a card we rendered is refreshed so its loading snippet names ``repo_id``; then ``validate_folder`` runs every local check (validation.py); only then does anything go over
+the network: ``create_repo(exist_ok=True)``, ``create_branch`` for a ``revision`` other than main, and a single
+``create_commit`` holding exactly ``files_to_publish(folder)``. The endpoint is ``HF_ENDPOINT`` read at call time
+(default https://huggingface.co); the token is ``token`` if given, else ``HF_TOKEN``, else the stored login.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import CardError, PushError
+from .validation import check_files, files_to_publish, validate_folder
+
+__all__ = ["files_to_publish", "push_folder", "resolve_endpoint", "resolve_token", "validate_folder"]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def resolve_endpoint() -> str:
+    """HF_ENDPOINT as set now (huggingface_hub reads it once, at import), else the public Hub."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The explicit token, else HF_TOKEN, else the token `hf auth login` stored; PushError when there is none."""
+    if token:
+        return token
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    from huggingface_hub import get_token
+
+    stored = get_token()
+    if not stored:
+        raise PushError("no Hugging Face token: set HF_TOKEN, pass --token, or run `hf auth login`")
+    return stored
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise PushError(f"repo id {repo_id!r} should be ORG/NAME (or USER/NAME)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"invalid repo id {repo_id!r}: {str(err).splitlines()[0]}") from None
+
+
+def _refresh_card(folder: Path, repo_id: str) -> None:
+    """Write a card when there is none (from the checkpoint and its training files), or re-render one we wrote
+    so that its loading snippet and model-index name ``repo_id``. Hand-written cards are left alone."""
+    from .metadata import METADATA_KEY
+    from .render import CARD_NAME, RESULTS_NAME, render_card, split_card
+
+    card_path = folder / CARD_NAME
+    if not card_path.is_file():
+        results = folder / RESULTS_NAME  # an evaluation's copy, if --card put one there; checked against the weights
+        render_card(folder, results if results.is_file() else None, repo_id=repo_id)
+        return
+    metadata, _ = split_card(card_path.read_text(encoding="utf-8"), source=str(card_path))
+    ours = metadata.get(METADATA_KEY)
+    if not isinstance(ours, dict) or ours.get("repo_id") == repo_id:
+        return
+    results = folder / ours["results"] if ours.get("results") else None
+    if results is not None and not results.is_file():
+        return  # validation names the missing file
+    render_card(folder, results, repo_id=repo_id)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name in ("httpx2", "httpx", "requests"):  # whichever HTTP client this huggingface_hub uses
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        for name in ("TransportError", "ConnectionError", "Timeout"):
+            candidate = getattr(module, name, None)
+            if isinstance(candidate, type) and issubclass(candidate, BaseException):  # httpx.Timeout is a config class
+                errors.append(candidate)
+    return tuple(errors)
+
+
+def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token: str | None = None) -> str:
+    """Upload the folder's publishable files in one commit; returns the commit URL. See the module docstring."""
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    folder = Path(folder)
+    _check_repo_id(repo_id)
+    token = resolve_token(token)
+    endpoint = resolve_endpoint()
+    if constants.is_offline_mode():
+        raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (and TRANSFORMERS_OFFLINE) to push")
+    check_files(folder)  # weights and remote code first: a card refresh needs readable weights
+    _refresh_card(folder, repo_id)
+    files = validate_folder(folder)
+
+    message = commit_message or f"Upload {folder.resolve().name}: sparse-attention checkpoint and model card"
+    api = HfApi(endpoint=endpoint, token=token)
+    step = "create the repository"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and revision != "main":
+            step = f"create branch {revision!r}"
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        step = "commit the files"
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel)) for rel in files]
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
+    except OfflineModeIsEnabled:
+        raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it to push") from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        if status == 401:
+            raise PushError(f"{endpoint} rejected the token (HTTP 401) when trying to {step}; set HF_TOKEN to a "
+                            "token with write access") from None
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise PushError(f"{endpoint} refused to {step} (HTTP {status}): {first_line}") from None
+    except _network_errors() as err:
+        raise PushError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}); check HF_ENDPOINT and the "
+                        "network") from None
+    except ValueError as err:  # e.g. the Hub's own YAML check of README.md
+        raise CardError(f"the Hub refused the card: {' '.join(str(err).split())}") from None
+    return str(commit.commit_url)

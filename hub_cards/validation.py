@@ -1,0 +1,232 @@
+"""Checks a folder passes before anything is uploaded; none of them touches the network.
+
+1. config.json parses; weights are safetensors and readable; every remote-code module auto_map names is there.
+2. README.md exists and its metadata parses with huggingface_hub (model-index included); a card we rendered
+   still describes these weights (fingerprint), its results.json matches them, and its images exist.
+3. The folder loads with ``trust_remote_code=True`` and runs a forward pass in a separate Python process where
+   hf_sparse_attn, entmax, eval_suite and hub_cards cannot be imported, offline, with a fresh HF cache: what a
+   Hub user with torch + transformers gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from fnmatch import fnmatch
+from pathlib import Path
+
+from .errors import CardError, PushError
+
+# What we publish: the files a user needs to load, read and audit the model; nothing else in the folder goes up.
+PUBLISHED_TOP_LEVEL = (
+    "*.safetensors", "*.safetensors.index.json", "config.json", "sparse_attn_*.py",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+    "README.md", "results.json", "training_args.json", "final_metrics.json", "train_log.jsonl",
+)
+IMAGES_DIR = "interpretability"
+IMAGE_SUFFIXES = (".png",)
+OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+BLOCKED_PACKAGES = ("hf_sparse_attn", "entmax", "eval_suite", "hub_cards")
+LOAD_TIMEOUT_S = 600
+_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+# Run with `python -I -c`: no PYTHONPATH, no user site, no cwd on sys.path; the finder below refuses our packages
+# even where they are installed in site-packages (editable installs included).
+_LOAD_SCRIPT = r'''
+import importlib.abc, json, sys
+BLOCKED = set(sys.argv[2].split(","))
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed in the clean environment")
+sys.meta_path.insert(0, _Blocked())
+
+folder, with_tokenizer = sys.argv[1], sys.argv[3] == "1"
+import torch
+torch.set_num_threads(1)
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+auto_map = getattr(config, "auto_map", None) or {}
+auto_class = AutoModel if auto_map and "AutoModelForSequenceClassification" not in auto_map else AutoModelForSequenceClassification
+model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+module = type(model).__module__
+if auto_map and not module.startswith("transformers_modules"):
+    raise SystemExit(f"auto_map is set but transformers built {type(model).__name__} from {module}, not from the folder's code")
+if with_tokenizer:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(["a short test sentence for the checkpoint", "short"], padding=True, return_tensors="pt")
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+else:
+    vocab = int(getattr(config, "vocab_size", 100))
+    input_ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+with torch.no_grad():
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+values = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+if not torch.isfinite(values).all():
+    raise SystemExit("the forward pass gave non-finite outputs")
+for layer, attn in enumerate(out.attentions or ()):
+    if attn is None:
+        continue
+    sums = attn.sum(-1)[attention_mask.bool().unsqueeze(1).expand_as(attn[..., 0])]
+    if not torch.isfinite(attn).all() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+        raise SystemExit(f"attention of layer {layer} is not a probability distribution over the keys")
+leaked = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
+if leaked:
+    raise SystemExit(f"the clean environment imported {leaked}")
+print(json.dumps({"class": type(model).__name__, "module": module, "output_shape": list(values.shape)}))
+'''
+
+
+def files_to_publish(folder) -> list[str]:
+    """Relative paths (posix) of the files a push uploads, sorted: see PUBLISHED_TOP_LEVEL and interpretability/."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    extra_code = set()
+    if config_path.is_file():
+        try:
+            auto_map = json.loads(config_path.read_text(encoding="utf-8")).get("auto_map") or {}
+        except json.JSONDecodeError:
+            auto_map = {}
+        extra_code = {f"{module}.py" for module in _auto_map_modules(auto_map)}
+    chosen = []
+    for path in folder.iterdir():
+        if path.is_file() and (any(fnmatch(path.name, pattern) for pattern in PUBLISHED_TOP_LEVEL)
+                               or path.name in extra_code):
+            chosen.append(path.name)
+    images = folder / IMAGES_DIR
+    if images.is_dir():
+        chosen += [p.relative_to(folder).as_posix() for p in images.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(chosen)
+
+
+def _auto_map_modules(auto_map: dict) -> set[str]:
+    refs = []
+    for value in auto_map.values():
+        refs += value if isinstance(value, (list, tuple)) else [value]
+    # "module.Class", or "repo--module.Class" for code that lives in another repository (nothing to ship then)
+    return {ref.rsplit(".", 1)[0] for ref in refs if isinstance(ref, str) and "--" not in ref and "." in ref}
+
+
+def check_files(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise PushError(f"{folder} is not a folder; pass the checkpoint folder save_pretrained wrote")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise PushError(f"{folder} has no config.json; pass the checkpoint folder save_pretrained wrote")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PushError(f"{config_path} is not valid JSON ({err}); re-save the model with save_pretrained") from None
+
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in OTHER_WEIGHT_SUFFIXES)
+        found = f" (found {', '.join(others)})" if others else ""
+        raise PushError(f"{folder} has no *.safetensors weights{found}; save with model.save_pretrained(folder), "
+                        "which writes safetensors")
+    from safetensors import safe_open
+
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+            raise PushError(f"{path.name} is not a readable safetensors file ({type(err).__name__}); re-save the model") from None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise PushError(f"{index.name} lists missing shard(s) {', '.join(missing)}; re-save the model")
+
+    auto_map = config.get("auto_map") or {}
+    if config.get("sparse_attention") and not auto_map:
+        raise PushError(f"{config_path} records sparse_attention but has no auto_map, so trust_remote_code would "
+                        "load softmax attention; re-save the model with hf_sparse_attn (model.save_pretrained)")
+    for module in sorted(_auto_map_modules(auto_map)):
+        if not (folder / f"{module}.py").is_file():
+            raise PushError(f"config.json auto_map names {module}.py but {folder} lacks it; re-save the model with "
+                            "hf_sparse_attn so the remote code is written")
+    return config
+
+
+def check_card(folder: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from .checkpoint import weights_fingerprint
+    from .metadata import METADATA_KEY
+
+    card_path = folder / "README.md"
+    if not card_path.is_file():
+        raise CardError(f"{folder} has no README.md; write one with `python -m hub_cards render {folder} --results RESULTS`")
+    try:
+        card = ModelCard.load(card_path)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CardError(f"README.md metadata does not parse with huggingface_hub ({' '.join(str(err).split())}); "
+                        "fix the YAML block or render the card again") from None
+    ours = card.data.to_dict().get(METADATA_KEY)
+    ours = ours if isinstance(ours, dict) else {}
+    fingerprint = weights_fingerprint(folder)
+    if ours.get("weights_fingerprint") and ours["weights_fingerprint"] != fingerprint:
+        raise CardError("README.md describes other weights than the folder holds; render the card again (after "
+                        "evaluating this checkpoint)")
+    if ours.get("results") and not (folder / ours["results"]).is_file():
+        raise CardError(f"README.md refers to {ours['results']}, which is missing; render the card again")
+    for name in {ours.get("results"), "results.json"} - {None}:  # a published results file must describe these weights
+        results_path = folder / name
+        if not results_path.is_file():
+            continue
+        try:
+            recorded = json.loads(results_path.read_text(encoding="utf-8")).get("weights_fingerprint")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            recorded = None
+        if recorded != fingerprint:
+            raise CardError(f"{name} was not computed on these weights; evaluate this checkpoint and render the card "
+                            "again, or delete the stale file")
+    for link in _IMAGE_LINK.findall(card.text):
+        if "://" in link or link.startswith(("data:", "#", "/")):
+            continue
+        if not (folder / link).is_file():
+            raise CardError(f"README.md shows image {link}, which is not in {folder}; render the card again")
+
+
+def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S) -> dict:
+    """Load + forward in a clean subprocess (see module docstring); PushError with its last error line if it fails."""
+    from .render import TOKENIZER_FILES
+
+    with_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+    with tempfile.TemporaryDirectory(prefix="hub_cards-load-") as scratch:
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ}
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(Path(scratch) / "hf_home"),
+                   HF_MODULES_CACHE=str(Path(scratch) / "modules"), TOKENIZERS_PARALLELISM="false",
+                   OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        command = [sys.executable, "-I", "-c", _LOAD_SCRIPT, str(folder.resolve()), ",".join(BLOCKED_PACKAGES),
+                   "1" if with_tokenizer else "0"]
+        try:
+            done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PushError(f"loading {folder} with trust_remote_code took over {timeout} s; check the folder loads") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        raise PushError(f"{folder} does not load with trust_remote_code=True with torch + transformers alone: {reason}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def validate_folder(folder, *, load_check: bool = True) -> list[str]:
+    """Every pre-upload check (module docstring); returns the files a push would upload. Raises CardError/PushError."""
+    folder = Path(folder)
+    check_files(folder)
+    check_card(folder)
+    if load_check:
+        check_loads_without_package(folder)
+    return files_to_publish(folder)
