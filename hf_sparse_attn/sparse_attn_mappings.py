@@ -7,22 +7,169 @@ Every mapping takes scores ``z`` of shape ``[..., d]`` and returns probabilities
 dimension. Entries equal to ``-inf`` (masked keys) get exactly zero, provided the row has one finite entry;
 callers deal with rows that have none (see ``sparse_attn_modeling.masked_mapping``).
 
-- ``sparsemax(z)``           Martins & Astudillo 2016, exact threshold by sorting.
-- ``entmax15(z)``            Peters et al. 2019, alpha = 1.5, exact threshold by sorting.
+- ``sparsemax(z)``           Martins & Astudillo 2016.
+- ``entmax15(z)``            Peters et al. 2019, alpha = 1.5.
 - ``entmax_bisect(z, a)``    alpha-entmax for any alpha in (1, 2] (a float or a tensor broadcastable to
-                             ``z[..., :1]``), threshold by bisection; differentiable in alpha.
+                             ``z[..., :1]``); differentiable in alpha.
 - ``sparsegen_lin(z, lam)``  Laha et al. 2018, sparsemax(z / (1 - lam)), lam < 1.
+
+How the threshold is found (all three mappings share one solver). alpha-entmax is
+``p = [x - tau]_+^n`` with ``x = (alpha - 1) z`` and ``n = 1 / (alpha - 1)``, and ``tau`` is the root of
+``N(tau) = ||[x - tau]_+||_n = 1``. N is convex and decreasing in tau, so Newton's method started left of the root
+(``tau = max(x) - 1``, where the largest entry alone has mass 1) climbs monotonically to it without overshooting.
+Working on the n-norm rather than on the mass ``N^n`` makes N nearly linear in tau: for sparsemax (n = 1) each
+step is Michelot's exact update and stops once the support stops shrinking, for entmax15 a row of equal
+scores is solved in one step, and real attention rows take 4-8 steps. Each step is a handful of elementwise
+passes and two row sums over ``[..., d]``, no sort; rows that have converged are dropped from later steps.
+A bracket ``[lo, hi]`` guards every step (a proposal outside it is replaced by the midpoint), so rounding can
+never push the iteration off. The result is exact to rounding, like the sort-based closed forms.
+
+Backward passes keep only the output ``p`` (what softmax keeps) and rebuild everything else from it. They avoid
+``sqrt``/``log``/``pow`` of exact zeros, which run an order of magnitude slower than on positive numbers on CPU.
+Float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-def _support_ranks(z: torch.Tensor) -> torch.Tensor:
-    """1, 2, ..., d shaped to broadcast against the last dimension of ``z``."""
-    d = z.shape[-1]
-    return torch.arange(1, d + 1, device=z.device, dtype=z.dtype).view([1] * (z.dim() - 1) + [d])
+# Newton converges quadratically once the support is found; real rows need 4-8 steps. The cap only matters for
+# adversarial inputs, where the bracket keeps the answer valid (and the final renormalisation keeps it on the simplex).
+_MAX_NEWTON_STEPS = 64
+# Drop converged rows from the working set once fewer than this share of them are still moving.
+_COMPACT_BELOW = 0.5
+# alpha-entmax works on the raw scores while 1 / (alpha - 1) stays below this (alpha >= 1.0625): the largest
+# r^(n - 1) is then n^(n - 1) <= 16^15, far from overflow even in float32. Beyond, it solves on (alpha - 1) z.
+_MAX_UNSCALED_N = 16.0
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """View ``[..., d]`` as ``[rows, d]`` (copying only if the layout demands it)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _scratch(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first ``rows`` rows of a preallocated ``[R, d]`` buffer: fresh large allocations page-fault on CPU."""
+    return buffer.view(-1)[: rows * buffer.shape[-1]].view(rows, buffer.shape[-1])
+
+
+def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
+    """alpha-entmax of each row of ``z`` ``[R, d]``: ``p = [scale * (z - t)]_+^n`` normalised.
+
+    ``n`` = 1 / (alpha - 1) and ``scale`` (alpha - 1, or 1.0 for scores already multiplied by it) are floats or
+    ``[R, 1]`` tensors (one per row). The threshold ``t`` (in the units of ``z``) solves
+    ``N(t) = scale * ||[z - t]_+||_n = 1``; see the module docstring. Returns a new ``[R, d]`` tensor; rows with no
+    finite entry come back NaN (callers mask them).
+    """
+    rows, d = z.shape
+    eps = torch.finfo(z.dtype).eps
+    per_row = torch.is_tensor(n)
+    z_max = z.amax(dim=-1, keepdim=True)
+    inv_scale = 1 / scale
+    # Bracket: the largest entry alone has mass 1 at t = max - 1/scale; at t = max - d^(-1/n)/scale every entry has
+    # mass at most 1/d. (Masked entries leave fewer than d finite ones, which only moves the root left.)
+    lo = z_max - inv_scale
+    hi = z_max - (torch.pow(float(d), -1.0 / n) if per_row else float(d) ** (-1.0 / n)) * inv_scale
+    # Steps below these are rounding noise: one ulp of the scores' scale for t, a few ulps for the mass.
+    t_tol = eps * torch.maximum(z_max.abs(), torch.as_tensor(inv_scale, dtype=z.dtype, device=z.device))
+    mass_tol = 8 * eps
+    if per_row:
+        w_exponent = n - 1
+        # n == 1 (alpha == 2) rows would take 0 ** 0 == 1 off the support: zero those entries with sign() as well.
+        exact_one = bool((w_exponent == 0).any())
+        kind = "pow"
+    else:
+        w_exponent = float(n) - 1.0
+        kind = {0.0: "sparsemax", 1.0: "entmax15"}.get(w_exponent, "pow")
+
+    r_buffer = torch.empty_like(z)  # [z - t]_+ of the working rows
+    # pow kind: r^(n - 1), then r^n of the working rows. A row's r^n at its last step is its output: rows write it
+    # to `out` as they leave, so no final pow pass is needed. Until the first compaction the working set is every
+    # row in order, so `out` is this very buffer; after it the (at most half as many) working rows take their
+    # r^n scratch from the free tail of r_buffer.
+    w_buffer = torch.empty_like(z) if kind == "pow" else None
+    out = None
+    active = torch.arange(rows, device=z.device)  # rows still in the working set, as indices into all rows
+    every_t = None  # [R, 1] thresholds of every row, made once rows start leaving the working set
+    z_act, t_act, lo_act, hi_act, tol_act = z, lo, lo, hi, t_tol
+    n_act, wexp_act, scale_act = n, w_exponent, scale
+    for _ in range(_MAX_NEWTON_STEPS):
+        r = _scratch(r_buffer, z_act.shape[0])
+        torch.sub(z_act, t_act, out=r)
+        r.clamp_min_(0)  # -inf - t = -inf -> 0
+        # s_nm1 = sum r^(n-1) (-dN/dt up to a factor), s_n = sum r^n (the mass up to scale^n), norm = N(t).
+        # Fused reductions or in-place work only: every fresh [R, d] tensor costs page faults.
+        if kind == "sparsemax":
+            s_n = r.sum(dim=-1, keepdim=True)
+            s_nm1 = r.sign_().sum(dim=-1, keepdim=True)  # the support size (r is rebuilt next step anyway)
+            norm = s_n * scale_act
+        elif kind == "entmax15":
+            s_nm1 = r.sum(dim=-1, keepdim=True)
+            l2 = torch.linalg.vector_norm(r, 2, dim=-1, keepdim=True)
+            s_n = l2 * l2
+            norm = l2 * scale_act
+        else:
+            w = torch.pow(r, wexp_act, out=_scratch(w_buffer, r.shape[0]))
+            if per_row and exact_one:
+                w.mul_(torch.sign(r))
+            s_nm1 = w.sum(dim=-1, keepdim=True)
+            s_n = w.mul_(r).sum(dim=-1, keepdim=True)
+            norm = torch.pow(s_n, 1.0 / n_act) * scale_act
+        # Newton on N(t) = scale * s_n^(1/n): t += (N - 1) / -N'(t), with N' = -scale * s_nm1 * s_n^(1/n - 1).
+        step = (1 - 1 / norm) * s_n / s_nm1
+        left_of_root = norm >= 1
+        lo_act = torch.where(left_of_root, t_act, lo_act)
+        hi_act = torch.where(left_of_root, hi_act, t_act)
+        # A row is done when its step, its mass error or its bracket is at rounding level. NaN rows (no finite
+        # entry) compare False here and leave at once.
+        moving = (step.abs() > tol_act) & ((norm - 1).abs() > mass_tol) & (hi_act - lo_act > tol_act)
+        proposal = t_act + step
+        # A step that would leave the bracket is replaced by bisection; a converged row keeps its last
+        # (rounding-level) step, which may sit on the bracket's edge.
+        outside = (proposal <= lo_act) | (proposal >= hi_act)
+        proposal = torch.where(moving & outside, (lo_act + hi_act) / 2, proposal)
+        t_act = torch.where(torch.isfinite(proposal), proposal, t_act)
+        n_moving = int(moving.sum())
+        if n_moving == 0:
+            break
+        if n_moving < _COMPACT_BELOW * moving.shape[0]:
+            if every_t is None:
+                every_t = t_act  # the working set is still every row here
+            else:
+                every_t.index_copy_(0, active, t_act)
+            if kind == "pow":
+                if out is None:
+                    out = w_buffer  # every row, in order: the leaving rows' outputs are already in place
+                    w_buffer = r_buffer.view(-1)[(rows - n_moving) * d:].view(n_moving, d) if 2 * n_moving <= rows \
+                        else torch.empty(n_moving, d, dtype=z.dtype, device=z.device)
+                else:
+                    leaving = (~moving).view(-1).nonzero().view(-1)
+                    out.index_copy_(0, active.index_select(0, leaving), w.index_select(0, leaving))
+            keep = moving.view(-1).nonzero().view(-1)
+            # index_select: several times faster than advanced indexing for gathering whole rows on CPU
+            active, z_act, t_act, lo_act, hi_act, tol_act = (
+                v.index_select(0, keep) for v in (active, z_act, t_act, lo_act, hi_act, tol_act))
+            if per_row:
+                n_act, wexp_act = n_act.index_select(0, keep), wexp_act.index_select(0, keep)
+            if torch.is_tensor(scale_act):
+                scale_act = scale_act.index_select(0, keep)
+    if kind == "pow":  # the rows still in the working set leave with the r^n of their last step
+        p = w if out is None else out.index_copy_(0, active, w)
+    else:
+        t = t_act if every_t is None else every_t.index_copy_(0, active, t_act)
+        p = torch.sub(z, t, out=r_buffer)
+        p.clamp_min_(0)
+        if kind == "entmax15":
+            p.mul_(p)
+    # Newton stops at rounding level: renormalising puts the row on the simplex to the last bit (and makes the
+    # constant scale^n irrelevant).
+    return p.div_(p.sum(dim=-1, keepdim=True))
 
 
 class SparsemaxFunction(torch.autograd.Function):
@@ -30,23 +177,24 @@ class SparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        z = z - z.amax(dim=-1, keepdim=True)  # the max entry is 0: -inf stays -inf, nothing overflows
-        z_sorted, _ = torch.sort(z, dim=-1, descending=True)
-        cumsum = z_sorted.cumsum(dim=-1) - 1
-        ranks = _support_ranks(z)
-        support_size = (ranks * z_sorted > cumsum).sum(dim=-1, keepdim=True)
-        tau = cumsum.gather(-1, support_size - 1) / support_size.to(z.dtype)
-        p = torch.clamp(z - tau, min=0)
+        p = _entmax_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 1, 1.0).view(z.shape).to(z.dtype)
         ctx.save_for_backward(p)
         return p
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor) -> torch.Tensor:
         (p,) = ctx.saved_tensors
-        support = p > 0
-        grad_on_support = grad_p.masked_fill(~support, 0)
-        mean_grad = grad_on_support.sum(-1, keepdim=True) / support.sum(-1, keepdim=True).to(p.dtype)
-        return (grad_on_support - mean_grad).masked_fill(~support, 0)
+        dtype = _compute_dtype(p.dtype)
+        support = torch.sign(p.to(dtype))  # 1 on the support, 0 elsewhere
+        grad_z = grad_p.to(dtype) * support
+        mean_grad = grad_z.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
+        grad_z.addcmul_(support, mean_grad, value=-1)
+        return grad_z.to(grad_p.dtype)
+
+
+def _sqrt_keeping_zeros(p: torch.Tensor) -> torch.Tensor:
+    """sqrt(p) for p >= 0 as p * rsqrt(p): exact zeros stay zero, and it avoids the slow sqrt(0) path on CPU."""
+    return p.clamp_min(torch.finfo(p.dtype).tiny).rsqrt_().mul_(p)
 
 
 class Entmax15Function(torch.autograd.Function):
@@ -54,87 +202,87 @@ class Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        z = (z - z.amax(dim=-1, keepdim=True)) / 2
-        z_sorted, _ = torch.sort(z, dim=-1, descending=True)
-        ranks = _support_ranks(z)
-        mean = z_sorted.cumsum(dim=-1) / ranks
-        mean_sq = (z_sorted**2).cumsum(dim=-1) / ranks
-        # Beyond the support -inf entries make these NaN; NaN compares False, so they never count as support.
-        ss = ranks * (mean_sq - mean**2)
-        delta = torch.clamp((1 - ss) / ranks, min=0)
-        tau = mean - torch.sqrt(delta)
-        support_size = (tau <= z_sorted).sum(dim=-1, keepdim=True)
-        tau_star = tau.gather(-1, support_size - 1)
-        p = torch.clamp(z - tau_star, min=0) ** 2
+        p = _entmax_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 2, 0.5).view(z.shape).to(z.dtype)
         ctx.save_for_backward(p)
         return p
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor) -> torch.Tensor:
         (p,) = ctx.saved_tensors
-        sqrt_p = p.sqrt()
-        grad_z = grad_p * sqrt_p
+        dtype = _compute_dtype(p.dtype)
+        sqrt_p = _sqrt_keeping_zeros(p.to(dtype))
+        grad_z = grad_p.to(dtype) * sqrt_p
         q = grad_z.sum(dim=-1, keepdim=True) / sqrt_p.sum(dim=-1, keepdim=True)
-        return grad_z - q * sqrt_p
-
-
-def _bisection_iterations(dtype: torch.dtype) -> int:
-    # The bracket starts no wider than 1 and halves each step: 2^-30 is below float32 resolution of the threshold,
-    # 2^-60 below float64's (gradcheck needs the latter).
-    return 60 if dtype == torch.float64 else 30
+        grad_z.addcmul_(sqrt_p, q, value=-1)
+        return grad_z.to(grad_p.dtype)
 
 
 class EntmaxBisectFunction(torch.autograd.Function):
-    """alpha-entmax: p = [(alpha - 1) z - tau]_+^(1 / (alpha - 1)), tau found by bisection.
+    """alpha-entmax: p = [(alpha - 1) z - tau]_+^(1 / (alpha - 1)).
 
     ``alpha`` is a tensor broadcastable to ``z[..., :1]``; its gradient is returned with alpha's own shape.
+    (The name is kept from the first, bisection-based version; the threshold now comes from the shared
+    bracketed Newton solver.)
     """
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        alpha_shape = alpha.shape
-        alpha = alpha.to(z.dtype).expand(*z.shape[:-1], 1)
-        d = z.shape[-1]
-        am1 = alpha - 1
-        x = (z - z.amax(dim=-1, keepdim=True)) * am1  # max entry 0
-        # p(tau) = sum_i [x_i - tau]_+^(1/am1) is decreasing in tau; p(-1) >= 1 (max term alone is 1) and
-        # p(-(1/d)^am1) <= 1 (every term at most 1/d): the threshold lies in between.
-        tau_lo = torch.full_like(alpha, -1.0)
-        tau_hi = -((1.0 / d) ** am1)
-        inv_am1 = 1 / am1
-        width = tau_hi - tau_lo
-        for _ in range(_bisection_iterations(z.dtype)):
-            width = width / 2
-            tau_mid = tau_lo + width
-            mass = torch.clamp(x - tau_mid, min=0).pow(inv_am1).sum(dim=-1, keepdim=True)
-            tau_lo = torch.where(mass >= 1, tau_mid, tau_lo)
-        p = torch.clamp(x - tau_lo, min=0).pow(inv_am1)
-        p = p / p.sum(dim=-1, keepdim=True)
+        shape, in_dtype, dtype = z.shape, z.dtype, _compute_dtype(z.dtype)
+        alpha_shape, alpha_dtype = alpha.shape, alpha.dtype
+        alpha = alpha.detach().to(dtype)
+        row_shape = (*z.shape[:-1], 1)
+        z = _as_rows(z.to(dtype))
+        am1 = float(alpha) - 1.0 if alpha.numel() == 1 else _as_rows(alpha.expand(row_shape) - 1)
+        n = 1 / am1
+        largest_n = n if alpha.numel() == 1 else float(n.max())
+        if largest_n <= _MAX_UNSCALED_N:
+            p = _entmax_rows(z, n, am1)
+        else:  # r^(n - 1) of raw scores would overflow: solve on (alpha - 1) * z, where r <= 1
+            p = _entmax_rows(z * am1, n, 1.0)
+        p = p.view(shape).to(in_dtype)
         ctx.save_for_backward(p, alpha)
-        ctx.alpha_shape = alpha_shape
+        ctx.alpha_shape, ctx.alpha_dtype = alpha_shape, alpha_dtype
         return p
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
         p, alpha = ctx.saved_tensors
-        support = p > 0
-        # ds/dz for entmax: diag(s) - s s^T / sum(s) with s = p^(2 - alpha) on the support.
-        s = torch.where(support, p.pow(2 - alpha), torch.zeros_like(p))
+        out_dtype = p.dtype
+        dtype = _compute_dtype(out_dtype)
+        p = p.to(dtype)
+        grad_p = grad_p.to(dtype)
+        need_alpha = ctx.needs_input_grad[1]
+        two_minus_alpha = 2 - alpha if alpha.numel() > 1 else 2.0 - float(alpha)
+        # ds/dz for entmax: diag(s) - s s^T / sum(s) with s = p^(2 - alpha) on the support (pow(0, e > 0) = 0).
+        if not torch.is_tensor(two_minus_alpha) and two_minus_alpha == 0.5:  # alpha = 1.5 given as a number: pow(p, 0.5) takes the slow sqrt(0) path
+            s = _sqrt_keeping_zeros(p)
+        else:
+            s = torch.pow(p, two_minus_alpha)
+            if bool((torch.as_tensor(two_minus_alpha) == 0).any()):  # alpha = 2: p^0 would be 1 off the support
+                s.mul_(torch.sign(p))
         s_sum = s.sum(dim=-1, keepdim=True)
         grad_z = grad_p * s
-        grad_z = grad_z - s * (grad_z.sum(dim=-1, keepdim=True) / s_sum)
+        grad_dot_s = grad_z.sum(dim=-1, keepdim=True)
+        grad_z.addcmul_(s, grad_dot_s / s_sum, value=-1)
 
         grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            # Blondel et al. (2020), Peters et al. (2019): dp/dalpha in closed form.
-            am1 = alpha - 1
-            p_log_p = torch.where(support, p * torch.log(torch.where(support, p, torch.ones_like(p))), torch.zeros_like(p))
-            entropy_term = p_log_p.sum(dim=-1, keepdim=True)
-            p_skewed = s / s_sum
-            dp_dalpha = (p - p_skewed) / am1**2 - (p_log_p - p_skewed * entropy_term) / am1
-            grad_alpha = (grad_p * dp_dalpha).sum(dim=-1, keepdim=True)
-            grad_alpha = _sum_to_shape(grad_alpha, ctx.alpha_shape)
-        return grad_z, grad_alpha
+        if need_alpha:
+            # Blondel et al. (2020), Peters et al. (2019): dp/dalpha in closed form,
+            #   dp/dalpha = (p - s~) / (alpha - 1)^2 - (p log p - s~ H) / (alpha - 1),  s~ = s / sum(s),
+            #   H = sum p log p.
+            # Built entry by entry (in the buffer of s), not from row sums: p and s~ nearly cancel, and for alpha
+            # near 1 the 1 / (alpha - 1)^2 factor magnifies whatever the subtraction loses in float32.
+            # log of a clamped p: log(0) is an order of magnitude slower on CPU, and the clamped zeros still give
+            # p log p = 0 exactly.
+            inv_am1 = 1 / (1 - two_minus_alpha)
+            term = torch.clamp(p, min=torch.finfo(dtype).tiny).log_().mul_(p)  # p log p
+            entropy_term = term.sum(dim=-1, keepdim=True)
+            s_skewed = s.div_(s_sum)
+            term.addcmul_(s_skewed, entropy_term, value=-1).mul_(-inv_am1)  # -(p log p - s~ H) / (alpha - 1)
+            dp_dalpha = s_skewed.neg_().add_(p).mul_(inv_am1 * inv_am1).add_(term)
+            grad_alpha = dp_dalpha.mul_(grad_p).sum(dim=-1, keepdim=True)
+            grad_alpha = _sum_to_shape(grad_alpha, ctx.alpha_shape).to(ctx.alpha_dtype)
+        return grad_z.to(out_dtype), grad_alpha
 
 
 def _sum_to_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -144,7 +292,7 @@ def _sum_to_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     for i, n in enumerate(shape):
         if n == 1 and t.shape[i] != 1:
             t = t.sum(dim=i, keepdim=True)
-    return t
+    return t.reshape(shape)
 
 
 def sparsemax(z: torch.Tensor) -> torch.Tensor:
@@ -158,7 +306,7 @@ def entmax15(z: torch.Tensor) -> torch.Tensor:
 def entmax_bisect(z: torch.Tensor, alpha) -> torch.Tensor:
     """alpha-entmax for alpha in (1, 2]; alpha a float or a tensor broadcastable to ``z[..., :1]``."""
     if not torch.is_tensor(alpha):
-        alpha = torch.tensor(float(alpha), dtype=z.dtype, device=z.device)
+        alpha = torch.tensor(float(alpha), dtype=_compute_dtype(z.dtype), device=z.device)
     return EntmaxBisectFunction.apply(z, alpha)
 
 

@@ -185,11 +185,14 @@ class SparseAttnMapping(nn.Module):
         return f"{self.spec}, num_heads={self.num_heads}"
 
 
-def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor | None, *,
+                   scores_are_scratch: bool = False) -> torch.Tensor:
     """Apply ``mapping`` with masked keys at exactly 0 and all-masked rows all 0 (not NaN).
 
     ``attention_mask`` is transformers' additive float mask (0 keep, dtype-min drop) or a boolean keep-mask.
     Masked keys become -inf, which every mapping sends to exactly 0 whatever its scale or alpha.
+    ``scores_are_scratch=True`` lets the mask be added in place (the caller owns ``scores`` and needs them no
+    more): one fewer [B, H, Lq, Lk] tensor per call.
     """
     if attention_mask is None:
         return mapping(scores)
@@ -205,7 +208,7 @@ def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor |
     has_empty = bool(empty_rows.any())
     if has_empty:  # an all -inf row has no distribution; compute on raw scores and zero it afterwards
         additive = additive.masked_fill(empty_rows, 0.0)
-    probs = mapping(scores + additive)
+    probs = mapping(scores.add_(additive) if scores_are_scratch else scores + additive)
     if has_empty:
         probs = probs.masked_fill(empty_rows, 0.0)
     return probs
@@ -237,8 +240,10 @@ def make_attention_forward(registered_name: str):
             scaling = query.shape[-1] ** -0.5
         # Half-precision scores lose the gaps between near-equal scores that decide the support: use float32.
         compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
-        scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)) * scaling
-        probs = masked_mapping(mapping, scores, attention_mask).to(value.dtype)
+        # Scaled and masked in place: matmul's backward needs its inputs, not its output, so no [B, H, L, L] copy
+        # is made (the same operations in the same order as before, so results do not change).
+        scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)).mul_(scaling)
+        probs = masked_mapping(mapping, scores, attention_mask, scores_are_scratch=True).to(value.dtype)
         if dropout > 0.0 and module.training:
             probs = nn.functional.dropout(probs, p=dropout, training=True)
         attn_output = torch.matmul(probs, value).transpose(1, 2).contiguous()

@@ -1,0 +1,51 @@
+"""eval_suite: does attention agree with input influence? Every layer and head of an encoder classifier.
+
+Implements the measurements of Meister et al. (2021), "Is Sparse Attention more Interpretable?" (see
+../shared/PAPER.md and docs/eval_suite.md) for any sequence-classification checkpoint::
+
+    python -m eval_suite CHECKPOINT --dataset mr --split test --limit 500 --output-dir out/eval
+    accelerate launch --cpu --num_processes 2 -m eval_suite CHECKPOINT ...   # same numbers, split over processes
+
+Python API: :func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
+:func:`measure_batch`, the attribution classes (``GradientNorm``, ``GradientXInput``, ``IntegratedGradients``,
+``LeaveOneOut``, ``RepresentationGradientNorm``, ``RepresentationLeaveOneOut``, ``InputToRepresentation``,
+``AttentionRollout``, ``ProjectedAttention``: each ``method(ForwardContext) -> tensor``) and the metric functions
+in :mod:`eval_suite.metrics`.
+"""
+
+from .errors import EvalError
+
+__all__ = [
+    "AttentionRollout",
+    "EvalError",
+    "EvalRequest",
+    "ForwardContext",
+    "GradientNorm",
+    "GradientXInput",
+    "InputToRepresentation",
+    "IntegratedGradients",
+    "LeaveOneOut",
+    "MeasureConfig",
+    "ProjectedAttention",
+    "RepresentationGradientNorm",
+    "RepresentationLeaveOneOut",
+    "load_classifier",
+    "measure_batch",
+    "run_evaluation",
+]
+
+_LAZY = {
+    "EvalRequest": "runner", "run_evaluation": "runner", "MeasureConfig": "measure", "measure_batch": "measure",
+    "load_classifier": "model_access",
+}
+
+
+def __getattr__(name: str):
+    # Lazy so that `import eval_suite` (and the CLI's --help) does not import torch and transformers.
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in __all__:
+        return getattr(importlib.import_module(".attribution", __name__), name)
+    raise AttributeError(f"module 'eval_suite' has no attribute {name!r}")

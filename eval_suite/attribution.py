@@ -1,0 +1,429 @@
+"""Attention and importance as tensors, one class per method behind a common call (captum-like).
+
+Each method is called with a :class:`ForwardContext` (one batch of examples under one classifier) and returns
+a tensor ``[B, L]`` (input methods), ``[B, n_layers, L]`` (methods over the representations each layer attends
+over) or, for attention-derived maps, ``[B, n_layers, n_heads, L]``. Values are non-negative importances over
+positions; comparisons restrict them to content tokens (see :mod:`eval_suite.batching`).
+
+Shared work is done once per batch by the context: one forward pass with its autograd graph serves the
+attention, the hidden states, and one backward pass gives the gradient w.r.t. the inputs *and* every layer's
+representations. Everything else is batched across examples (and across integrated-gradient steps, removal
+variants, and positions for the input-to-representation gradients).
+
+Notation: ``x_i`` is the word embedding of token i (``model.get_input_embeddings()``; position and type
+embeddings are added inside the model), ``h^(l)_i`` the hidden state after ``l`` layers
+(``hidden_states[l]``; ``hidden_states[0]`` is the embedding output), so layer ``l`` (0-based) attends over
+``h^(l)``. ``y_hat`` is the probability of the predicted class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from .batching import TokenBatch
+
+__all__ = [
+    "Attribution",
+    "AttentionRollout",
+    "ForwardContext",
+    "GradientNorm",
+    "GradientXInput",
+    "InputToRepresentation",
+    "IntegratedGradients",
+    "LeaveOneOut",
+    "ProjectedAttention",
+    "RepresentationGradientNorm",
+    "RepresentationLeaveOneOut",
+    "attention_rows",
+]
+
+
+@dataclass
+class BasePass:
+    """The forward pass of a batch with its graph kept (until :meth:`ForwardContext.release`)."""
+
+    embeddings: torch.Tensor  # [B, L, d] leaf, requires grad
+    logits: torch.Tensor  # [B, C] detached
+    prediction: torch.Tensor  # [B]
+    target: torch.Tensor  # [B] y_hat, with graph
+    attentions: list  # n x [B, H, L, L] detached
+    hidden_states: list  # n + 1 x [B, L, d] with graph
+
+
+class ForwardContext:
+    """One batch under one classifier: the base pass, its gradients, and chunked extra forward passes.
+
+    ``max_tokens`` bounds rows x length of every extra pass (memory); ``max_grad_tokens`` the same for passes
+    that keep a graph.
+    """
+
+    def __init__(self, classifier, batch: TokenBatch, *, max_tokens: int = 16384, max_grad_tokens: int = 4096):
+        self.classifier = classifier
+        self.model = classifier.model
+        self.batch = batch.to(classifier.device)
+        self.max_tokens = max_tokens
+        self.max_grad_tokens = max_grad_tokens
+        self._graph_alive = True
+
+    # ------------------------------------------------------------------------------------------- base pass
+
+    @cached_property
+    def base(self) -> BasePass:
+        batch = self.batch
+        embeddings = self.classifier.word_embeddings(batch.input_ids).detach().requires_grad_(True)
+        inputs = {k: v for k, v in batch.model_inputs().items() if k != "input_ids"}
+        with torch.enable_grad():
+            out = self.model(inputs_embeds=embeddings, **inputs, output_attentions=True, output_hidden_states=True)
+            probs = torch.softmax(out.logits.float(), dim=-1)
+            prediction = probs.argmax(dim=-1)
+            target = probs.gather(1, prediction[:, None]).squeeze(1)
+        return BasePass(
+            embeddings=embeddings,
+            logits=out.logits.detach(),
+            prediction=prediction.detach(),
+            target=target,
+            attentions=[a.detach() for a in out.attentions],
+            hidden_states=list(out.hidden_states),
+        )
+
+    @cached_property
+    def gradients(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """d y_hat / d x and d y_hat / d h^(l) for every layer l, from one backward pass."""
+        self._check_graph()
+        base = self.base
+        n_layers = len(base.attentions)
+        wrt = [base.embeddings, *base.hidden_states[:n_layers]]
+        grads = torch.autograd.grad(base.target.sum(), wrt, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(w) if g is None else g.detach() for g, w in zip(grads, wrt)]
+        return grads[0], grads[1:]
+
+    def release(self) -> None:
+        """Free the base pass's graph (attributions that need it must have run)."""
+        base = self.base
+        base.target = base.target.detach()
+        base.hidden_states = [h.detach() for h in base.hidden_states]
+        self._graph_alive = False
+
+    def _check_graph(self):
+        if not self._graph_alive:
+            raise RuntimeError("the base pass's graph was released; compute gradient attributions before release()")
+
+    # ------------------------------------------------------------------------------------------- extra passes
+
+    def chunks(self, n_rows: int, length: int, grad: bool = False):
+        budget = self.max_grad_tokens if grad else self.max_tokens
+        step = max(1, budget // max(1, length))
+        for start in range(0, n_rows, step):
+            yield slice(start, min(n_rows, start + step))
+
+    @torch.inference_mode()
+    def target_probability(self, variants: TokenBatch, rows: torch.Tensor) -> torch.Tensor:
+        """p(y_hat of example ``rows[v]`` | variant v) for every variant.
+
+        Variants run shortest first in chunks of at most ``max_tokens`` tokens, each chunk cut to its own longest
+        variant, so short variants (sufficiency keeps a few tokens) are not padded to the longest one.
+        """
+        out = torch.empty(variants.size, dtype=torch.float32, device=self.classifier.device)
+        targets = self.base.prediction[rows]
+        lengths = variants.attention_mask.sum(dim=1)
+        order = torch.sort(lengths, stable=True).indices
+        sorted_lengths = lengths[order].tolist()
+        start = 0
+        while start < len(sorted_lengths):
+            stop = start + 1  # grow the chunk while rows x its longest variant stays within the budget
+            while stop < len(sorted_lengths) and (stop - start + 1) * sorted_lengths[stop] <= self.max_tokens:
+                stop += 1
+            pick = order[start:stop]
+            length = max(1, sorted_lengths[stop - 1])
+            sub = TokenBatch(variants.input_ids[pick, :length], variants.attention_mask[pick, :length],
+                             variants.content_mask[pick, :length],
+                             None if variants.token_type_ids is None else variants.token_type_ids[pick, :length])
+            probs = torch.softmax(self.model(**sub.model_inputs()).logits.float(), dim=-1)
+            out[pick] = probs.gather(1, targets[pick, None]).squeeze(1)
+            start = stop
+        return out
+
+    def content_variants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(example row, position) for every content token of every example, example-major."""
+        rows, positions = torch.nonzero(self.batch.content_mask, as_tuple=True)
+        return rows, positions
+
+
+def attention_rows(attentions: list, attention_mask: torch.Tensor, query: str = "cls") -> torch.Tensor:
+    """[B, n_layers, H, L]: per layer and head, the attention of the classification token (``query="cls"``,
+    position 0) over key positions, or the mean over all non-padding queries (``query="mean"``)."""
+    stacked = torch.stack(attentions, dim=1)  # [B, n, H, Lq, Lk]
+    if query == "cls":
+        return stacked[:, :, :, 0, :]
+    if query == "mean":
+        weights = attention_mask.to(stacked.dtype)[:, None, None, :, None]
+        return (stacked * weights).sum(dim=3) / weights.sum(dim=3)
+    raise ValueError(f"attention query must be 'cls' or 'mean', got {query!r}")
+
+
+class Attribution:
+    """Common call: ``method(ctx) -> tensor`` of non-negative importances; ``name`` is the results key."""
+
+    name: str = ""
+    per_layer: bool = False
+
+    def __call__(self, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------- input importance
+
+
+class GradientNorm(Attribution):
+    """||d y_hat / d x_i||_2 (paper eq. 4 before normalisation)."""
+
+    name = "grad_norm"
+
+    def __call__(self, ctx):
+        return ctx.gradients[0].norm(dim=-1)
+
+
+class GradientXInput(Attribution):
+    """|sum_d x_id * d y_hat / d x_id|: the first-order contribution of token i."""
+
+    name = "grad_x_input"
+
+    def __call__(self, ctx):
+        return (ctx.gradients[0] * ctx.base.embeddings.detach()).sum(dim=-1).abs()
+
+
+class IntegratedGradients(Attribution):
+    """|sum_d (x_id - x'_id) * integral_0^1 d y_hat(x' + a (x - x')) / d x_id da| (Sundararajan et al. 2017).
+
+    The integral uses ``steps``-point Gauss-Legendre quadrature (captum's default rule). The baseline x' is the
+    padding token's embedding (``baseline="pad"``) or zeros (``"zero"``) at content positions; special tokens keep
+    their embeddings. All examples x steps run as one batch (chunked by ``ctx.max_grad_tokens``).
+    """
+
+    name = "integrated_gradients"
+
+    def __init__(self, steps: int = 20, baseline: str = "pad"):
+        if steps < 1:
+            raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
+        if baseline not in ("pad", "zero"):
+            raise ValueError(f"baseline must be 'pad' or 'zero', got {baseline!r}")
+        self.steps, self.baseline = steps, baseline
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        self.alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32)
+        self.weights = torch.tensor(weights / 2, dtype=torch.float32)
+
+    def baseline_embeddings(self, ctx) -> torch.Tensor:
+        x = ctx.base.embeddings.detach()
+        content = ctx.batch.content_mask[..., None]
+        pad_id = getattr(ctx.classifier.tokenizer, "pad_token_id", None)
+        if self.baseline == "pad" and pad_id is not None:
+            reference = ctx.classifier.word_embeddings(torch.tensor([pad_id], device=x.device)).detach()[0]
+        else:
+            reference = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        return torch.where(content, reference.expand_as(x), x)
+
+    def __call__(self, ctx):
+        return self.signed(ctx).abs()
+
+    def signed(self, ctx) -> torch.Tensor:
+        """Signed attributions [B, L]; over all positions they sum to about y_hat(x) - y_hat(x') (completeness)."""
+        batch, base = ctx.batch, ctx.base
+        x = base.embeddings.detach()
+        x0 = self.baseline_embeddings(ctx)
+        alphas, weights = self.alphas.to(x.device), self.weights.to(x.device)
+        rows = torch.arange(batch.size, device=x.device).repeat_interleave(self.steps)
+        steps = torch.arange(self.steps, device=x.device).repeat(batch.size)
+        total = torch.zeros_like(x)
+        other_inputs = {k: v for k, v in batch.model_inputs().items() if k != "input_ids"}
+        lengths = batch.attention_mask.sum(dim=1)
+        for sl in ctx.chunks(rows.numel(), batch.length, grad=True):
+            r, s = rows[sl], steps[sl]
+            n = int(lengths[r].max())  # a chunk of short examples runs at their length, not the batch's
+            scaled = (x0[r, :n] + alphas[s, None, None] * (x[r, :n] - x0[r, :n])).requires_grad_(True)
+            with torch.enable_grad():
+                logits = ctx.model(inputs_embeds=scaled, **{k: v[r, :n] for k, v in other_inputs.items()}).logits
+                probs = torch.softmax(logits.float(), dim=-1).gather(1, base.prediction[r, None]).squeeze(1)
+                (grad,) = torch.autograd.grad(probs.sum(), scaled)
+            total[:, :n].index_add_(0, r, grad * weights[s, None, None])
+        return ((x - x0) * total).sum(dim=-1)
+
+
+class LeaveOneOut(Attribution):
+    """|y_hat - y_hat_{-i}| with content token i deleted from the sequence (paper eq. 6 before normalisation)."""
+
+    name = "loo"
+
+    def __call__(self, ctx):
+        batch = ctx.batch
+        rows, positions = ctx.content_variants()
+        keep = batch.attention_mask[rows].bool().clone()
+        keep[torch.arange(rows.numel()), positions] = False
+        reduced = ctx.target_probability(batch.keep_tokens(rows, keep), rows)
+        out = torch.zeros(batch.size, batch.length, dtype=torch.float32, device=reduced.device)
+        out[rows, positions] = (ctx.base.target.detach()[rows] - reduced).abs()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- representations
+
+
+class RepresentationGradientNorm(Attribution):
+    """||d y_hat / d h^(l)_i||_2 for the representations h^(l) that layer l attends over: [B, n, L]."""
+
+    name = "repr_grad_norm"
+    per_layer = True
+
+    def __call__(self, ctx):
+        return torch.stack([g.norm(dim=-1) for g in ctx.gradients[1]], dim=1)
+
+
+class RepresentationLeaveOneOut(Attribution):
+    """|y_hat - y_hat(key i masked in layer l)|: every query of layer l loses key h^(l)_i, other layers unchanged.
+
+    The variants of all examples run as one batch per layer; layers before l are not recomputed (their output is
+    the cached ``hidden_states[l]``) when the model's layer stack allows it (checked on a probe at load time).
+    """
+
+    name = "repr_loo"
+    per_layer = True
+
+    def __call__(self, ctx):
+        batch, base, tap = ctx.batch, ctx.base, ctx.classifier.tap
+        rows, positions = ctx.content_variants()
+        n_layers = len(base.attentions)
+        out = torch.zeros(batch.size, n_layers, batch.length, dtype=torch.float32, device=batch.input_ids.device)
+        target = base.target.detach()
+        for layer in range(n_layers):
+            hidden = base.hidden_states[layer].detach()
+            with torch.inference_mode():
+                for sl in ctx.chunks(rows.numel(), batch.length):
+                    r, p = rows[sl], positions[sl]
+                    sub = batch.rows(r)
+                    with tap.mask_keys(layer, p):
+                        if tap.can_skip_layers:
+                            with tap.start_at_layer(layer, hidden[r]):
+                                logits = ctx.model(**sub.model_inputs()).logits
+                        else:
+                            logits = ctx.model(**sub.model_inputs()).logits
+                    probs = torch.softmax(logits.float(), dim=-1).gather(1, base.prediction[r, None]).squeeze(1)
+                    out[r, layer, p] = (target[r] - probs).abs()
+        return out
+
+
+class InputToRepresentation(Attribution):
+    """Paper eq. 5 for every layer and position: G[b, l, p, i] = ||d ||h^(l)_p||_2 / d x_i||_2, normalised over i.
+
+    Returns ``[B, n_layers, L(p), L(i)]``, each row p a distribution over the non-padding inputs (padding rows 0).
+    One vector-Jacobian product per (layer, position) is unavoidable; each is batched over the examples of the
+    batch (they are independent, so one backward pass from the sum over examples serves all of them) and runs
+    through only the l layers below h^(l), on the base pass's graph. ``vectorize=True`` also batches positions
+    with ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap).
+    """
+
+    name = "input_to_repr"
+    per_layer = True
+
+    def __init__(self, vectorize: bool = False):
+        # vmap (is_grads_batched) is off by default: in torch 2.13 layer_norm, gelu and softmax backward have no
+        # batching rule, so vmap loops per sample and is slower on CPU than one backward per position over the
+        # whole batch (measured on MiniLM; see docs/eval_suite.md). Larger batches make the loop efficient.
+        self.vectorize = vectorize
+
+    def __call__(self, ctx):
+        ctx._check_graph()
+        base, batch = ctx.base, ctx.batch
+        n_layers = len(base.attentions)
+        B, L = batch.size, batch.length
+        out = torch.zeros(B, n_layers, L, L, dtype=torch.float32, device=batch.input_ids.device)
+        # Positions to differentiate: every non-padding position of some example.
+        positions = torch.nonzero(batch.attention_mask.bool().any(dim=0)).squeeze(-1)
+        for layer in range(n_layers):
+            norms = base.hidden_states[layer].norm(dim=-1)  # [B, L]
+            per_chunk = max(1, ctx.max_grad_tokens * 4 // max(1, B * L))
+            for start in range(0, positions.numel(), per_chunk):
+                chunk = positions[start:start + per_chunk]
+                out[:, layer, chunk, :] = self._vjp_norms(norms, base.embeddings, chunk)
+        keep = batch.attention_mask.bool()
+        out = out * keep[:, None, :, None] * keep[:, None, None, :]
+        totals = out.sum(dim=-1, keepdim=True)
+        return torch.where(totals > 0, out / torch.where(totals > 0, totals, torch.ones_like(totals)), out)
+
+    def _vjp_norms(self, norms, embeddings, chunk) -> torch.Tensor:
+        """[B, len(chunk), L]: ||d norms[:, p] / d embeddings|| for p in chunk (each example its own gradient)."""
+        B, L = norms.shape
+        if self.vectorize:
+            try:
+                selector = torch.zeros(chunk.numel(), B, L, dtype=norms.dtype, device=norms.device)
+                selector[torch.arange(chunk.numel()), :, chunk] = 1.0
+                (grads,) = torch.autograd.grad(norms, embeddings, grad_outputs=selector, is_grads_batched=True,
+                                               retain_graph=True)
+                return grads.norm(dim=-1).permute(1, 0, 2)
+            except RuntimeError:  # e.g. a custom autograd.Function without vmap support
+                self.vectorize = False
+        result = []
+        for p in chunk.tolist():
+            (grad,) = torch.autograd.grad(norms[:, p].sum(), embeddings, retain_graph=True)
+            result.append(grad.norm(dim=-1))
+        return torch.stack(result, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------- attention -> inputs
+
+
+class AttentionRollout(Attribution):
+    """Attention of each head carried back to the inputs through the rollout of the layers below it.
+
+    Rollout (Abnar & Zuidema 2020): R_0 = I, R_{l+1} = (0.5 A_l + 0.5 I) R_l with A_l the head-mean attention of
+    layer l over all non-padding positions. Head h of layer l maps to inputs as ``a_{l,h} R_l`` ([B, n, H, L]);
+    :meth:`full` is the classification token's row of R_n (the whole network), used as a ranking.
+    """
+
+    name = "rollout"
+
+    def __init__(self, query: str = "cls"):
+        self.query = query
+
+    def matrices(self, ctx) -> list[torch.Tensor]:
+        """[R_0, ..., R_n], each [B, L, L]."""
+        base, batch = ctx.base, ctx.batch
+        B, L = batch.size, batch.length
+        eye = torch.eye(L, device=batch.input_ids.device).expand(B, L, L)
+        rollout = [eye]
+        for a in base.attentions:
+            mixed = 0.5 * a.float().mean(dim=1) + 0.5 * eye
+            mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+            rollout.append(mixed @ rollout[-1])
+        return rollout
+
+    def __call__(self, ctx):
+        base, batch = ctx.base, ctx.batch
+        rows = attention_rows(base.attentions, batch.attention_mask, self.query).float()  # [B, n, H, L]
+        rollout = torch.stack(self.matrices(ctx)[:-1], dim=1)  # [B, n, L, L]
+        return rows @ rollout
+
+    def full(self, ctx) -> torch.Tensor:
+        final = self.matrices(ctx)[-1]
+        if self.query == "cls":
+            return final[:, 0, :]
+        weights = ctx.batch.attention_mask.float()
+        return (final * weights[:, :, None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+
+
+class ProjectedAttention(Attribution):
+    """sum_p a_{l,h}(p) G[l, p, :]: attention over representations projected onto the inputs through eq. 5."""
+
+    name = "projected"
+
+    def __init__(self, query: str = "cls"):
+        self.query = query
+
+    def __call__(self, ctx, input_to_repr: torch.Tensor | None = None):
+        if input_to_repr is None:
+            input_to_repr = InputToRepresentation()(ctx)
+        rows = attention_rows(ctx.base.attentions, ctx.batch.attention_mask, self.query).float()
+        return rows @ input_to_repr  # [B, n, H, L] @ [B, n, L, L]
+

@@ -1,0 +1,105 @@
+"""``python -m eval_suite CHECKPOINT ...``: the command line of the evaluation suite (also under accelerate launch)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import EvalError
+from .faithfulness import DEFAULT_FRACTIONS
+from .measure import MeasureConfig
+from .runner import EvalRequest, run_evaluation
+
+
+def _fractions(text: str) -> tuple:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fractions takes comma-separated numbers in (0, 1], got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m eval_suite",
+        description="Measure, for every layer and head of an encoder classifier, how attention relates to the "
+                    "influence of inputs and representations (Meister et al. 2021, generalised). "
+                    "Writes OUTDIR/results.json, per_layer_head.csv and plots/*.png.",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder (ours or a stock HF sequence classifier) or a Hub model id")
+    p.add_argument("--dataset", default="mr", help="'mr', 'trec', a local .csv/.jsonl/.parquet file or folder, or a Hub dataset name")
+    p.add_argument("--split", default="test", help="split to evaluate (train / validation / test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of this many examples")
+    p.add_argument("--output-dir", default="out/eval", help="folder for results.json, the CSV table and plots")
+    p.add_argument("--attn-impl", default=None,
+                   help="override the attention mapping (e.g. sparsemax, entmax15, entmax:alpha=1.3); default: the "
+                        "checkpoint's own (stock checkpoints: softmax)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--batch-size", type=int, default=32, help="examples measured together (larger is faster, needs more memory)")
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's limit)")
+    p.add_argument("--attention-query", choices=("cls", "mean"), default="cls",
+                   help="attention of the classification token (default) or the mean over all queries")
+    p.add_argument("--ig-steps", type=int, default=MeasureConfig.ig_steps, help="integrated-gradients steps (Gauss-Legendre)")
+    p.add_argument("--ig-baseline", choices=("pad", "zero"), default="pad",
+                   help="integrated-gradients baseline for content tokens: the [PAD] embedding or zeros")
+    p.add_argument("--fractions", type=_fractions, default=DEFAULT_FRACTIONS,
+                   help="removal fractions for comprehensiveness / sufficiency (default 0.01,0.05,0.1,0.2,0.5)")
+    p.add_argument("--faithfulness-attention", choices=("layers", "none"), default="layers",
+                   help="rank tokens by each layer's head-mean attention too (default) or not")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example subset and the random ranking")
+    p.add_argument("--resume", action="store_true", help="skip batches whose rows are already in OUTDIR/rows")
+    p.add_argument("--plot-examples", type=int, default=3, help="token-level heatmaps for this many examples")
+    p.add_argument("--card", action="store_true", help="render the model card into the checkpoint folder (hub_cards)")
+    p.add_argument("--push", metavar="REPO_ID", default=None, help="render the card and push the checkpoint folder to the Hub")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    return p
+
+
+def request_from_args(args: argparse.Namespace) -> EvalRequest:
+    measure = MeasureConfig(attention_query=args.attention_query, ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
+                            fractions=tuple(args.fractions), faithfulness_attention=args.faithfulness_attention,
+                            seed=args.seed)
+    return EvalRequest(checkpoint=args.checkpoint, output_dir=args.output_dir, dataset=args.dataset, split=args.split,
+                       limit=args.limit, attn_impl=args.attn_impl, text_column=args.text_column,
+                       label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
+                       resume=args.resume, plot_examples=args.plot_examples, card=args.card, push=args.push,
+                       cpu=args.cpu, measure=measure)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    # Our own progress bar and one-line errors are the output; transformers' load reports would bury them.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    from hf_sparse_attn.data import DataError
+
+    try:
+        from hub_cards.errors import HubCardsError
+    except ImportError:  # hub_cards is only needed for --card / --push
+        HubCardsError = EvalError  # noqa: N806
+    try:
+        import hf_sparse_attn
+
+        known = (EvalError, DataError, HubCardsError, hf_sparse_attn.SparseAttnError)
+    except ImportError:
+        known = (EvalError, DataError, HubCardsError)
+    try:
+        results = run_evaluation(request_from_args(args))
+    except known as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if results is not None:
+        for line in results["summary"]["text"]:
+            print(line)
+        print(f"accuracy {results['accuracy']:.4f}, macro-F1 {results['macro_f1']:.4f} on {results['n_examples']} "
+              f"examples; wrote {args.output_dir}/results.json")
+    return 0

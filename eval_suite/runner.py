@@ -1,0 +1,377 @@
+"""checkpoint -> per-example rows -> results.json, per_layer_head.csv, plots; resumable, and split over processes.
+
+Work is planned as fixed batches (examples sorted by token length, then index, chunked by ``batch_size``). The
+plan depends only on the data, the checkpoint and the settings, never on the number of processes, so every
+batch is computed identically whether one process or several run it: ``accelerate launch`` gives exactly the
+numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
+atomically); ``--resume`` skips the batches already there. Processes take every k-th remaining batch, send their
+rows to the main process (``accelerate.utils.gather_object``), and the main process aggregates and writes the
+outputs, each to a temporary file renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .aggregate import aggregate, concatenate_rows, layer_head_table
+from .errors import EvalError
+from .measure import MeasureConfig
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "per_layer_head.csv"
+EXAMPLES_FILE = "token_examples.json"
+ROWS_DIR = "rows"
+PLAN_FILE = "plan.json"
+SPECIAL_TOKENS_POLICY = (
+    "all metrics use content tokens only (not padding, not tokenizer-added special tokens); attention and "
+    "importance are restricted to them and renormalised; rollout and projection propagate through all "
+    "non-padding positions before the restriction"
+)
+
+
+@dataclass
+class EvalRequest:
+    """Everything ``python -m eval_suite`` takes (see eval_suite/cli.py for the meaning of each field)."""
+
+    checkpoint: str
+    output_dir: str
+    dataset: str = "mr"
+    split: str = "test"
+    limit: int | None = None
+    attn_impl: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    batch_size: int = 32
+    max_length: int | None = None
+    resume: bool = False
+    plot_examples: int = 3
+    card: bool = False
+    push: str | None = None
+    cpu: bool = False
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def validate(self) -> None:
+        """One-line EvalError for settings that are wrong before anything is loaded."""
+        m = self.measure
+        if self.limit is not None and self.limit < 1:
+            raise EvalError(f"--limit must be a positive number of examples, got {self.limit}; leave it out to "
+                            "evaluate the whole split")
+        if self.batch_size < 1:
+            raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 3:
+            raise EvalError(f"--max-length must be >= 3 tokens, got {self.max_length}")
+        if m.ig_steps < 1:
+            raise EvalError(f"--ig-steps must be >= 1, got {m.ig_steps}")
+        if m.ig_baseline not in ("pad", "zero"):
+            raise EvalError(f"--ig-baseline must be 'pad' or 'zero', got {m.ig_baseline!r}")
+        if m.attention_query not in ("cls", "mean"):
+            raise EvalError(f"--attention-query must be 'cls' or 'mean', got {m.attention_query!r}")
+        if m.faithfulness_attention not in ("layers", "none"):
+            raise EvalError(f"--faithfulness-attention must be 'layers' or 'none', got {m.faithfulness_attention!r}")
+        if not m.fractions or any(not (0 < f <= 1) for f in m.fractions):
+            raise EvalError(f"--fractions must be numbers in (0, 1], got {list(m.fractions)}")
+        if self.plot_examples < 0:
+            raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
+        if (self.card or self.push) and not os.path.isdir(self.checkpoint):
+            raise EvalError(f"--card/--push write into the checkpoint folder, but {self.checkpoint!r} is not a local "
+                            "folder; download it first (huggingface-cli download ... --local-dir DIR)")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise EvalError(f"--output-dir {self.output_dir!r} is a file; pass a folder")
+        if self.push:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                if self.push.count("/") != 1:
+                    raise HFValidationError("expected ORG/NAME")
+                validate_repo_id(self.push)
+            except HFValidationError as error:
+                raise EvalError(f"--push {self.push!r} is not a Hub repo id ({str(error).splitlines()[0]}); "
+                                "pass ORG/NAME") from None
+            from hub_cards.push import resolve_token
+
+            resolve_token()  # PushError (one line) now rather than after the whole evaluation
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def load_split(request: EvalRequest):
+    """The requested split as a datasets.Dataset with ``text`` and ``label``; EvalError on bad names."""
+    try:
+        from hf_sparse_attn.data import load_text_classification
+    except ImportError as error:
+        raise EvalError(f"hf_sparse_attn.data is not importable ({error}); install the package (pip install -e .)") from None
+    splits = load_text_classification(request.dataset, text_column=request.text_column,
+                                      label_column=request.label_column)
+    if request.split not in splits:
+        raise EvalError(f"dataset {request.dataset!r} has no split {request.split!r}; choose one of {list(splits)}")
+    return splits[request.split]
+
+
+def select_examples(n_available: int, limit: int | None, seed: int) -> list[int]:
+    """Dataset indices to evaluate: all, or a seeded random subset of ``limit`` (kept in dataset order)."""
+    if limit is None or limit >= n_available:
+        return list(range(n_available))
+    chosen = np.random.default_rng(seed).permutation(n_available)[:limit]
+    return sorted(int(i) for i in chosen)
+
+
+def plan_batches(indices: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Positions into ``indices`` grouped into batches of similar length (sorted by length, then index)."""
+    order = sorted(range(len(indices)), key=lambda k: (lengths[k], indices[k]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def dumps(results: dict) -> str:
+    return json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+
+
+def _shard_path(rows_dir: Path, batch_id: int) -> Path:
+    return rows_dir / f"batch_{batch_id:05d}.npz"
+
+
+def save_shard(rows_dir: Path, batch_id: int, arrays: dict, token_maps: dict) -> None:
+    path = _shard_path(rows_dir, batch_id)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=rows_dir)
+    os.close(fd)
+    try:
+        payload = dict(arrays)
+        payload["token_maps_json"] = np.frombuffer(json.dumps(token_maps).encode("utf-8"), dtype=np.uint8)
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_shard(rows_dir: Path, batch_id: int) -> tuple[dict, dict] | None:
+    path = _shard_path(rows_dir, batch_id)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files if k != "token_maps_json"}
+            token_maps = json.loads(bytes(data["token_maps_json"]).decode("utf-8"))
+        return arrays, {int(k): v for k, v in token_maps.items()}
+    except Exception:  # noqa: BLE001 - a damaged shard is recomputed
+        logger.warning("ignoring unreadable %s; it will be recomputed", path)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _plan_fingerprint(description: dict) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+def run_evaluation(request: EvalRequest) -> dict | None:
+    """Evaluate; return the results dict on the main process (None on the others)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from .batching import collate, encode_texts
+    from .measure import measure_batch
+    from .model_access import load_classifier
+
+    request.validate()
+    state = PartialState(cpu=request.cpu)
+    started = time.perf_counter()
+
+    # --- everything that can be wrong is checked before the first measurement
+    split = load_split(request)
+    classifier = load_classifier(request.checkpoint, attn_impl=request.attn_impl, device=state.device)
+    labels_all = list(split["label"])
+    bad = sorted({label for label in labels_all if not 0 <= label < classifier.num_labels})
+    if bad:
+        raise EvalError(f"labels of {request.dataset!r} ({request.split}) include {bad[0]}, outside the model's "
+                        f"{classifier.num_labels} classes 0..{classifier.num_labels - 1}; evaluate a checkpoint trained "
+                        "on this dataset (or pass --label-column)")
+    max_length = min(request.max_length or classifier.max_length, classifier.max_length)
+    if request.max_length and request.max_length > classifier.max_length:
+        logger.warning("--max-length %d exceeds what the model takes; using %d", request.max_length, max_length)
+    indices = select_examples(len(split), request.limit, request.measure.seed)
+    texts = [split[i]["text"] for i in indices] if len(indices) < len(split) else list(split["text"])
+    labels = [labels_all[i] for i in indices]
+    encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length)
+    if n_truncated and state.is_main_process:
+        print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
+    batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size)
+    token_map_indices = frozenset(indices[: request.plot_examples])
+    measure = MeasureConfig(**{**request.measure.__dict__, "token_map_indices": token_map_indices})
+
+    plan = {
+        "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
+        "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
+        "indices": indices, "batches": batches, "max_length": max_length, "measure": measure.to_dict(),
+        "plot_examples": request.plot_examples,
+    }
+    plan_id = _plan_fingerprint(plan)
+    out_dir = Path(request.output_dir)
+    rows_dir = out_dir / ROWS_DIR
+    plan_path = rows_dir / PLAN_FILE
+    if request.resume and plan_path.is_file():  # every process checks, so all of them stop together
+        previous = json.loads(plan_path.read_text(encoding="utf-8")).get("plan_id")
+        if previous != plan_id:
+            raise EvalError(f"{rows_dir} holds rows of a different checkpoint, dataset or setting; drop --resume "
+                            "or pass another --output-dir")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        if not request.resume:
+            for stale in rows_dir.glob("batch_*.npz"):
+                stale.unlink()
+        _atomic_write_text(plan_path, json.dumps({"plan_id": plan_id, "n_batches": len(batches)}) + "\n")
+    state.wait_for_everyone()
+
+    done = {b for b in range(len(batches)) if request.resume and _shard_path(rows_dir, b).is_file()}
+    remaining = [b for b in range(len(batches)) if b not in done]
+    mine = remaining[state.process_index::state.num_processes]
+    computed, timings = [], {}
+    progress = tqdm(total=len(indices), initial=sum(len(batches[b]) for b in done), unit="ex",
+                    desc="eval_suite", disable=not state.is_main_process)
+    measure_started = time.perf_counter()
+    for batch_id in mine:
+        members = batches[batch_id]
+        batch = collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+        arrays, token_maps = measure_batch(classifier, batch, [labels[k] for k in members],
+                                           [indices[k] for k in members], measure, timings=timings)
+        save_shard(rows_dir, batch_id, arrays, token_maps)
+        computed.append((batch_id, arrays, token_maps))
+        progress.update(len(members) * (state.num_processes if state.num_processes > 1 else 1))
+    progress.close()
+    measure_seconds = time.perf_counter() - measure_started
+    gathered = gather_object(computed) if state.num_processes > 1 else computed
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+
+    by_batch = {batch_id: (arrays, maps) for batch_id, arrays, maps in gathered}
+    for batch_id in done:
+        loaded = load_shard(rows_dir, batch_id)
+        if loaded is None:
+            raise EvalError(f"stored rows of batch {batch_id} in {rows_dir} are unreadable; re-run without --resume")
+        by_batch[batch_id] = loaded
+    missing = [b for b in range(len(batches)) if b not in by_batch]
+    if missing:
+        raise RuntimeError(f"rows of {len(missing)} batches never arrived (first: {missing[0]})")
+    rows = concatenate_rows([by_batch[b][0] for b in range(len(batches))])
+    token_maps = {k: v for b in range(len(batches)) for k, v in by_batch[b][1].items()}
+
+    results = build_results(request, classifier, rows, measure, max_length, n_truncated)
+    write_outputs(out_dir, results, token_maps)
+    n_new = sum(len(batches[b]) for b in remaining)
+    run_info = {
+        "processes": state.num_processes, "device": str(state.device),
+        "examples_measured_this_run": n_new, "measure_seconds": measure_seconds,
+        "examples_per_second": n_new / measure_seconds if measure_seconds > 0 and n_new else None,
+        "total_seconds": time.perf_counter() - started,
+        "stage_seconds_main_process": {k: round(v, 3) for k, v in timings.items()},
+    }
+    _atomic_write_text(out_dir / "run_info.json", json.dumps(run_info, indent=2) + "\n")
+    if request.card or request.push:
+        _publish(request, out_dir / RESULTS_FILE)
+    state.wait_for_everyone()
+    return results
+
+
+def build_results(request: EvalRequest, classifier, rows: dict, measure: MeasureConfig, max_length: int,
+                  n_truncated: int) -> dict:
+    head = {
+        "checkpoint": classifier.checkpoint,
+        "weights_fingerprint": classifier.weights_fingerprint,
+        "attn_impl": classifier.attn_impl,
+        "sparse_attention": classifier.sparse_attention,
+        "dataset": request.dataset,
+        "split": request.split,
+    }
+    body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads,
+                     ranking_names=measure.ranking_names(classifier.n_layers), fractions=list(measure.fractions))
+    results = {**head, "n_examples": body.pop("n_examples"), "accuracy": body.pop("accuracy"),
+               "macro_f1": body.pop("macro_f1"), "n_layers": classifier.n_layers, "n_heads": classifier.n_heads}
+    results.update(body)
+    results["plots"] = []
+    results["config"] = {
+        **measure.to_dict(),
+        "limit": request.limit,
+        "batch_size": request.batch_size,
+        "max_length": max_length,
+        "n_truncated": n_truncated,
+        "text_column": request.text_column,
+        "label_column": request.label_column,
+        "label_names": classifier.label_names,
+        "target": "probability of the predicted class",
+        "special_tokens": SPECIAL_TOKENS_POLICY,
+        "token_removal": "deleted from the sequence (later tokens shift left)",
+        "importance_input": "word embeddings (get_input_embeddings); keys of layer l are hidden_states[l]",
+    }
+    return results
+
+
+def write_outputs(out_dir: Path, results: dict, token_maps: dict) -> None:
+    """results.json, per_layer_head.csv, token_examples.json and plots/*.png, each written atomically."""
+    from .plots import layer_head_plots, token_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir)
+    results["plots"] = plots
+    _atomic_write_text(out_dir / TABLE_FILE, layer_head_table(results))
+    _atomic_write_text(out_dir / EXAMPLES_FILE, json.dumps({str(k): v for k, v in sorted(token_maps.items())}, indent=1) + "\n")
+    _atomic_write_text(out_dir / RESULTS_FILE, dumps(results))
+
+
+def _publish(request: EvalRequest, results_path: Path) -> None:
+    from hub_cards.render import render_card
+
+    card = render_card(request.checkpoint, results_path, repo_id=request.push)
+    print(f"eval_suite: wrote the model card {card}", flush=True)
+    if request.push:
+        from hub_cards.push import push_folder
+
+        url = push_folder(request.checkpoint, request.push)
+        print(f"eval_suite: pushed {request.checkpoint} to {url}", flush=True)
+

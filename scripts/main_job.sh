@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults: fine-tune all-MiniLM-L6-v2 with entmax15 attention on MR (a short run),
+# measure attention vs input influence per layer and head on MR test sentences, and write the model card.
+# Every step resumes: re-running after an interruption continues where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-out/mr-entmax15}
+STEPS=${STEPS:-150}
+LIMIT=${LIMIT:-100}
+if [ ! -d "$OUT/final" ]; then
+  resume=(); [ -d "$OUT/checkpoints" ] && resume=(--resume)
+  "$PY" -m hf_sparse_attn.train --dataset mr --attn-impl entmax15 --max-steps "$STEPS" --max-length 64 \
+    --output-dir "$OUT" "${resume[@]}"
+fi
+resume=(); [ -d "$OUT/eval" ] && resume=(--resume)
+"$PY" -m eval_suite "$OUT/final" --dataset mr --split test --limit "$LIMIT" --max-length 64 \
+  --output-dir "$OUT/eval" --card "${resume[@]}"
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys
+out = sys.argv[1]
+r = json.load(open(f"{out}/eval/results.json"))
+print(f"\n{r['attn_impl']} MiniLM on MR ({r['n_examples']} test sentences): accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}")
+for row in r.get("per_layer", []):
+    heads = [h for h in r["per_layer_head"] if h["layer"] == row["layer"]]
+    sparsity = sum(h["sparsity"] for h in heads) / len(heads)
+    print(f"  layer {row['layer']}: attention sparsity {sparsity:.1%}")
+print(f"results: {out}/eval/results.json   card: {out}/final/README.md")
+PYEOF
