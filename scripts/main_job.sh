@@ -24,6 +24,6 @@ print(f"\n{r['attn_impl']} MiniLM on MR ({r['n_examples']} test sentences): accu
 for row in r.get("per_layer", []):
     heads = [h for h in r["per_layer_head"] if h["layer"] == row["layer"]]
     sparsity = sum(h["sparsity"] for h in heads) / len(heads)
-    print(f"  layer {row['layer']}: attention sparsity {sparsity:.1%}")
+    print(f"  layer {row['layer']}: [CLS] attention sparsity over content tokens {sparsity:.1%}")
 print(f"results: {out}/eval/results.json   card: {out}/final/README.md")
 PYEOF

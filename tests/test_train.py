@@ -40,7 +40,9 @@ def read_log(path):
 
 def subprocess_env():
     # Same thread settings as this process: bitwise equality across runs needs the same float reduction order.
-    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # (other tests may have changed this process's torch thread count, so hand the current one down explicitly)
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS=str(torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")
