@@ -27,6 +27,14 @@ def padding_keep(mask):
     return mask[:, None, None, :].bool()
 
 
+def spread_learned_alphas(model):
+    """Give every head its own alpha, so a round trip that lost or mixed them up would show."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha_logit"):
+                p.uniform_(-2, 2)
+
+
 # ---------------------------------------------------------------- spec parsing and errors
 
 
@@ -209,10 +217,7 @@ def test_every_auto_head_class_of_bert(auto_name):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_save_and_reload_keeps_mapping_alpha_and_logits(model_type, tmp_path):
     model = build(model_type, "entmax_learned")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha_logit"):
-                p.uniform_(-2, 2)
+    spread_learned_alphas(model)
     ids, mask = random_batch()
     before = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     model.save_pretrained(tmp_path)
@@ -258,10 +263,7 @@ def test_sparsify_a_model_in_hand_equals_loading_with_attn_impl(tmp_path):
 @pytest.mark.slow
 def test_remote_code_reproduces_logits_and_attentions_without_our_packages(tmp_path):
     model = build("bert", "entmax_learned")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha_logit"):
-                p.uniform_(-2, 2)
+    spread_learned_alphas(model)
     ids, mask = random_batch()
     expected = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     folder = tmp_path / "ckpt"
