@@ -81,7 +81,11 @@ def build_probe_checkpoint(impl: str, folder: Path, n_train: int, seed: int = 0)
     return folder
 
 
-def evaluate_impl(checkpoint: Path, out_dir: Path, n: int, batch_size: int, ig_steps: int) -> tuple[dict, dict]:
+def evaluate_impl(checkpoint: Path, out_dir: Path, n: int, batch_size: int, ig_steps: int,
+                  processes: int = 1) -> tuple[dict, dict]:
+    """One full evaluation; with ``processes > 1`` under ``accelerate launch`` (1 torch thread per process)."""
+    if processes > 1:
+        return _evaluate_launched(checkpoint, out_dir, n, batch_size, ig_steps, processes)
     from eval_suite.measure import MeasureConfig
     from eval_suite.runner import EvalRequest, run_evaluation
 
@@ -92,6 +96,37 @@ def evaluate_impl(checkpoint: Path, out_dir: Path, n: int, batch_size: int, ig_s
     info = json.loads((out_dir / "run_info.json").read_text())
     info["process_cpu_seconds"] = time.process_time() - cpu_start  # all threads; loading included
     return results, info
+
+
+def _evaluate_launched(checkpoint: Path, out_dir: Path, n: int, batch_size: int, ig_steps: int,
+                       processes: int) -> tuple[dict, dict]:
+    """``accelerate launch`` of ``python -m eval_suite`` over ``processes`` CPU processes (the runner splits batches)."""
+    import resource
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # `accelerate launch --cpu` alone starts one process without MPI; the torchrun launcher plus eval_suite's own
+    # --cpu starts `processes` gloo processes on the CPU.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), "-m", "eval_suite", str(checkpoint), "--dataset", "mr", "--split", "test", "--limit", str(n),
+               "--batch-size", str(batch_size), "--ig-steps", str(ig_steps), "--plot-examples", "2", "--output-dir",
+               str(out_dir), "--cpu", "--threads", "1"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"accelerate launch failed:\n{done.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    info = json.loads((out_dir / "run_info.json").read_text())
+    info["process_cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # The main process's measuring loop ends with its own share of the batches; count from its start to the
+    # written results (loading and the gather included) so that the slowest process sets the rate.
+    info["examples_per_second"] = info["examples_measured_this_run"] / info["total_seconds"]
+    return json.loads((out_dir / "results.json").read_text()), info
 
 
 def captum_comparison(checkpoint: Path, n: int, batch_size: int, ig_steps: int) -> dict:
@@ -233,7 +268,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ig-steps", type=int, default=20)
     parser.add_argument("--probe-train", type=int, default=2000, help="training sentences for the probe head")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of this process (1 process)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run each evaluation under accelerate launch with this many CPU processes, 1 thread each")
     parser.add_argument("--work-dir", default=str(REPO / "out" / "bench_eval_suite"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -242,11 +279,12 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     work = Path(args.work_dir)
-    report = {"threads": args.threads, "n": args.n, "ig_steps": args.ig_steps, "mappings": {}}
+    report = {"threads": args.threads, "processes": args.processes, "n": args.n, "ig_steps": args.ig_steps, "mappings": {}}
 
     for impl in [s.strip() for s in args.impls.split(",") if s.strip()]:
         checkpoint = build_probe_checkpoint(impl, work / f"minilm-mr-{impl}", args.probe_train)
-        results, info = evaluate_impl(checkpoint, work / f"eval-{impl}", args.n, args.batch_size, args.ig_steps)
+        results, info = evaluate_impl(checkpoint, work / f"eval-{impl}", args.n, args.batch_size, args.ig_steps,
+                                      args.processes)
         rate = info["examples_per_second"]
         s = results["summary"]
         faith = results["faithfulness"]["rankings"]
@@ -272,7 +310,8 @@ def main(argv=None) -> int:
         print(f"\n== MiniLM / MR test, attn_impl={impl}: {results['n_examples']} sentences, accuracy "
               f"{results['accuracy']:.3f}, macro-F1 {results['macro_f1']:.3f}")
         print(f"   {rate:.2f} examples/s -> {entry['minutes_per_1000']:.1f} min per 1,000 sentences "
-              f"({args.threads} threads, load average {entry['load_average'][0]:.1f}); "
+              f"({f'{args.processes} processes x 1 thread' if args.processes > 1 else f'{args.threads} threads'}, "
+              f"load average {entry['load_average'][0]:.1f}); "
               f"{entry['cpu_seconds_per_example']:.2f} CPU-s per example; seconds per stage: {entry['stage_seconds']}")
         print("   mean tau-b(attention, .): " + ", ".join(f"{m} {_fmt(v)}" for m, v in s["mean_kendall_tau_b"].items()))
         for line in s["text"][2:]:
