@@ -2,6 +2,7 @@
 
     python bench/eval_suite.py                       # 200 MR test sentences, captum comparison on 32
     python bench/eval_suite.py --n 1000 --impls softmax
+    python bench/eval_suite.py --n 300 --processes 2 --captum-n 0   # both cores, accelerate launch
 
 1. Builds MiniLM (all-MiniLM-L6-v2, embedded offline) sequence classifiers for MR, one per attention mapping: the
    encoder is frozen and only the classification head is fitted (logistic regression on the pooled output of
@@ -15,6 +16,11 @@
    LayerGradientXActivation per layer), (b) integrated gradients (same steps, Gauss-Legendre rule and baseline).
    Prints both speed ratios (wall and CPU time) and the largest difference between the two. captum is a
    bench-only dependency: ``pip install --no-deps captum``.
+4. Counts the floating-point work of the full set per sentence and stage (``--flops-batches`` batches of the
+   1,000-sentence plan) and sets the rate the 10-minute target needs next to a float32 matmul timed here.
+
+``--processes 2`` runs step 2 under ``accelerate launch`` with two CPU processes of one thread each (what "2 cores"
+means for the 1,000-sentence target); the rate then counts from the launch to the written results.
 """
 
 from __future__ import annotations
@@ -127,6 +133,67 @@ def _evaluate_launched(checkpoint: Path, out_dir: Path, n: int, batch_size: int,
     # written results (loading and the gather included) so that the slowest process sets the rate.
     info["examples_per_second"] = info["examples_measured_this_run"] / info["total_seconds"]
     return json.loads((out_dir / "results.json").read_text()), info
+
+
+def flop_budget(checkpoint: Path, n_batches: int, batch_size: int, ig_steps: int, n_plan: int = 1000) -> dict:
+    """Floating-point work of the full measurement set per example, by stage, and the rate the target needs.
+
+    Plans the ``n_plan`` seeded MR test sentences as the runner does (length-sorted batches), counts matmul FLOPs
+    with ``torch.utils.flop_counter.FlopCounterMode`` on ``n_batches`` batches spread evenly over that plan (a
+    stratified sample: work grows with the square of the length), and times a large float32 matmul of MiniLM's
+    FFN shape in this process on one thread: the best rate one core reaches on this work.
+    """
+    from contextlib import contextmanager
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import eval_suite.measure as measure_module
+    from eval_suite.batching import collate, encode_texts
+    from eval_suite.model_access import load_classifier
+    from eval_suite.runner import plan_batches, select_examples
+    from hf_sparse_attn.data import load_text_classification
+
+    classifier = load_classifier(str(checkpoint))
+    split = load_text_classification("mr")["test"]
+    indices = select_examples(len(split), n_plan, seed=0)
+    encodings, _ = encode_texts(classifier.tokenizer, [split[i]["text"] for i in indices], classifier.max_length)
+    plan = plan_batches(indices, [len(e["input_ids"]) for e in encodings], batch_size)
+    n_batches = min(n_batches, len(plan))
+    sample = [plan[int((k + 0.5) * len(plan) / n_batches)] for k in range(n_batches)]
+    stages: dict[str, float] = {}
+
+    @contextmanager
+    def counted(timings, stage):  # stands in for measure's stage timer: same stages, FLOPs instead of seconds
+        with FlopCounterMode(display=False) as counter:
+            yield
+        stages[stage] = stages.get(stage, 0.0) + counter.get_total_flops()
+
+    timer = measure_module._timed
+    measure_module._timed = counted
+    try:
+        for members in sample:
+            batch = collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id)
+            measure_module.measure_batch(classifier, batch, [0] * len(members), [indices[k] for k in members],
+                                         measure_module.MeasureConfig(ig_steps=ig_steps))
+    finally:
+        measure_module._timed = timer
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(4096, 384), torch.randn(384, 1536)
+    for _ in range(3):
+        a @ b
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a @ b
+    gemm_rate = repeats * 2 * 4096 * 384 * 1536 / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    counted_examples = sum(len(members) for members in sample)
+    per_example = {k: v / counted_examples for k, v in stages.items()}
+    total = sum(per_example.values())
+    return {"planned": len(indices), "batches_counted": n_batches, "examples_counted": counted_examples, "gflop_per_example": {k: v / 1e9 for k, v in per_example.items()},
+            "gflop_per_example_total": total / 1e9,
+            "target_gflop_per_second": 1000 * total / 600 / 1e9,
+            "one_core_gemm_gflop_per_second": gemm_rate / 1e9}
 
 
 def captum_comparison(checkpoint: Path, n: int, batch_size: int, ig_steps: int) -> dict:
@@ -267,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--captum-n", type=int, default=64, help="sentences for the captum comparison (0: skip)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ig-steps", type=int, default=20)
+    parser.add_argument("--flops-batches", type=int, default=4,
+                        help="batches of the 1,000-sentence plan whose floating-point work is counted (0: skip)")
     parser.add_argument("--probe-train", type=int, default=2000, help="training sentences for the probe head")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of this process (1 process)")
     parser.add_argument("--processes", type=int, default=1,
@@ -335,6 +404,18 @@ def main(argv=None) -> int:
                       f"{c['speedup_cpu_time']:.1f}x); max |difference| of normalised importance "
                       f"{c['max_abs_difference_of_normalised_importance']:.1e}")
             print(f"== both: {comparison['both']['speedup']:.1f}x (CPU time {comparison['both']['speedup_cpu_time']:.1f}x)")
+    if args.flops_batches:
+        checkpoint = build_probe_checkpoint("softmax", work / "minilm-mr-softmax", args.probe_train)
+        budget = flop_budget(checkpoint, args.flops_batches, args.batch_size, args.ig_steps)
+        report["flops"] = budget
+        print(f"\n== floating-point work of the full set (softmax; {budget['batches_counted']} batches, "
+              f"{budget['examples_counted']} of {budget['planned']} planned MR sentences): "
+              f"{budget['gflop_per_example_total']:.0f} GFLOP per sentence ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in budget["gflop_per_example"].items() if v >= 0.05) + ")")
+        print(f"   1,000 sentences in 10 minutes needs {budget['target_gflop_per_second']:.0f} GFLOP/s sustained; one "
+              f"core of this machine multiplies MiniLM-sized float32 matrices at "
+              f"{budget['one_core_gemm_gflop_per_second']:.0f} GFLOP/s "
+              f"(x2 cores = {2 * budget['one_core_gemm_gflop_per_second']:.0f})")
     work.mkdir(parents=True, exist_ok=True)
     (work / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {work / 'bench.json'}")

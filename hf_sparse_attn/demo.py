@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer
 import hf_sparse_attn
 from hf_sparse_attn.assets import embedded_minilm_path
 from hf_sparse_attn.data import load_text_classification
-from hf_sparse_attn.stats import AttentionSparsityMeter
+from hf_sparse_attn.training_metrics import attention_row_statistics, per_layer_sparsity, summarise_attention
 
 
 def main(argv=None) -> None:
@@ -28,12 +28,13 @@ def main(argv=None) -> None:
     batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     for attn_impl in args.attn_impl:
         model = AutoModel.from_pretrained(model_path, attn_impl=attn_impl).eval()
-        meter = AttentionSparsityMeter()
         with torch.no_grad():
-            meter.update(model(**batch, output_attentions=True).attentions, batch["attention_mask"])
-        per_layer = meter.sparsity.mean(dim=1)
+            attentions = model(**batch, output_attentions=True).attentions
+        # The training logs' definition: per real query row, the share of its real keys with exactly zero weight.
+        heads = summarise_attention(attention_row_statistics(attentions, batch["attention_mask"]))
+        support = sum(h["support_size"] for h in heads) / len(heads)
         print(f"{str(hf_sparse_attn.get_spec(model)):>18}  exact zeros per layer: "
-              + " ".join(f"{v:.1%}" for v in per_layer) + f"   mean support {meter.support_size.mean():.1f} keys")
+              + " ".join(f"{v:.1%}" for v in per_layer_sparsity(heads)) + f"   mean support {support:.1f} keys")
 
 
 if __name__ == "__main__":
