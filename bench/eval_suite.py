@@ -190,8 +190,8 @@ def flop_budget(checkpoint: Path, n_batches: int, batch_size: int, ig_steps: int
     counted_examples = sum(len(members) for members in sample)
     per_example = {k: v / counted_examples for k, v in stages.items()}
     total = sum(per_example.values())
-    return {"planned": len(indices), "batches_counted": n_batches, "examples_counted": counted_examples, "gflop_per_example": {k: v / 1e9 for k, v in per_example.items()},
-            "gflop_per_example_total": total / 1e9,
+    return {"planned": len(indices), "batches_counted": n_batches, "examples_counted": counted_examples,
+            "gflop_per_example": {k: v / 1e9 for k, v in per_example.items()}, "gflop_per_example_total": total / 1e9,
             "target_gflop_per_second": 1000 * total / 600 / 1e9,
             "one_core_gemm_gflop_per_second": gemm_rate / 1e9}
 
