@@ -108,20 +108,15 @@ def _evaluate_launched(checkpoint: Path, out_dir: Path, n: int, batch_size: int,
                        processes: int) -> tuple[dict, dict]:
     """``accelerate launch`` of ``python -m eval_suite`` over ``processes`` CPU processes (the runner splits batches)."""
     import resource
-    import socket
     import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from hf_sparse_attn.launch import cpu_launch_command
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    # `accelerate launch --cpu` alone starts one process without MPI; the torchrun launcher plus eval_suite's own
-    # --cpu starts `processes` gloo processes on the CPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), "-m", "eval_suite", str(checkpoint), "--dataset", "mr", "--split", "test", "--limit", str(n),
-               "--batch-size", str(batch_size), "--ig-steps", str(ig_steps), "--plot-examples", "2", "--output-dir",
-               str(out_dir), "--cpu", "--threads", "1"]
+    command = cpu_launch_command("eval_suite", [
+        str(checkpoint), "--dataset", "mr", "--split", "test", "--limit", str(n), "--batch-size", str(batch_size),
+        "--ig-steps", str(ig_steps), "--plot-examples", "2", "--output-dir", str(out_dir), "--cpu", "--threads", "1",
+    ], num_processes=processes)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:

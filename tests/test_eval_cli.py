@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from eval_suite.cli import main
+from hf_sparse_attn.launch import cpu_launch_command
 from eval_suite.testing import make_text_csv, make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,22 +180,13 @@ def _save_mpnet(folder):
     return str(folder)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_results(first_run, workspace):
     out = workspace["root"] / "two_procs"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    # `accelerate launch --cpu` starts one process unless MPI is set up; the torchrun-based launcher with our
-    # --cpu flag starts two gloo (CPU) processes.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "eval_suite", *_args(workspace, out), "--cpu"]
+    # eval_suite's --cpu puts the two torchrun processes on gloo (see hf_sparse_attn.launch).
+    command = cpu_launch_command("eval_suite", [*_args(workspace, out), "--cpu"])
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "run_info.json").read_text())["processes"] == 2

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 import hf_sparse_attn
 from hf_sparse_attn import train as train_module
 from hf_sparse_attn.data import load_text_classification
+from hf_sparse_attn.launch import cpu_launch_command
 from hf_sparse_attn.training_metrics import macro_f1
 from hf_sparse_attn.training_scratch import (
     PRESETS,
@@ -190,22 +190,13 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     assert read_log(whole / "final" / "train_log.jsonl") == read_log(broken / "final" / "train_log.jsonl")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_one_model(tmp_path):
     out = tmp_path / "ddp"
-    # On a CPU-only machine `accelerate launch --cpu` starts one process unless MPI is set up; --multi_gpu uses
-    # torchrun, and the trainer switches accelerate to CPU (gloo) by itself when there is no GPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "hf_sparse_attn.train", *TINY,
-               "--dataset", "mr", "--attn-impl", "entmax15", "--max-train-examples", "64", "--max-steps", "3",
-               "--eval-every", "2", "--save-every", "2", "--output-dir", str(out)]
+    # The trainer switches accelerate to CPU (gloo) by itself when there is no GPU (see hf_sparse_attn.launch).
+    command = cpu_launch_command("hf_sparse_attn.train", [
+        *TINY, "--dataset", "mr", "--attn-impl", "entmax15", "--max-train-examples", "64", "--max-steps", "3",
+        "--eval-every", "2", "--save-every", "2", "--output-dir", str(out)])
     done = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     metrics = json.loads((out / "final" / "final_metrics.json").read_text())
