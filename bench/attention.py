@@ -127,6 +127,11 @@ def load_reference(path: str | None):
     return module
 
 
+def _reference_entmax(reference):
+    """The alpha-entmax function of an older copy of sparse_attn_mappings.py (named entmax_bisect there)."""
+    return getattr(reference, "entmax_newton", None) or reference.entmax_bisect
+
+
 def reference_mapping_module(reference, spec, num_heads, alpha_logit=None):
     """A SparseAttnMapping whose forward uses the reference implementation (same routing as ours)."""
     from hf_sparse_attn.sparse_attn_modeling import SparseAttnMapping
@@ -141,11 +146,11 @@ def reference_mapping_module(reference, spec, num_heads, alpha_logit=None):
             if impl == "entmax15":
                 return reference.entmax15(scores)
             if impl == "entmax":
-                return reference.entmax_bisect(scores, self.spec.alpha)
+                return _reference_entmax(reference)(scores, self.spec.alpha)
             if impl == "sparsegen_lin":
                 return reference.sparsegen_lin(scores, self.spec.lambda_)
             alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
-            return reference.entmax_bisect(scores, alpha.view(1, -1, 1, 1))
+            return _reference_entmax(reference)(scores, alpha.view(1, -1, 1, 1))
 
     mapping = ReferenceMapping(spec, num_heads)
     if alpha_logit is not None:
@@ -263,11 +268,11 @@ def mapping_pairs(reference):
                       reference and (lambda z, a: reference.sparsemax(z))),
         "entmax15": (lambda z, a: ours.entmax15(z), lambda z, a: entmax.entmax15(z, dim=-1),
                      reference and (lambda z, a: reference.entmax15(z))),
-        "entmax_bisect(1.3)": (lambda z, a: ours.entmax_bisect(z, 1.3), lambda z, a: entmax.entmax_bisect(z, 1.3, dim=-1),
-                               reference and (lambda z, a: reference.entmax_bisect(z, 1.3))),
-        "entmax_bisect(alpha per head)": (
-            lambda z, a: ours.entmax_bisect(z, a), lambda z, a: entmax.entmax_bisect(z, a, dim=-1),
-            reference and (lambda z, a: reference.entmax_bisect(z, a))),
+        "entmax_newton(1.3)": (lambda z, a: ours.entmax_newton(z, 1.3), lambda z, a: entmax.entmax_bisect(z, 1.3, dim=-1),
+                               reference and (lambda z, a: _reference_entmax(reference)(z, 1.3))),
+        "entmax_newton(alpha per head)": (
+            lambda z, a: ours.entmax_newton(z, a), lambda z, a: entmax.entmax_bisect(z, a, dim=-1),
+            reference and (lambda z, a: _reference_entmax(reference)(z, a))),
         "sparsegen_lin(0.5)": (lambda z, a: ours.sparsegen_lin(z, 0.5), lambda z, a: entmax.sparsemax(z / 0.5, dim=-1),
                                reference and (lambda z, a: reference.sparsegen_lin(z, 0.5))),
     }

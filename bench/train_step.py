@@ -34,7 +34,8 @@ def main(argv=None) -> int:
 
     import hf_sparse_attn  # noqa: F401  (attn_impl=)
     from hf_sparse_attn.data import load_text_classification, tokenize_for_classification
-    from hf_sparse_attn.train import build_optimizer, default_model_path
+    from hf_sparse_attn.training import build_optimizer
+    from hf_sparse_attn.training.config import default_model_path
 
     model_path = args.model or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -1,7 +1,7 @@
 """eval_suite: does attention agree with input influence? Every layer and head of an encoder classifier.
 
 Implements the measurements of Meister et al. (2021), "Is Sparse Attention more Interpretable?" (see
-../shared/PAPER.md and docs/eval_suite.md) for any sequence-classification checkpoint::
+docs/eval_suite.md) for any sequence-classification checkpoint::
 
     python -m eval_suite CHECKPOINT --dataset mr --split test --limit 500 --output-dir out/eval
     accelerate launch --cpu --num_processes 2 -m eval_suite CHECKPOINT ...   # same numbers, split over processes

@@ -51,9 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip batches whose rows are already in OUTDIR/rows")
     p.add_argument("--plot-examples", type=int, default=3, help="token-level heatmaps for this many examples")
     p.add_argument("--card", action="store_true", help="render the model card into the checkpoint folder (hub_cards)")
-    p.add_argument("--push", metavar="REPO_ID", default=None, help="render the card and push the checkpoint folder to the Hub")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    try:
+        from hub_cards.cli import add_push_arguments
+    except ImportError:  # eval_suite installed without hub_cards: no --card / --push
+        return p
+    add_push_arguments(p, flag="--push")
     return p
 
 
@@ -64,12 +68,36 @@ def request_from_args(args: argparse.Namespace) -> EvalRequest:
     return EvalRequest(checkpoint=args.checkpoint, output_dir=args.output_dir, dataset=args.dataset, split=args.split,
                        limit=args.limit, attn_impl=args.attn_impl, text_column=args.text_column,
                        label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
-                       resume=args.resume, plot_examples=args.plot_examples, card=args.card, push=args.push,
-                       cpu=args.cpu, measure=measure)
+                       resume=args.resume, plot_examples=args.plot_examples, cpu=args.cpu, measure=measure)
+
+
+def _check_publishing(args) -> None:
+    """--card / --push: the checkpoint must be a local folder, and a push needs a valid repo id and a token."""
+    import os
+
+    from hub_cards.cli import check_push_args
+
+    if (args.card or args.push_repo_id) and not os.path.isdir(args.checkpoint):
+        raise EvalError(f"--card/--push write into the checkpoint folder, but {args.checkpoint!r} is not a local "
+                        "folder; download it first (hf download ... --local-dir DIR)")
+    check_push_args(args)
+
+
+def _publish(args, results_path) -> None:
+    """Render the card into the checkpoint folder, then push it when --push names a repository."""
+    from hub_cards.cli import push_from_args
+    from hub_cards.render import render_card
+
+    card = render_card(args.checkpoint, results_path, repo_id=args.push_repo_id)
+    print(f"eval_suite: wrote the model card {card}", flush=True)
+    url = push_from_args(args.checkpoint, args)
+    if url:
+        print(f"eval_suite: pushed {args.checkpoint} to {url}", flush=True)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.push_repo_id = getattr(args, "push_repo_id", None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch
@@ -80,20 +108,23 @@ def main(argv=None) -> int:
     # Our own progress bar and one-line errors are the output; transformers' load reports would bury them.
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from hf_sparse_attn import SparseAttnError
+    from hf_sparse_attn.constants import RESULTS_FILE
     from hf_sparse_attn.data import DataError
 
+    known: tuple = (EvalError, DataError, SparseAttnError)
+    publishing = args.card or args.push_repo_id
     try:
-        from hub_cards.errors import HubCardsError
-    except ImportError:  # hub_cards is only needed for --card / --push
-        HubCardsError = EvalError  # noqa: N806
-    try:
-        import hf_sparse_attn
+        if publishing:
+            from hub_cards.errors import HubCardsError
 
-        known = (EvalError, DataError, HubCardsError, hf_sparse_attn.SparseAttnError)
-    except ImportError:
-        known = (EvalError, DataError, HubCardsError)
-    try:
+            known += (HubCardsError,)
+            _check_publishing(args)
         results = run_evaluation(request_from_args(args))
+        if results is not None and publishing:
+            from pathlib import Path
+
+            _publish(args, Path(args.output_dir) / RESULTS_FILE)
     except known as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

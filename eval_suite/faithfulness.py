@@ -39,7 +39,7 @@ def faithfulness_curves(ctx: ForwardContext, rankings: dict[str, torch.Tensor], 
     names = list(rankings)
     B, R, F = batch.size, len(names), len(fractions)
 
-    keeps, owners, slots = [], [], []  # one entry per (example, ranking, fraction, kind) before deduplication
+    keeps, slots = [], []  # one entry per (example, ranking, fraction, kind) before deduplication
     for r, name in enumerate(names):
         scores = torch.nan_to_num(rankings[name].to(torch.float64), nan=0.0)
         for f, fraction in enumerate(fractions):

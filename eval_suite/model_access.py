@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hf_sparse_attn.files import first_line
+
 from .errors import EvalError
 
 logger = logging.getLogger(__name__)
@@ -276,10 +278,8 @@ def _checkpoint_folder(checkpoint: str) -> str | None:
 def _fingerprint(folder: str | None) -> str | None:
     if folder is None:
         return None
-    try:
-        from hf_sparse_attn import weights_fingerprint
-    except ImportError:
-        from hub_cards.checkpoint import weights_fingerprint  # same definition, no torch import
+    from hf_sparse_attn.fingerprint import weights_fingerprint
+
     try:
         return weights_fingerprint(folder)
     except FileNotFoundError:
@@ -287,49 +287,36 @@ def _fingerprint(folder: str | None) -> str | None:
         return None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str | torch.device = "cpu") -> Classifier:
     """Load ``checkpoint`` (folder or Hub id) as an eval-ready classifier; EvalError (one line) if it cannot be one.
 
-    ``attn_impl`` overrides the attention mapping (needs hf_sparse_attn), e.g. to evaluate a softmax-trained
-    checkpoint under sparsemax; by default a checkpoint saved by hf_sparse_attn keeps its recorded mapping and a
-    stock one gets softmax attention that returns probabilities.
+    ``attn_impl`` overrides the attention mapping, e.g. to evaluate a softmax-trained checkpoint under sparsemax;
+    by default a checkpoint saved by hf_sparse_attn keeps its recorded mapping and a stock one gets softmax
+    attention that returns probabilities.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    try:
-        import hf_sparse_attn
-    except ImportError:
-        hf_sparse_attn = None
+    import hf_sparse_attn
+    from hf_sparse_attn.constants import CONFIG_KEY
 
     try:
         config = AutoConfig.from_pretrained(checkpoint)
     except Exception as error:  # noqa: BLE001 - missing folder, bad JSON, unknown Hub id, offline ...
-        raise EvalError(f"cannot read a transformers config from {checkpoint!r} ({_first_line(error)}); pass a "
+        raise EvalError(f"cannot read a transformers config from {checkpoint!r} ({first_line(error)}); pass a "
                         "checkpoint folder with config.json or a Hub model id") from None
     if type(config) not in AutoModelForSequenceClassification._model_mapping:
         raise EvalError(f"{checkpoint!r} is a {config.model_type!r} model, which has no sequence-classification "
                         "head in transformers; evaluate an encoder classifier (BERT, RoBERTa, ...)")
-    recorded = getattr(config, "sparse_attention", None)
-    if hf_sparse_attn is None:
-        if attn_impl is not None or recorded:
-            raise EvalError(f"{'--attn-impl' if attn_impl else 'this checkpoint records sparse attention and'} "
-                            "needs hf_sparse_attn; install it (pip install -e .) or drop --attn-impl")
-        load_kwargs = {"attn_implementation": "eager"}
-    else:
-        load_kwargs = {"attn_impl": attn_impl or (None if recorded else "softmax")}
+    recorded = getattr(config, CONFIG_KEY, None)
+    load_kwargs = {"attn_impl": attn_impl or (None if recorded else "softmax")}
     try:
         loaded = AutoModelForSequenceClassification.from_pretrained(checkpoint, output_loading_info=True, **load_kwargs)
     except EvalError:
         raise
     except ValueError as error:  # SparseAttnError and transformers' own refusals are ValueErrors with a message
-        raise EvalError(f"cannot load {checkpoint!r} as a sequence classifier: {_first_line(error)}") from None
+        raise EvalError(f"cannot load {checkpoint!r} as a sequence classifier: {first_line(error)}") from None
     except (OSError, TypeError) as error:
-        raise EvalError(f"cannot load {checkpoint!r} as a sequence classifier ({_first_line(error)}); check the "
+        raise EvalError(f"cannot load {checkpoint!r} as a sequence classifier ({first_line(error)}); check the "
                         "path or Hub id") from None
     model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
     missing = [k for k in info.get("missing_keys", []) if "sparse_attn" not in k]
@@ -341,12 +328,12 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     except Exception as error:  # noqa: BLE001
-        raise EvalError(f"no usable tokenizer in {checkpoint!r} ({_first_line(error)}); save the tokenizer next to "
+        raise EvalError(f"no usable tokenizer in {checkpoint!r} ({first_line(error)}); save the tokenizer next to "
                         "the model (tokenizer.save_pretrained)") from None
     if not getattr(tokenizer, "is_fast", False):
         raise EvalError(f"the tokenizer of {checkpoint!r} is not a fast tokenizer; save a tokenizer.json with it")
 
-    spec = hf_sparse_attn.get_spec(model) if hf_sparse_attn is not None else None
+    spec = hf_sparse_attn.get_spec(model)
     n_layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers"))
     n_heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_heads"))
     limits = [tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512]

@@ -5,14 +5,16 @@ Every file is written to a temporary name in the target folder and renamed into 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hf_sparse_attn.constants import PLOTS_DIR
+from hf_sparse_attn.files import atomic_path
 
-def _pyplot():
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -21,18 +23,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_figure(fig, path: Path, *, dpi: int = 110) -> None:
+    """Write ``fig`` to ``path`` atomically (no timestamp metadata, so equal figures give equal bytes), then close it."""
+    with atomic_path(path, fsync=False) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None}, format=path.suffix.lstrip("."))
+    pyplot().close(fig)
 
 
-def _grid(results: dict, getter) -> np.ndarray:
+def layer_head_grid(results: dict, getter) -> np.ndarray:
+    """[n_layers, n_heads] of ``getter(per_layer_head entry)``; NaN where it gives None."""
     grid = np.full((results["n_layers"], results["n_heads"]), np.nan)
     for entry in results["per_layer_head"]:
         value = getter(entry)
@@ -40,51 +39,66 @@ def _grid(results: dict, getter) -> np.ndarray:
     return grid
 
 
-def _heatmap(plt, grid: np.ndarray, title: str, path: Path, vmin=None, vmax=None, cmap="viridis") -> None:
+def draw_layer_head_heatmap(ax, grid: np.ndarray, *, title: str, vmin=None, vmax=None, cmap="viridis",
+                            annotate: bool = True, fontsize: int = 6):
+    """Draw a layer x head grid on ``ax`` (layers down, heads across, 0-based); returns the image for a colorbar.
+
+    The one heatmap of the project: evaluation plots, model cards and the paper study all draw with it.
+    """
     n_layers, n_heads = grid.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n_heads, 1.0 + 0.45 * n_layers))
     image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     ax.set_title(title, fontsize=9)
-    if n_layers * n_heads <= 160:
+    if annotate and n_layers * n_heads <= 160:
         for (layer, head), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 r, g, b, _ = image.cmap(image.norm(value))
                 ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"  # readable on the cell
-                ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=6, color=ink)
-    fig.colorbar(image, ax=ax)
-    _save(fig, path)
-    plt.close(fig)
+                ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=fontsize, color=ink)
+    return image
+
+
+def save_layer_head_heatmap(grid: np.ndarray, title: str, path: Path, *, vmin=None, vmax=None, cmap="viridis",
+                            colorbar_label: str | None = None, dpi: int = 110) -> None:
+    """One layer x head heatmap with its colorbar, written to ``path``."""
+    plt = pyplot()
+    n_layers, n_heads = grid.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n_heads, 1.0 + 0.45 * n_layers))
+    image = draw_layer_head_heatmap(ax, grid, title=title, vmin=vmin, vmax=vmax, cmap=cmap)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    save_figure(fig, path, dpi=dpi)
 
 
 def layer_head_plots(results: dict, out_dir: Path) -> list[str]:
     """tau-b per layer x head for each importance method, sparsity and attention entropy; returns relative paths."""
-    plt = _pyplot()
-    plots_dir = out_dir / "plots"
+    plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     label = results.get("attn_impl", "")
     for method in results["importance_methods"]:
-        grid = _grid(results, lambda e, m=method: e["kendall_tau_b"][m]["mean"])
+        grid = layer_head_grid(results, lambda e, m=method: e["kendall_tau_b"][m]["mean"])
         name = f"kendall_tau_b_{method}.png"
-        _heatmap(plt, grid, f"mean Kendall tau-b: attention vs {method} ({label})", plots_dir / name, -1, 1, "RdBu_r")
-        written.append(f"plots/{name}")
-    _heatmap(plt, _grid(results, lambda e: e["sparsity"]), f"attention sparsity (share of exact zeros, {label})",
-             plots_dir / "sparsity.png", 0, 1)
-    written.append("plots/sparsity.png")
-    _heatmap(plt, _grid(results, lambda e: e["attention_entropy"]), f"normalised attention entropy ({label})",
-             plots_dir / "attention_entropy.png", 0, 1)
-    written.append("plots/attention_entropy.png")
+        save_layer_head_heatmap(grid, f"mean Kendall tau-b: attention vs {method} ({label})", plots_dir / name,
+                                vmin=-1, vmax=1, cmap="RdBu_r")
+        written.append(f"{PLOTS_DIR}/{name}")
+    save_layer_head_heatmap(layer_head_grid(results, lambda e: e["sparsity"]),
+                            f"attention sparsity (share of exact zeros, {label})", plots_dir / "sparsity.png",
+                            vmin=0, vmax=1)
+    written.append(f"{PLOTS_DIR}/sparsity.png")
+    save_layer_head_heatmap(layer_head_grid(results, lambda e: e["attention_entropy"]),
+                            f"normalised attention entropy ({label})", plots_dir / "attention_entropy.png",
+                            vmin=0, vmax=1)
+    written.append(f"{PLOTS_DIR}/attention_entropy.png")
     return written
 
 
 def token_plots(token_maps: dict, out_dir: Path) -> list[str]:
     """One heatmap per example: rows = attention maps and importance methods, columns = content tokens."""
-    plt = _pyplot()
-    plots_dir = out_dir / "plots"
+    plt = pyplot()
+    plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for index in sorted(token_maps, key=int):
@@ -102,7 +116,6 @@ def token_plots(token_maps: dict, out_dir: Path) -> list[str]:
                      "(each row normalised over the tokens)", fontsize=8)
         fig.colorbar(image, ax=ax)
         name = f"tokens_{int(index)}.png"
-        _save(fig, plots_dir / name)
-        plt.close(fig)
-        written.append(f"plots/{name}")
+        save_figure(fig, plots_dir / name)
+        written.append(f"{PLOTS_DIR}/{name}")
     return written

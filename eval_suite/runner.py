@@ -16,12 +16,15 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hf_sparse_attn.constants import (LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR, RUN_INFO_FILE,
+                                      TOKEN_EXAMPLES_FILE)
+from hf_sparse_attn.files import atomic_path, atomic_write_text
 
 from .aggregate import aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
@@ -29,11 +32,6 @@ from .measure import MeasureConfig
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-TABLE_FILE = "per_layer_head.csv"
-EXAMPLES_FILE = "token_examples.json"
-ROWS_DIR = "rows"
-PLAN_FILE = "plan.json"
 SPECIAL_TOKENS_POLICY = (
     "all metrics use content tokens only (not padding, not tokenizer-added special tokens); attention and "
     "importance are restricted to them and renormalised; rollout and projection propagate through all "
@@ -57,8 +55,6 @@ class EvalRequest:
     max_length: int | None = None
     resume: bool = False
     plot_examples: int = 3
-    card: bool = False
-    push: str | None = None
     cpu: bool = False
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
@@ -84,24 +80,8 @@ class EvalRequest:
             raise EvalError(f"--fractions must be numbers in (0, 1], got {list(m.fractions)}")
         if self.plot_examples < 0:
             raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
-        if (self.card or self.push) and not os.path.isdir(self.checkpoint):
-            raise EvalError(f"--card/--push write into the checkpoint folder, but {self.checkpoint!r} is not a local "
-                            "folder; download it first (huggingface-cli download ... --local-dir DIR)")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise EvalError(f"--output-dir {self.output_dir!r} is a file; pass a folder")
-        if self.push:
-            from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-            try:
-                if self.push.count("/") != 1:
-                    raise HFValidationError("expected ORG/NAME")
-                validate_repo_id(self.push)
-            except HFValidationError as error:
-                raise EvalError(f"--push {self.push!r} is not a Hub repo id ({str(error).splitlines()[0]}); "
-                                "pass ORG/NAME") from None
-            from hub_cards.push import resolve_token
-
-            resolve_token()  # PushError (one line) now rather than after the whole evaluation
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -137,19 +117,6 @@ def plan_batches(indices: list[int], lengths: list[int], batch_size: int) -> lis
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _json_safe(value):
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -171,20 +138,10 @@ def _shard_path(rows_dir: Path, batch_id: int) -> Path:
 
 
 def save_shard(rows_dir: Path, batch_id: int, arrays: dict, token_maps: dict) -> None:
-    path = _shard_path(rows_dir, batch_id)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=rows_dir)
-    os.close(fd)
-    try:
-        payload = dict(arrays)
-        payload["token_maps_json"] = np.frombuffer(json.dumps(token_maps).encode("utf-8"), dtype=np.uint8)
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    payload = dict(arrays)
+    payload["token_maps_json"] = np.frombuffer(json.dumps(token_maps).encode("utf-8"), dtype=np.uint8)
+    with atomic_path(_shard_path(rows_dir, batch_id)) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **payload)
 
 
 def load_shard(rows_dir: Path, batch_id: int) -> tuple[dict, dict] | None:
@@ -208,23 +165,28 @@ def _plan_fingerprint(description: dict) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
-def run_evaluation(request: EvalRequest) -> dict | None:
-    """Evaluate; return the results dict on the main process (None on the others)."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
+@dataclass
+class _Plan:
+    """What one evaluation measures: the classifier, the chosen examples, their encodings and the batch plan."""
 
-    from .batching import collate, encode_texts
-    from .measure import measure_batch
+    classifier: object
+    indices: list[int]
+    labels: list[int]
+    encodings: list[dict]
+    batches: list[list[int]]
+    max_length: int
+    n_truncated: int
+    measure: MeasureConfig
+    plan_id: str
+
+
+def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) -> _Plan:
+    """Everything that can be wrong is checked here, before the first measurement; returns the batch plan."""
+    from .batching import encode_texts
     from .model_access import load_classifier
 
-    request.validate()
-    state = PartialState(cpu=request.cpu)
-    started = time.perf_counter()
-
-    # --- everything that can be wrong is checked before the first measurement
     split = load_split(request)
-    classifier = load_classifier(request.checkpoint, attn_impl=request.attn_impl, device=state.device)
+    classifier = load_classifier(request.checkpoint, attn_impl=request.attn_impl, device=device)
     labels_all = list(split["label"])
     bad = sorted({label for label in labels_all if not 0 <= label < classifier.num_labels})
     if bad:
@@ -236,27 +198,29 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         logger.warning("--max-length %d exceeds what the model takes; using %d", request.max_length, max_length)
     indices = select_examples(len(split), request.limit, request.measure.seed)
     texts = [split[i]["text"] for i in indices] if len(indices) < len(split) else list(split["text"])
-    labels = [labels_all[i] for i in indices]
     encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length)
-    if n_truncated and state.is_main_process:
+    if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size)
-    token_map_indices = frozenset(indices[: request.plot_examples])
-    measure = MeasureConfig(**{**request.measure.__dict__, "token_map_indices": token_map_indices})
-
-    plan = {
+    measure = MeasureConfig(**{**request.measure.__dict__,
+                               "token_map_indices": frozenset(indices[: request.plot_examples])})
+    description = {
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
         "indices": indices, "batches": batches, "max_length": max_length, "measure": measure.to_dict(),
         "plot_examples": request.plot_examples,
     }
-    plan_id = _plan_fingerprint(plan)
-    out_dir = Path(request.output_dir)
-    rows_dir = out_dir / ROWS_DIR
+    return _Plan(classifier, indices, [labels_all[i] for i in indices], encodings, batches, max_length, n_truncated,
+                 measure, _plan_fingerprint(description))
+
+
+def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state) -> Path:
+    """OUTDIR/rows for this plan: checked against a stored plan on --resume, emptied otherwise."""
+    rows_dir = Path(request.output_dir) / ROWS_DIR
     plan_path = rows_dir / PLAN_FILE
     if request.resume and plan_path.is_file():  # every process checks, so all of them stop together
         previous = json.loads(plan_path.read_text(encoding="utf-8")).get("plan_id")
-        if previous != plan_id:
+        if previous != plan.plan_id:
             raise EvalError(f"{rows_dir} holds rows of a different checkpoint, dataset or setting; drop --resume "
                             "or pass another --output-dir")
     state.wait_for_everyone()
@@ -265,46 +229,79 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         if not request.resume:
             for stale in rows_dir.glob("batch_*.npz"):
                 stale.unlink()
-        _atomic_write_text(plan_path, json.dumps({"plan_id": plan_id, "n_batches": len(batches)}) + "\n")
+        atomic_write_text(plan_path, json.dumps({"plan_id": plan.plan_id, "n_batches": len(plan.batches)}) + "\n")
     state.wait_for_everyone()
+    return rows_dir
 
-    done = {b for b in range(len(batches)) if request.resume and _shard_path(rows_dir, b).is_file()}
-    remaining = [b for b in range(len(batches)) if b not in done]
-    mine = remaining[state.process_index::state.num_processes]
-    computed, timings = [], {}
-    progress = tqdm(total=len(indices), initial=sum(len(batches[b]) for b in done), unit="ex",
-                    desc="eval_suite", disable=not state.is_main_process)
-    measure_started = time.perf_counter()
-    for batch_id in mine:
-        members = batches[batch_id]
-        batch = collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
-        arrays, token_maps = measure_batch(classifier, batch, [labels[k] for k in members],
-                                           [indices[k] for k in members], measure, timings=timings)
+
+def _measure_batches(plan: _Plan, batch_ids: list[int], rows_dir: Path, state, n_done: int, timings: dict) -> list:
+    """Measure this process's batches, storing each as a shard; returns (batch_id, arrays, token_maps) of each."""
+    from tqdm.auto import tqdm
+
+    from .batching import collate
+    from .measure import measure_batch
+
+    classifier = plan.classifier
+    computed = []
+    progress = tqdm(total=len(plan.indices), initial=n_done, unit="ex", desc="eval_suite",
+                    disable=not state.is_main_process)
+    for batch_id in batch_ids:
+        members = plan.batches[batch_id]
+        batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+        arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
+                                           [plan.indices[k] for k in members], plan.measure, timings=timings)
         save_shard(rows_dir, batch_id, arrays, token_maps)
         computed.append((batch_id, arrays, token_maps))
         progress.update(len(members) * (state.num_processes if state.num_processes > 1 else 1))
     progress.close()
-    measure_seconds = time.perf_counter() - measure_started
-    gathered = gather_object(computed) if state.num_processes > 1 else computed
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return None
+    return computed
 
+
+def _all_rows(plan: _Plan, gathered: list, done: set[int], rows_dir: Path) -> tuple[dict, dict]:
+    """Every batch's rows (computed now or stored earlier), in example order, and the token maps."""
     by_batch = {batch_id: (arrays, maps) for batch_id, arrays, maps in gathered}
     for batch_id in done:
         loaded = load_shard(rows_dir, batch_id)
         if loaded is None:
             raise EvalError(f"stored rows of batch {batch_id} in {rows_dir} are unreadable; re-run without --resume")
         by_batch[batch_id] = loaded
-    missing = [b for b in range(len(batches)) if b not in by_batch]
+    missing = [b for b in range(len(plan.batches)) if b not in by_batch]
     if missing:
         raise RuntimeError(f"rows of {len(missing)} batches never arrived (first: {missing[0]})")
-    rows = concatenate_rows([by_batch[b][0] for b in range(len(batches))])
-    token_maps = {k: v for b in range(len(batches)) for k, v in by_batch[b][1].items()}
+    rows = concatenate_rows([by_batch[b][0] for b in range(len(plan.batches))])
+    token_maps = {k: v for b in range(len(plan.batches)) for k, v in by_batch[b][1].items()}
+    return rows, token_maps
 
-    results = build_results(request, classifier, rows, measure, max_length, n_truncated)
+
+def run_evaluation(request: EvalRequest) -> dict | None:
+    """Evaluate; return the results dict on the main process (None on the others). Writes OUTDIR (module docstring)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    request.validate()
+    state = PartialState(cpu=request.cpu)
+    started = time.perf_counter()
+    plan = plan_evaluation(request, state.device, state.is_main_process)
+    rows_dir = _prepare_rows_dir(request, plan, state)
+
+    n_batches = len(plan.batches)
+    done = {b for b in range(n_batches) if request.resume and _shard_path(rows_dir, b).is_file()}
+    remaining = [b for b in range(n_batches) if b not in done]
+    timings: dict = {}
+    measure_started = time.perf_counter()
+    computed = _measure_batches(plan, remaining[state.process_index::state.num_processes], rows_dir, state,
+                                sum(len(plan.batches[b]) for b in done), timings)
+    measure_seconds = time.perf_counter() - measure_started
+    gathered = gather_object(computed) if state.num_processes > 1 else computed
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+
+    rows, token_maps = _all_rows(plan, gathered, done, rows_dir)
+    out_dir = Path(request.output_dir)
+    results = build_results(request, plan.classifier, rows, plan.measure, plan.max_length, plan.n_truncated)
     write_outputs(out_dir, results, token_maps)
-    n_new = sum(len(batches[b]) for b in remaining)
+    n_new = sum(len(plan.batches[b]) for b in remaining)
     run_info = {
         "processes": state.num_processes, "device": str(state.device),
         "examples_measured_this_run": n_new, "measure_seconds": measure_seconds,
@@ -312,9 +309,7 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         "total_seconds": time.perf_counter() - started,
         "stage_seconds_main_process": {k: round(v, 3) for k, v in timings.items()},
     }
-    _atomic_write_text(out_dir / "run_info.json", json.dumps(run_info, indent=2) + "\n")
-    if request.card or request.push:
-        _publish(request, out_dir / RESULTS_FILE)
+    atomic_write_text(out_dir / RUN_INFO_FILE, json.dumps(run_info, indent=2) + "\n")
     state.wait_for_everyone()
     return results
 
@@ -359,19 +354,7 @@ def write_outputs(out_dir: Path, results: dict, token_maps: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir)
     results["plots"] = plots
-    _atomic_write_text(out_dir / TABLE_FILE, layer_head_table(results))
-    _atomic_write_text(out_dir / EXAMPLES_FILE, json.dumps({str(k): v for k, v in sorted(token_maps.items())}, indent=1) + "\n")
-    _atomic_write_text(out_dir / RESULTS_FILE, dumps(results))
-
-
-def _publish(request: EvalRequest, results_path: Path) -> None:
-    from hub_cards.render import render_card
-
-    card = render_card(request.checkpoint, results_path, repo_id=request.push)
-    print(f"eval_suite: wrote the model card {card}", flush=True)
-    if request.push:
-        from hub_cards.push import push_folder
-
-        url = push_folder(request.checkpoint, request.push)
-        print(f"eval_suite: pushed {request.checkpoint} to {url}", flush=True)
-
+    atomic_write_text(out_dir / LAYER_HEAD_TABLE_FILE, layer_head_table(results))
+    atomic_write_text(out_dir / TOKEN_EXAMPLES_FILE,
+                      json.dumps({str(k): v for k, v in sorted(token_maps.items())}, indent=1) + "\n")
+    atomic_write_text(out_dir / RESULTS_FILE, dumps(results))

@@ -9,7 +9,7 @@
 
 from .auto import patch_auto_classes
 from .fingerprint import weights_fingerprint
-from .sparse_attn_mappings import entmax15, entmax_bisect, softmax, sparsegen_lin, sparsemax
+from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax
 from .sparse_attn_modeling import (
     ATTN_IMPLS,
     SparseAttnError,
@@ -35,7 +35,7 @@ __all__ = [
     "attention_alphas",
     "attention_modules",
     "entmax15",
-    "entmax_bisect",
+    "entmax_newton",
     "get_spec",
     "parse_attn_impl",
     "read_config_spec",

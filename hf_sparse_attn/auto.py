@@ -1,7 +1,7 @@
 """Teach transformers' Auto classes the ``attn_impl=`` keyword.
 
 ``AutoModelFor*.from_pretrained`` is a per-class copy made when transformers builds its Auto classes, so patching
-the shared base class changes nothing (../shared/HF_NOTES.md): we wrap ``from_pretrained`` and ``from_config`` on
+the shared base class changes nothing: we wrap ``from_pretrained`` and ``from_config`` on
 every Auto model class. The wrapper resolves the sparse setting (the keyword, else the one a saved config records),
 then loads through ``Sparse<StockClass>``, whose ``__init__`` creates the learned-alpha parameters before the
 weights are read, so a checkpoint's alphas load like any other weight.

@@ -32,6 +32,8 @@ from typing import Sequence
 import datasets
 import numpy as np
 
+from .files import first_line
+
 logger = logging.getLogger(__name__)
 
 #: Seed of every split this module carves. A constant so splits never depend on the training seed.
@@ -221,8 +223,7 @@ def _read_table(path: Path):
     except pd.errors.EmptyDataError:
         raise DataError(f"'{path}' is empty; give it a header row and at least one example") from None
     except Exception as error:  # parser errors differ per format; report them in one line
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"could not read '{path}' as {file_format}: {message}; fix the file's format") from None
+        raise DataError(f"could not read '{path}' as {file_format}: {first_line(error)}; fix the file's format") from None
 
 
 def _looks_like_json_lines(path: Path) -> bool:
@@ -239,8 +240,7 @@ def _load_hub(name, text_column, label_column, label_names, num_labels) -> datas
     try:
         loaded = datasets.load_dataset(repo, config)
     except Exception as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"could not load Hub dataset '{name}' ({message}); check the name or local path, or use "
+        raise DataError(f"could not load Hub dataset '{name}' ({first_line(error)}); check the name or local path, or use "
                         "'mr', 'trec' or a local .csv/.jsonl/.parquet file when offline") from None
     tables = {}
     for split, stems in SPLIT_FILE_STEMS.items():

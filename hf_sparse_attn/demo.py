@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer
 import hf_sparse_attn
 from hf_sparse_attn.assets import embedded_minilm_path
 from hf_sparse_attn.data import load_text_classification
-from hf_sparse_attn.training_metrics import attention_row_statistics, per_layer_sparsity, summarise_attention
+from hf_sparse_attn.training.metrics import attention_row_statistics, per_layer_sparsity, summarise_attention
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,7 @@ callers deal with rows that have none (see ``sparse_attn_modeling.masked_mapping
 
 - ``sparsemax(z)``           Martins & Astudillo 2016.
 - ``entmax15(z)``            Peters et al. 2019, alpha = 1.5.
-- ``entmax_bisect(z, a)``    alpha-entmax for any alpha in (1, 2] (a float or a tensor broadcastable to
+- ``entmax_newton(z, a)``    alpha-entmax for any alpha in (1, 2] (a float or a tensor broadcastable to
                              ``z[..., :1]``); differentiable in alpha.
 - ``sparsegen_lin(z, lam)``  Laha et al. 2018, sparsemax(z / (1 - lam)), lam < 1.
 
@@ -54,7 +54,7 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def _scratch(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
     """The first ``rows`` rows of a preallocated ``[R, d]`` buffer: fresh large allocations page-fault on CPU."""
     return buffer.view(-1)[: rows * buffer.shape[-1]].view(rows, buffer.shape[-1])
 
@@ -100,7 +100,7 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     z_act, t_act, lo_act, hi_act, tol_act = z, lo, lo, hi, t_tol
     n_act, wexp_act, scale_act = n, w_exponent, scale
     for _ in range(_MAX_NEWTON_STEPS):
-        r = _scratch(r_buffer, z_act.shape[0])
+        r = _first_rows(r_buffer, z_act.shape[0])
         torch.sub(z_act, t_act, out=r)
         r.clamp_min_(0)  # -inf - t = -inf -> 0
         # s_nm1 = sum r^(n-1) (-dN/dt up to a factor), s_n = sum r^n (the mass up to scale^n), norm = N(t).
@@ -115,7 +115,7 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
             s_n = l2 * l2
             norm = l2 * scale_act
         else:
-            w = torch.pow(r, wexp_act, out=_scratch(w_buffer, r.shape[0]))
+            w = torch.pow(r, wexp_act, out=_first_rows(w_buffer, r.shape[0]))
             if per_row and exact_one:
                 w.mul_(torch.sign(r))
             s_nm1 = w.sum(dim=-1, keepdim=True)
@@ -217,12 +217,10 @@ class Entmax15Function(torch.autograd.Function):
         return grad_z.to(grad_p.dtype)
 
 
-class EntmaxBisectFunction(torch.autograd.Function):
+class EntmaxNewtonFunction(torch.autograd.Function):
     """alpha-entmax: p = [(alpha - 1) z - tau]_+^(1 / (alpha - 1)).
 
     ``alpha`` is a tensor broadcastable to ``z[..., :1]``; its gradient is returned with alpha's own shape.
-    (The name is kept from the first, bisection-based version; the threshold now comes from the shared
-    bracketed Newton solver.)
     """
 
     @staticmethod
@@ -303,11 +301,11 @@ def entmax15(z: torch.Tensor) -> torch.Tensor:
     return Entmax15Function.apply(z)
 
 
-def entmax_bisect(z: torch.Tensor, alpha) -> torch.Tensor:
+def entmax_newton(z: torch.Tensor, alpha) -> torch.Tensor:
     """alpha-entmax for alpha in (1, 2]; alpha a float or a tensor broadcastable to ``z[..., :1]``."""
     if not torch.is_tensor(alpha):
         alpha = torch.tensor(float(alpha), dtype=_compute_dtype(z.dtype), device=z.device)
-    return EntmaxBisectFunction.apply(z, alpha)
+    return EntmaxNewtonFunction.apply(z, alpha)
 
 
 def sparsegen_lin(z: torch.Tensor, lam: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ import transformers
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .sparse_attn_mappings import entmax15, entmax_bisect, softmax, sparsegen_lin, sparsemax
+from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax
 
 REMOTE_CODE_FILES = ("sparse_attn_modeling.py", "sparse_attn_mappings.py")
 CONFIG_KEY = "sparse_attention"
@@ -175,23 +175,23 @@ class SparseAttnMapping(nn.Module):
         if impl == "entmax15" or (impl == "entmax" and self.spec.alpha == 1.5):
             return entmax15(scores)
         if impl == "entmax":
-            return entmax_bisect(scores, self.spec.alpha)
+            return entmax_newton(scores, self.spec.alpha)
         if impl == "sparsegen_lin":
             return sparsegen_lin(scores, self.spec.lambda_)
         alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
-        return entmax_bisect(scores, alpha.view(1, -1, 1, 1))
+        return entmax_newton(scores, alpha.view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.spec}, num_heads={self.num_heads}"
 
 
 def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor | None, *,
-                   scores_are_scratch: bool = False) -> torch.Tensor:
+                   scores_writable: bool = False) -> torch.Tensor:
     """Apply ``mapping`` with masked keys at exactly 0 and all-masked rows all 0 (not NaN).
 
     ``attention_mask`` is transformers' additive float mask (0 keep, dtype-min drop) or a boolean keep-mask.
     Masked keys become -inf, which every mapping sends to exactly 0 whatever its scale or alpha.
-    ``scores_are_scratch=True`` lets the mask be added in place (the caller owns ``scores`` and needs them no
+    ``scores_writable=True`` lets the mask be added in place (the caller owns ``scores`` and needs them no
     more): one fewer [B, H, Lq, Lk] tensor per call.
     """
     if attention_mask is None:
@@ -208,7 +208,7 @@ def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor |
     has_empty = bool(empty_rows.any())
     if has_empty:  # an all -inf row has no distribution; compute on raw scores and zero it afterwards
         additive = additive.masked_fill(empty_rows, 0.0)
-    probs = mapping(scores.add_(additive) if scores_are_scratch else scores + additive)
+    probs = mapping(scores.add_(additive) if scores_writable else scores + additive)
     if has_empty:
         probs = probs.masked_fill(empty_rows, 0.0)
     return probs
@@ -241,9 +241,9 @@ def make_attention_forward(registered_name: str):
         # Half-precision scores lose the gaps between near-equal scores that decide the support: use float32.
         compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
         # Scaled and masked in place: matmul's backward needs its inputs, not its output, so no [B, H, L, L] copy
-        # is made (the same operations in the same order as before, so results do not change).
+        # is made.
         scores = torch.matmul(query.to(compute_dtype), key.to(compute_dtype).transpose(-1, -2)).mul_(scaling)
-        probs = masked_mapping(mapping, scores, attention_mask, scores_are_scratch=True).to(value.dtype)
+        probs = masked_mapping(mapping, scores, attention_mask, scores_writable=True).to(value.dtype)
         if dropout > 0.0 and module.training:
             probs = nn.functional.dropout(probs, p=dropout, training=True)
         attn_output = torch.matmul(probs, value).transpose(1, 2).contiguous()

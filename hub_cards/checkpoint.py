@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_sparse_attn.constants import FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
+
 from .errors import CardError
 
 ALPHA_LOGIT_SUFFIX = "sparse_attn.alpha_logit"
@@ -126,11 +128,11 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
         sparse_attention=sparse_attention,
         learned_alphas=learned,
     )
-    if (folder / "training_args.json").is_file():
-        info.training_args = _read_json(folder / "training_args.json", "fix or remove it")
-    if (folder / "final_metrics.json").is_file():
-        info.final_metrics = _read_json(folder / "final_metrics.json", "fix or remove it")
-    log_path = Path(train_log) if train_log is not None else folder / "train_log.jsonl"
+    if (folder / TRAINING_ARGS_FILE).is_file():
+        info.training_args = _read_json(folder / TRAINING_ARGS_FILE, "fix or remove it")
+    if (folder / FINAL_METRICS_FILE).is_file():
+        info.final_metrics = _read_json(folder / FINAL_METRICS_FILE, "fix or remove it")
+    log_path = Path(train_log) if train_log is not None else folder / TRAIN_LOG_FILE
     if train_log is not None and not log_path.is_file():
         raise CardError(f"training log {log_path} does not exist; pass the train_log.jsonl the training command wrote")
     if log_path.is_file():

@@ -16,7 +16,7 @@ def add_push_arguments(parser: argparse.ArgumentParser, *, flag: str = "--push-t
     """Options for a training or evaluation command that pushes its folder (``--push-to-hub`` / ``--push``).
 
     Prefixed ``--hub-*`` so they cannot clash with a command's own ``--revision`` or ``--token``; pair with
-    :func:`push_from_args`.
+    :func:`check_push_args` (before the work) and :func:`push_from_args` (after it).
     """
     group = parser.add_argument_group("pushing to the Hub")
     group.add_argument(flag, dest="push_repo_id", metavar="ORG/NAME", default=None,
@@ -25,6 +25,16 @@ def add_push_arguments(parser: argparse.ArgumentParser, *, flag: str = "--push-t
     group.add_argument("--hub-revision", default=None, help="branch to commit to (created if missing; default main)")
     group.add_argument("--hub-commit-message", default=None, help="commit message")
     group.add_argument("--hub-token", default=None, help="Hub token (default: HF_TOKEN, else the stored login)")
+
+
+def check_push_args(args: argparse.Namespace) -> None:
+    """Refuse a bad repo id or a missing token before the command's real work starts (PushError, one line)."""
+    if not getattr(args, "push_repo_id", None):
+        return
+    from .push import check_repo_id, resolve_token
+
+    check_repo_id(args.push_repo_id)
+    resolve_token(args.hub_token)
 
 
 def push_from_args(folder, args: argparse.Namespace) -> str | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
+from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
+
 from .checkpoint import CheckpointInfo
 from .errors import CardError
 from .results import CardScores
@@ -70,7 +72,7 @@ class Headline:
 
 def headline_from_results(results: dict) -> Headline:
     return Headline(results["dataset"], results["split"], results["accuracy"], results["macro_f1"],
-                    results["n_examples"], "results.json")
+                    results["n_examples"], RESULTS_FILE)
 
 
 def headline_from_training(info: CheckpointInfo) -> Headline | None:
@@ -82,7 +84,7 @@ def headline_from_training(info: CheckpointInfo) -> Headline | None:
     accuracy, macro_f1 = test.get("accuracy"), test.get("macro_f1")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (accuracy, macro_f1)):
         return None
-    return Headline(dataset, "test", accuracy, macro_f1, None, "final_metrics.json")
+    return Headline(dataset, "test", accuracy, macro_f1, None, FINAL_METRICS_FILE)
 
 
 def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResult]:

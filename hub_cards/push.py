@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hf_sparse_attn.constants import CARD_FILE, RESULTS_FILE
+from hf_sparse_attn.files import first_line
+
 from .errors import CardError, PushError
 from .validation import check_files, files_to_publish, validate_folder
 
-__all__ = ["files_to_publish", "push_folder", "resolve_endpoint", "resolve_token", "validate_folder"]
+__all__ = ["check_repo_id", "files_to_publish", "push_folder", "resolve_endpoint", "resolve_token", "validate_folder"]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -41,7 +44,8 @@ def resolve_token(token: str | None = None) -> str:
     return stored
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
+    """PushError unless ``repo_id`` is a valid ORG/NAME Hub id."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
@@ -49,18 +53,18 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PushError(f"invalid repo id {repo_id!r}: {str(err).splitlines()[0]}") from None
+        raise PushError(f"invalid repo id {repo_id!r}: {first_line(err)}") from None
 
 
 def _refresh_card(folder: Path, repo_id: str) -> None:
     """Write a card when there is none (from the checkpoint and its training files), or re-render one we wrote
     so that its loading snippet and model-index name ``repo_id``. Hand-written cards are left alone."""
     from .metadata import METADATA_KEY
-    from .render import CARD_NAME, RESULTS_NAME, render_card, split_card
+    from .render import render_card, split_card
 
-    card_path = folder / CARD_NAME
+    card_path = folder / CARD_FILE
     if not card_path.is_file():
-        results = folder / RESULTS_NAME  # an evaluation's copy, if --card put one there; checked against the weights
+        results = folder / RESULTS_FILE  # an evaluation's copy, if --card put one there; checked against the weights
         render_card(folder, results if results.is_file() else None, repo_id=repo_id)
         return
     metadata, _ = split_card(card_path.read_text(encoding="utf-8"), source=str(card_path))
@@ -94,7 +98,7 @@ def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | 
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     token = resolve_token(token)
     endpoint = resolve_endpoint()
     if constants.is_offline_mode():
@@ -121,8 +125,7 @@ def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | 
         if status == 401:
             raise PushError(f"{endpoint} rejected the token (HTTP 401) when trying to {step}; set HF_TOKEN to a "
                             "token with write access") from None
-        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
-        raise PushError(f"{endpoint} refused to {step} (HTTP {status}): {first_line}") from None
+        raise PushError(f"{endpoint} refused to {step} (HTTP {status}): {first_line(err)}") from None
     except _network_errors() as err:
         raise PushError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}); check HF_ENDPOINT and the "
                         "network") from None

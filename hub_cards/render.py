@@ -20,6 +20,8 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
+from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, RESULTS_FILE
+
 from .checkpoint import CheckpointInfo, alpha_of_setting, base_model_from, read_checkpoint
 from .errors import CardError
 from .metadata import (METADATA_KEY, card_data_from, dataset_identity, headline_from_results, headline_from_training,
@@ -28,9 +30,7 @@ from .results import GRADIENT_METHOD, CardScores, card_scores, load_results, plo
 from .sections import merge_sections, parse_sections
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
-CARD_NAME = "README.md"
-RESULTS_NAME = "results.json"
-IMAGES_DIR = "interpretability"  # owned by the card: replaced as a whole on every render
+# CARD_IMAGES_DIR in a checkpoint folder is owned by the card: replaced as a whole on every render.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")
 MODEL_TYPE_NAMES = {"bert": "BERT", "roberta": "RoBERTa", "distilbert": "DistilBERT", "electra": "ELECTRA",
@@ -269,7 +269,7 @@ def _training_context(info: CheckpointInfo) -> dict:
 
 def _provenance_rows(info: CheckpointInfo, results: dict) -> list[list[str]]:
     rows = [
-        ["results file", f"[{RESULTS_NAME}]({RESULTS_NAME})"],
+        ["results file", f"[{RESULTS_FILE}]({RESULTS_FILE})"],
         ["weights fingerprint (checked against the results)", f"`{info.fingerprint}`"],
         ["dataset", _cell(results["dataset"])],
         ["split", _cell(results["split"])],
@@ -289,35 +289,17 @@ def _provenance_rows(info: CheckpointInfo, results: dict) -> list[list[str]]:
 
 def _draw_heatmaps(results: dict, gradient_method: str, outdir: Path) -> list[tuple[str, str]]:
     """Layer x head heatmaps of sparsity and tau-b, for results.json files that list no plots."""
-    import matplotlib
+    from eval_suite.plots import layer_head_grid, save_layer_head_heatmap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n_layers, n_heads = results["n_layers"], results["n_heads"]
-    panels = [("sparsity", "Attention sparsity (share of exact zeros)", lambda r: r["sparsity"]),
+    panels = [("sparsity", "Attention sparsity (share of exact zeros)", lambda r: r["sparsity"], (0, 1)),
               (f"kendall_tau_b_{gradient_method}", f"Kendall tau-b, attention vs {gradient_method}",
-               lambda r: r["kendall_tau_b"][gradient_method]["mean"])]
+               lambda r: r["kendall_tau_b"][gradient_method]["mean"], (-1, 1))]
     drawn = []
     outdir.mkdir(parents=True, exist_ok=True)
-    for name, title, value_of in panels:
-        grid = np.full((n_layers, n_heads), np.nan)
-        for rec in results["per_layer_head"]:
-            value = value_of(rec)
-            grid[rec["layer"], rec["head"]] = value if isinstance(value, (int, float)) else np.nan
-        fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n_heads, 1.0 + 0.4 * n_layers))
-        image = ax.imshow(grid, cmap="viridis", aspect="auto")
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(n_heads))
-        ax.set_yticks(range(n_layers))
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
+    for name, title, value_of, (vmin, vmax) in panels:
         filename = f"{name}_heatmap.png"
-        fig.savefig(outdir / filename, dpi=100, metadata={"Software": None})
-        plt.close(fig)
+        save_layer_head_heatmap(layer_head_grid(results, value_of), title, outdir / filename, vmin=vmin, vmax=vmax,
+                                dpi=100)
         drawn.append((filename, title))
     return drawn
 
@@ -328,7 +310,7 @@ def _caption(rel_path: str) -> str:
 
 def _image_destination(rel_path: str) -> str:
     """Where a plot lands in the checkpoint: under interpretability/, keeping its path below results.json."""
-    return rel_path if rel_path.startswith(IMAGES_DIR + "/") else f"{IMAGES_DIR}/{rel_path}"
+    return rel_path if rel_path.startswith(CARD_IMAGES_DIR + "/") else f"{CARD_IMAGES_DIR}/{rel_path}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,7 +366,7 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
     """
     folder = Path(checkpoint_dir)
     info = read_checkpoint(folder, train_log=train_log)
-    card_path = folder / CARD_NAME
+    card_path = folder / CARD_FILE
     old_text = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
     old_metadata, old_body = split_card(old_text, source=str(card_path))
     parse_sections(old_body, source=str(card_path))  # refuse broken markers before any work
@@ -406,16 +388,26 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
     model_name = (repo_id or "").split("/")[-1] or _folder_title(folder)
     base_model = base_model or base_model_from(info)
     ours = our_metadata(info, headline, scores, model_name=model_name, base_model=base_model, repo_id=repo_id,
-                        results_file=RESULTS_NAME if results else None)
+                        results_file=RESULTS_FILE if results else None)
     metadata = merge_metadata(old_metadata, ours)
     card_data = card_data_from(metadata)
 
     image_sources = [(_image_destination(rel), source) for rel, source in plots]
+    context = _template_context(folder, info, metadata, headline, repo_id, model_name)
+    if results is not None:
+        context.update(_score_context(info, results, scores, gradient_method))
+    return _write_card(folder, card_path, card_data, context, old_metadata, old_body, results, image_sources,
+                       gradient_method)
+
+
+def _template_context(folder: Path, info: CheckpointInfo, metadata: dict, headline, repo_id: str | None,
+                      model_name: str) -> dict:
+    """What every card shows: the model, how to load it, its attention setting and its training."""
     shown_base = metadata.get("base_model") if isinstance(metadata.get("base_model"), str) else None
     has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
     remote_code = sorted(p.name for p in folder.glob("sparse_attn_*.py"))
-    context = dict(
-        has_results=results is not None,
+    return dict(
+        has_results=False,
         model_title=model_name,
         model_type=MODEL_TYPE_NAMES.get(info.config.get("model_type"), info.config.get("model_type") or "Transformer"),
         attn_label=_attn_label(info),
@@ -435,24 +427,32 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
         folder_name=folder.name,
         **_training_context(info),
     )
-    if results is not None:
-        context.update(
-            n_examples=results["n_examples"],
-            sparsity_sentence=(f"{_pct(scores.mean_attention_sparsity)} of its attention weights are exactly zero "
-                               "(mean over layers and heads)."),
-            score_rows=_score_rows(scores),
-            reading=_reading(scores),
-            head_table=_head_table(results, info.learned_alphas, gradient_method),
-            head_table_note=("Sparsity: share of exact zeros over non-padded keys; support size: non-zero weights "
-                             "per query; attention entropy: normalised entropy of a query's attention; tau-b: "
-                             "mean ± std over examples."),
-            layer_table=_layer_table(results, scores),
-            provenance_rows=_provenance_rows(info, results),
-        )
 
+
+def _score_context(info: CheckpointInfo, results: dict, scores: CardScores, gradient_method: str) -> dict:
+    """What a card with evaluation results adds: scores, their reading, per-head tables and provenance."""
+    return dict(
+        has_results=True,
+        n_examples=results["n_examples"],
+        sparsity_sentence=(f"{_pct(scores.mean_attention_sparsity)} of its attention weights are exactly zero "
+                           "(mean over layers and heads)."),
+        score_rows=_score_rows(scores),
+        reading=_reading(scores),
+        head_table=_head_table(results, info.learned_alphas, gradient_method),
+        head_table_note=("Sparsity: share of exact zeros over non-padded keys; support size: non-zero weights "
+                         "per query; attention entropy: normalised entropy of a query's attention; tau-b: "
+                         "mean ± std over examples."),
+        layer_table=_layer_table(results, scores),
+        provenance_rows=_provenance_rows(info, results),
+    )
+
+
+def _write_card(folder: Path, card_path: Path, card_data, context: dict, old_metadata: dict, old_body: str,
+                results: dict | None, image_sources: list, gradient_method: str) -> Path:
+    """Stage images, the results copy and the card inside the folder, then rename each into place (card last)."""
     staging = Path(tempfile.mkdtemp(prefix=".hub_cards-", dir=folder))
     try:
-        images = staging / IMAGES_DIR
+        images = staging / CARD_IMAGES_DIR
         images.mkdir()
         if results is not None:
             for destination, source in image_sources:
@@ -462,26 +462,26 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
                 context["plots"] = [{"caption": _caption(dest), "path": dest} for dest, _ in image_sources]
             else:
                 drawn = _draw_heatmaps(results, gradient_method, images)
-                context["plots"] = [{"caption": title, "path": f"{IMAGES_DIR}/{name}"} for name, title in drawn]
+                context["plots"] = [{"caption": title, "path": f"{CARD_IMAGES_DIR}/{name}"} for name, title in drawn]
 
         rendered = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
         body = merge_sections(old_body, rendered.text.lstrip("\n")).lstrip("\n")
         text = f"---\n{card_data.to_yaml(original_order=list(old_metadata))}\n---\n\n{body}"
         text += "" if text.endswith("\n") else "\n"
         _check_round_trip(text, expected_metrics=len(card_data.eval_results or []))
-        (staging / CARD_NAME).write_text(text, encoding="utf-8")
+        (staging / CARD_FILE).write_text(text, encoding="utf-8")
 
         if results is not None:
             results_copy = dict(results)
             results_copy["plots"] = [dest for dest, _ in image_sources]  # relative to results.json, now in CHECKPOINT
             results_copy["checkpoint"] = "."  # the folder it now sits in (and no local path on the Hub)
-            (staging / RESULTS_NAME).write_text(json.dumps(results_copy, indent=2) + "\n", encoding="utf-8")
-            target = folder / IMAGES_DIR
+            (staging / RESULTS_FILE).write_text(json.dumps(results_copy, indent=2) + "\n", encoding="utf-8")
+            target = folder / CARD_IMAGES_DIR
             if target.exists():
                 os.replace(target, staging / "previous-images")
             os.replace(images, target)
-            os.replace(staging / RESULTS_NAME, folder / RESULTS_NAME)
-        os.replace(staging / CARD_NAME, card_path)
+            os.replace(staging / RESULTS_FILE, folder / RESULTS_FILE)
+        os.replace(staging / CARD_FILE, card_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card_path

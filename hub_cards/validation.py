@@ -19,6 +19,9 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
+from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, RESULTS_FILE, TRAIN_LOG_FILE,
+                                      TRAINING_ARGS_FILE)
+
 from .errors import CardError, PushError
 
 # What we publish: the files a user needs to load, read and audit the model; nothing else in the folder goes up.
@@ -26,9 +29,8 @@ PUBLISHED_TOP_LEVEL = (
     "*.safetensors", "*.safetensors.index.json", "config.json", "sparse_attn_*.py",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-    "README.md", "results.json", "training_args.json", "final_metrics.json", "train_log.jsonl",
+    CARD_FILE, RESULTS_FILE, TRAINING_ARGS_FILE, FINAL_METRICS_FILE, TRAIN_LOG_FILE,
 )
-IMAGES_DIR = "interpretability"
 IMAGE_SUFFIXES = (".png",)
 OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 BLOCKED_PACKAGES = ("hf_sparse_attn", "entmax", "eval_suite", "hub_cards")
@@ -101,7 +103,7 @@ def files_to_publish(folder) -> list[str]:
         if path.is_file() and (any(fnmatch(path.name, pattern) for pattern in PUBLISHED_TOP_LEVEL)
                                or path.name in extra_code):
             chosen.append(path.name)
-    images = folder / IMAGES_DIR
+    images = folder / CARD_IMAGES_DIR
     if images.is_dir():
         chosen += [p.relative_to(folder).as_posix() for p in images.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
@@ -165,7 +167,7 @@ def check_card(folder: Path) -> None:
     from .checkpoint import weights_fingerprint
     from .metadata import METADATA_KEY
 
-    card_path = folder / "README.md"
+    card_path = folder / CARD_FILE
     if not card_path.is_file():
         raise CardError(f"{folder} has no README.md; write one with `python -m hub_cards render {folder} --results RESULTS`")
     try:
@@ -181,7 +183,7 @@ def check_card(folder: Path) -> None:
                         "evaluating this checkpoint)")
     if ours.get("results") and not (folder / ours["results"]).is_file():
         raise CardError(f"README.md refers to {ours['results']}, which is missing; render the card again")
-    for name in {ours.get("results"), "results.json"} - {None}:  # a published results file must describe these weights
+    for name in {ours.get("results"), RESULTS_FILE} - {None}:  # a published results file must describe these weights
         results_path = folder / name
         if not results_path.is_file():
             continue

@@ -10,7 +10,7 @@ STEPS=${STEPS:-150}
 LIMIT=${LIMIT:-100}
 if [ ! -d "$OUT/final" ]; then
   resume=(); [ -d "$OUT/checkpoints" ] && resume=(--resume)
-  "$PY" -m hf_sparse_attn.train --dataset mr --attn-impl entmax15 --max-steps "$STEPS" --max-length 64 \
+  "$PY" -m hf_sparse_attn.training --dataset mr --attn-impl entmax15 --max-steps "$STEPS" --max-length 64 \
     --output-dir "$OUT" "${resume[@]}"
 fi
 resume=(); [ -d "$OUT/eval" ] && resume=(--resume)

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Task quality has one definition in the project, the training logs' own.
+from hf_sparse_attn.training.metrics import accuracy, macro_f1
+
 __all__ = [
     "accuracy",
     "aopc",
@@ -257,27 +260,3 @@ def aopc(full_probability, reduced_probabilities) -> torch.Tensor:
     full = _as_tensor(full_probability)
     reduced = _as_tensor(reduced_probabilities)
     return (full.unsqueeze(-1) - reduced).mean(dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------- task quality
-
-
-def accuracy(predictions, references) -> float:
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    if predictions.shape != references.shape or predictions.size == 0:
-        raise ValueError(f"need equally many predictions and references (got {predictions.size} and {references.size})")
-    return float((predictions == references).mean())
-
-
-def macro_f1(predictions, references) -> float:
-    """Unweighted mean of per-class F1 over the classes present in predictions or references (as sklearn)."""
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    if predictions.shape != references.shape or predictions.size == 0:
-        raise ValueError(f"need equally many predictions and references (got {predictions.size} and {references.size})")
-    scores = []
-    for c in np.union1d(predictions, references):
-        tp = float(np.sum((predictions == c) & (references == c)))
-        fp = float(np.sum((predictions == c) & (references != c)))
-        fn = float(np.sum((predictions != c) & (references == c)))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0)
-    return float(np.mean(scores))

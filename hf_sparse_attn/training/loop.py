@@ -1,0 +1,425 @@
+"""Fine-tune (or train from scratch) an encoder with sparse attention: ``train(TrainConfig) -> TrainResult``.
+
+Output folder (docs/CONTRACTS.md section 3)::
+
+    OUTDIR/train_log.jsonl          one JSON object per evaluation (live during training)
+    OUTDIR/training_args.json       the settings of the run (checked on resume)
+    OUTDIR/checkpoints/step-N/      accelerate save_state (model, optimizer, scheduler, RNG) + trainer_state.json
+    OUTDIR/final/                   Hub-ready: model + remote code + tokenizer + training_args.json +
+                                    final_metrics.json + train_log.jsonl; appears in one rename when training ends
+
+Determinism: data order comes from a seeded sampler per epoch and every step reseeds torch's RNG from
+(seed, step, process), so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
+Works the same in one process and under ``accelerate launch`` (every process calls :func:`train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from ..constants import CHECKPOINTS_DIR, FINAL_DIR, FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE, \
+    TRAINING_ARGS_FILE
+from ..data import load_text_classification, tokenize_for_classification
+from ..files import atomic_write_json, first_line
+from ..sparse_attn_modeling import attention_alphas
+from .checkpoints import (append_log, clear_previous_run, finished_result, latest_checkpoint, save_checkpoint,
+                          truncate_log, write_final_folder)
+from .config import RESULT_FIELDS, TrainConfig, TrainError
+from .from_scratch import build_from_scratch_config, build_word_level_tokenizer, load_from_scratch_config
+from .metrics import accuracy, attention_row_statistics, macro_f1, summarise_attention
+
+logger = logging.getLogger("hf_sparse_attn.training")
+
+
+class TrainingCallback:
+    """Hook into the loop: ``on_step_end`` runs after every optimizer step (and that step's evaluation and
+    checkpoint, when there is one). Subclass and pass instances to :func:`train`."""
+
+    def on_step_end(self, step: int) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns on every process."""
+
+    metrics: dict  # final_metrics.json: {"validation": {...}, "test": {...}, "train": {...}}
+    per_layer_head: list[dict]  # the test split's per layer x head attention statistics
+    final_dir: Path
+    is_main_process: bool
+
+
+@dataclass
+class _Session:
+    """Everything the loop works with, made once per run."""
+
+    config: TrainConfig
+    accelerator: object
+    out: Path
+    tokenizer: object
+    model: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: object
+    eval_loaders: dict
+    steps_per_epoch: int
+    total_steps: int
+    run_record: dict
+
+
+# --------------------------------------------------------------------------------------------- output folder
+
+
+def prepare_output_dir(config: TrainConfig, num_processes: int) -> Path | None:
+    """Check the output folder's state against resume/overwrite. Returns the latest checkpoint to resume."""
+    out = Path(config.output_dir)
+    final = out / FINAL_DIR
+    if config.overwrite:
+        return None  # cleared by clear_previous_run once data and model have loaded
+    finished = (final / FINAL_METRICS_FILE).is_file()
+    latest = latest_checkpoint(out)
+    if finished and not config.resume:
+        raise TrainError(f"'{out}' already holds a finished run; pass --overwrite to train again or pick another "
+                         "--output-dir")
+    if not config.resume and (latest is not None or (out / TRAIN_LOG_FILE).exists()):
+        raise TrainError(f"'{out}' holds an unfinished run; pass --resume to continue it or --overwrite to start over")
+    if config.resume and (latest is not None or finished):
+        _check_same_run(config, out / TRAINING_ARGS_FILE, num_processes)
+    return latest
+
+
+def _check_same_run(config: TrainConfig, args_path: Path, num_processes: int) -> None:
+    if not args_path.is_file():
+        return
+    stored = json.loads(args_path.read_text(encoding="utf-8"))
+    differing = [k for k in RESULT_FIELDS if k in stored and stored[k] != getattr(config, k)]
+    if differing:
+        shown = ", ".join(f"--{k.replace('_', '-')} {stored[k]!r} (now {getattr(config, k)!r})" for k in differing)
+        raise TrainError(f"--resume must repeat the interrupted run's arguments: it used {shown}")
+    if stored.get("num_processes", num_processes) != num_processes:
+        raise TrainError(f"the interrupted run used {stored['num_processes']} process(es), this one {num_processes}; "
+                         "resume with the same --num_processes (the data order per step depends on it)")
+
+
+# --------------------------------------------------------------------------------------------- model & data
+
+
+def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int, label_names: list[str]):
+    """(tokenizer, sequence classifier with ``config.attn_impl``): from a checkpoint, or from scratch."""
+    # attn_impl= is taught to the Auto classes when the hf_sparse_attn package is imported (this module is in it).
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    if config.from_scratch:
+        tokenizer = build_word_level_tokenizer(dataset_dict["train"]["text"], vocab_size=config.from_scratch_vocab_size,
+                                               max_length=config.max_length)
+        model_config = build_from_scratch_config(load_from_scratch_config(config.from_scratch), tokenizer,
+                                                 config.max_length)
+        model_config.num_labels, model_config.id2label, model_config.label2id = num_labels, id2label, label2id
+        model = AutoModelForSequenceClassification.from_config(model_config, attn_impl=config.attn_impl)
+        return tokenizer, model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+    except (OSError, ValueError) as error:
+        raise TrainError(f"cannot load a tokenizer from '{config.tokenizer or config.model}' ({first_line(error)}); "
+                         "pass --tokenizer") from None
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            config.model, num_labels=num_labels, id2label=id2label, label2id=label2id, attn_impl=config.attn_impl,
+            ignore_mismatched_sizes=True,  # a head trained for other labels is re-initialised, not an error
+        )
+    except OSError as error:
+        raise TrainError(f"cannot load model '{config.model}' ({first_line(error)}); pass a checkpoint folder or "
+                         "Hub id") from None
+    return tokenizer, model
+
+
+def build_optimizer(model, lr: float, alpha_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with three groups: decayed weights, undecayed biases/norms, and learned alpha (own lr, no decay)."""
+    decayed, undecayed, alphas = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith("sparse_attn.alpha_logit"):
+            alphas.append(param)
+        elif param.ndim < 2 or "norm" in name.lower():
+            undecayed.append(param)
+        else:
+            decayed.append(param)
+    groups = [
+        {"params": decayed, "lr": lr, "weight_decay": weight_decay, "name": "weights"},
+        {"params": undecayed, "lr": lr, "weight_decay": 0.0, "name": "biases_and_norms"},
+    ]
+    if alphas:
+        groups.append({"params": alphas, "lr": alpha_lr, "weight_decay": 0.0, "name": "attention_alpha"})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def _step_seed(seed: int, step: int, process_index: int) -> int:
+    return int(np.random.SeedSequence([seed, step, process_index]).generate_state(1)[0])
+
+
+def _load_splits(config: TrainConfig):
+    dataset_dict = load_text_classification(config.dataset, text_column=config.text_column,
+                                            label_column=config.label_column)
+    if config.max_train_examples:
+        dataset_dict["train"] = dataset_dict["train"].select(range(min(config.max_train_examples,
+                                                                       len(dataset_dict["train"]))))
+    if config.max_eval_examples:
+        for split in ("validation", "test"):
+            dataset_dict[split] = dataset_dict[split].select(range(min(config.max_eval_examples,
+                                                                       len(dataset_dict[split]))))
+    label_names = list(dataset_dict["train"].features["label"].names)
+    logger.info("data %s: %s examples (train/validation/test), %d labels", config.dataset,
+                "/".join(str(len(dataset_dict[s])) for s in ("train", "validation", "test")), len(label_names))
+    return dataset_dict, label_names
+
+
+def _start_session(config: TrainConfig, accelerator, out: Path) -> _Session:
+    """Data, model, optimizer, scheduler and loaders, prepared for ``accelerator``; the run record written."""
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+    dataset_dict, label_names = _load_splits(config)
+    set_seed(config.seed)  # the classifier head, or the whole from-scratch model, is randomly initialised
+    tokenizer, model = load_tokenizer_and_model(config, dataset_dict, len(label_names), label_names)
+    tokenized = {}
+    for split in ("train", "validation", "test"):
+        # Logs "<split>: truncated N of M texts" itself.
+        tokenized[split], _ = tokenize_for_classification(dataset_dict[split], tokenizer, config.max_length, desc=split)
+
+    collator = DataCollatorWithPadding(tokenizer)
+    train_loader = DataLoader(tokenized["train"], batch_size=config.batch_size, shuffle=True, collate_fn=collator)
+    eval_loaders = {split: DataLoader(tokenized[split], batch_size=config.eval_batch_size, collate_fn=collator)
+                    for split in ("validation", "test")}
+    optimizer = build_optimizer(model, config.lr, config.alpha_lr, config.weight_decay)
+    model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"] = accelerator.prepare(
+        model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"])
+    steps_per_epoch = len(train_loader)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    # Not passed through prepare(): accelerate would step it once per process. Checkpointed all the same.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    run_record = {**config.to_dict(), "num_processes": accelerator.num_processes, "steps_per_epoch": steps_per_epoch,
+                  "total_steps": total_steps, "label_names": label_names}
+    if accelerator.is_main_process:
+        if config.overwrite:
+            clear_previous_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / TRAINING_ARGS_FILE, run_record)
+    return _Session(config, accelerator, out, tokenizer, model, optimizer, scheduler, train_loader, eval_loaders,
+                    steps_per_epoch, total_steps, run_record)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: saved in checkpoints (step, loss sums) or timing of this session only."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    step_seconds: float = 0.0
+    timed_steps: int = 0
+    examples_seen: int = 0  # by this process, this session
+
+
+def train(config: TrainConfig, callbacks=()) -> TrainResult:
+    """Run (or resume) the training ``config`` describes; returns the final result on every process."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    # Without a GPU, multi-process runs (accelerate launch --multi_gpu / torchrun) need cpu=True to use gloo.
+    use_cpu = config.cpu or not torch.accelerator.is_available()
+    accelerator = Accelerator(cpu=use_cpu, dataloader_config=DataLoaderConfiguration(
+        use_seedable_sampler=True, data_seed=config.seed))
+    is_main = accelerator.is_main_process
+    if not accelerator.is_local_main_process:
+        datasets.disable_progress_bars()
+    out = Path(config.output_dir)
+    resume_from = prepare_output_dir(config, accelerator.num_processes)  # every process checks; nothing deleted yet
+    accelerator.wait_for_everyone()
+    if config.resume and (out / FINAL_DIR / FINAL_METRICS_FILE).is_file():
+        logger.info("'%s' is already finished; nothing to resume", out)
+        metrics, per_layer_head, final_dir = finished_result(out)
+        return TrainResult(metrics, per_layer_head, final_dir, is_main)
+
+    session = _start_session(config, accelerator, out)
+    progress = _resume(session, resume_from)
+    _train_steps(session, progress, callbacks)
+    return _finish(session, progress)
+
+
+def _resume(session: _Session, resume_from: Path | None) -> _Progress:
+    accelerator, out = session.accelerator, session.out
+    progress = _Progress()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = json.loads((resume_from / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        progress.step = state["step"]
+        if accelerator.is_main_process:  # the checkpoint holds the loss sums of all processes; the others start at 0
+            progress.loss_sum, progress.loss_count = state["loss_sum"], state["loss_count"]
+            truncate_log(out / TRAIN_LOG_FILE, progress.step)
+        logger.info("resumed from %s (step %d of %d)", resume_from, progress.step, session.total_steps)
+    elif accelerator.is_main_process:
+        (out / TRAIN_LOG_FILE).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return progress
+
+
+def _evaluate(session: _Session, progress: _Progress, split: str) -> dict:
+    record = {"step": progress.step, "epoch": round(progress.step / session.steps_per_epoch, 4)}
+    record.update(evaluate_split(session.accelerator, session.model, session.eval_loaders[split], split))
+    return record
+
+
+def _log(session: _Session, record: dict) -> None:
+    if session.accelerator.is_main_process:
+        append_log(session.out / TRAIN_LOG_FILE, record)
+
+
+def _train_steps(session: _Session, progress: _Progress, callbacks) -> None:
+    from tqdm.auto import tqdm
+
+    config, accelerator, model = session.config, session.accelerator, session.model
+    bar = tqdm(total=session.total_steps, initial=progress.step, desc="train",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    while progress.step < session.total_steps:
+        epoch, batches_done = divmod(progress.step, session.steps_per_epoch)
+        session.train_loader.set_epoch(epoch)
+        batches = (accelerator.skip_first_batches(session.train_loader, batches_done) if batches_done
+                   else session.train_loader)
+        for batch in batches:
+            started = time.perf_counter()
+            torch.manual_seed(_step_seed(config.seed, progress.step, accelerator.process_index))  # dropout masks
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            session.optimizer.step()
+            session.scheduler.step()
+            session.optimizer.zero_grad()
+            progress.step += 1
+            progress.step_seconds += time.perf_counter() - started
+            progress.timed_steps += 1
+            progress.examples_seen += batch["labels"].shape[0]
+            progress.loss_sum += float(loss.detach())
+            progress.loss_count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}")
+
+            step = progress.step
+            if step % config.eval_every == 0 and step < session.total_steps:
+                record = _evaluate(session, progress, "validation")
+                record["train_loss"] = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
+                progress.loss_sum, progress.loss_count = 0.0, 0
+                _log(session, record)
+                bar.write(_one_line(record))
+                model.train()
+            if step % config.save_every == 0 and step < session.total_steps:
+                save_checkpoint(accelerator, session.out, step, progress.loss_sum, progress.loss_count,
+                                config.save_total_limit)
+            for callback in callbacks:
+                callback.on_step_end(step)
+            if step >= session.total_steps:
+                break
+    bar.close()
+
+
+def _finish(session: _Session, progress: _Progress) -> TrainResult:
+    """Evaluate validation and test, write OUTDIR/final, drop the checkpoints."""
+    accelerator, out = session.accelerator, session.out
+    train_loss = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
+    final_records = {}
+    for split in ("validation", "test"):
+        record = _evaluate(session, progress, split)
+        record["train_loss"] = train_loss
+        final_records[split] = record
+        _log(session, record)
+    metrics = {split: {k: r[k] for k in ("accuracy", "macro_f1", "loss", "step", "epoch", "sparsity",
+                                         "support_size", "n_examples")}
+               for split, r in final_records.items()}
+    digests = accelerator.gather_for_metrics([_parameter_digest(accelerator.unwrap_model(session.model))],
+                                             use_gather_object=True)
+    metrics["train"] = {  # every value a per-split dict, so that cards can tabulate final_metrics.json by split
+        "loss": train_loss,  # mean over the steps since the last evaluation
+        "step": progress.step,
+        "epoch": round(progress.step / session.steps_per_epoch, 4),
+        "seconds_per_step": progress.step_seconds / max(progress.timed_steps, 1),  # this session, evaluation excluded
+        "num_processes": accelerator.num_processes,
+        "examples_seen_this_session": int(accelerator.reduce(
+            torch.tensor(float(progress.examples_seen), dtype=torch.float64, device=accelerator.device), "sum")),
+        "process_parameter_digests": list(digests),  # sha256 of each process's weights: all equal under DDP
+    }
+    final_dir = write_final_folder(accelerator, session.model, session.tokenizer, out, session.run_record, metrics)
+    if accelerator.is_main_process and not session.config.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(metrics, final_records["test"]["per_layer_head"], final_dir, accelerator.is_main_process)
+
+
+@torch.no_grad()
+def evaluate_split(accelerator, model, loader, split: str) -> dict:
+    """Loss, accuracy, macro-F1 and per layer/head attention statistics over every example of ``loader``."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    logits_all, labels_all, losses_all, stats_sum = [], [], [], None
+    for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=not accelerator.is_local_main_process):
+        outputs = model(**batch, output_attentions=True)
+        losses = torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"], reduction="none")
+        stats = attention_row_statistics(outputs.attentions, batch["attention_mask"])
+        logits, labels, losses, stats = accelerator.gather_for_metrics((outputs.logits, batch["labels"], losses, stats))
+        logits_all.append(logits.float().cpu())
+        labels_all.append(labels.cpu())
+        losses_all.append(losses.cpu())
+        summed = stats.sum(dim=0).cpu()
+        stats_sum = summed if stats_sum is None else stats_sum + summed
+    logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    predictions = logits.argmax(dim=-1).numpy()
+    per_layer_head = summarise_attention(stats_sum, attention_alphas(accelerator.unwrap_model(model)))
+    return {
+        "split": split,
+        "loss": float(torch.cat(losses_all).mean()),
+        "accuracy": accuracy(predictions, labels.numpy()),
+        "macro_f1": macro_f1(predictions, labels.numpy()),
+        "n_examples": int(labels.numel()),
+        "sparsity": float(np.mean([r["sparsity"] for r in per_layer_head])),
+        "support_size": float(np.mean([r["support_size"] for r in per_layer_head])),
+        "per_layer_head": per_layer_head,
+    }
+
+
+def _mean_over_processes(accelerator, total: float, count: int) -> float | None:
+    summed = accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device),
+                                "sum")
+    return float(summed[0] / summed[1]) if summed[1] > 0 else None
+
+
+def _one_line(record: dict) -> str:
+    return (f"step {record['step']} {record['split']}: accuracy {record['accuracy']:.4f} macro-F1 "
+            f"{record['macro_f1']:.4f} loss {record['loss']:.4f} sparsity {record['sparsity']:.3f}")
+
+
+def _parameter_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,110 @@
+"""``python -m studies.paper``: reproduce Meister et al. (2021) on real data, next to the paper's tables.
+
+    python -m studies.paper --output-dir studies/paper           # the full study (resumable)
+    python -m studies.paper --output-dir /tmp/p --quick           # tiny sizes: the pipeline end to end
+    python -m studies.paper --output-dir studies/paper --report-only
+
+Units run in priority order (``--parts``): the paper's Transformer on mr, the sparsity sweep, adversarial
+attention, MiniLM on mr, then trec, extra seeds, MiniLM on trec. A unit that fails is logged and the study goes on
+with the next one (exit status 1 at the end). Bad arguments exit with status 2 before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .plan import MAPPINGS, PART_ORDER
+from .run import ReproduceError, run_study
+
+QUICK = dict(seeds=1, mappings=["softmax", "sparsemax", "learned_alpha"], alphas=[1.0, 1.25, 2.0], lambdas=[0.5],
+             max_train_examples=48, max_eval_examples=16, scratch_steps=2, minilm_steps=1, scratch_limit=4,
+             minilm_limit=4, ig_steps=2, adversarial_steps=2, max_length=24, scratch_batch_size=8, minilm_batch_size=4)
+POSITIVE = ("seeds", "max_length", "scratch_steps", "minilm_steps", "scratch_limit", "minilm_limit", "ig_steps",
+            "adversarial_steps", "max_eval_examples", "scratch_batch_size", "minilm_batch_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m studies.paper", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", default="studies/paper")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): every part, seconds each")
+    p.add_argument("--report-only", action="store_true", help="only regenerate REPORT.md from finished units")
+    p.add_argument("--parts", default=",".join(PART_ORDER), help=f"comma list, run in this order (default: {','.join(PART_ORDER)})")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the scratch models on mr (default 3)")
+    p.add_argument("--mappings", default=",".join(MAPPINGS), help=f"comma list of {', '.join(MAPPINGS)}")
+    p.add_argument("--alphas", default="1.0,1.1,1.25,1.5,1.75,2.0", help="alpha-entmax sweep (scratch, mr)")
+    p.add_argument("--lambdas", default="-1.0,0.0,0.5,0.75", help="sparsegen-lin sweep (scratch, mr); larger is sparser")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-train-examples", type=int, help="use only the first N training examples (default: all)")
+    p.add_argument("--max-eval-examples", type=int, default=400, help="validation/test examples scored during training")
+    p.add_argument("--scratch-steps", type=int, default=400, help="optimizer steps of each from-scratch model")
+    p.add_argument("--scratch-lr", type=float, default=1e-3)
+    p.add_argument("--scratch-batch-size", type=int, default=32)
+    p.add_argument("--minilm-steps", type=int, default=200)
+    p.add_argument("--minilm-lr", type=float, default=1e-4)
+    p.add_argument("--minilm-batch-size", type=int, default=16)
+    p.add_argument("--scratch-limit", type=int, default=250, help="test examples evaluated per scratch model")
+    p.add_argument("--minilm-limit", type=int, default=150, help="test examples evaluated per MiniLM model")
+    p.add_argument("--ig-steps", type=int, default=4, help="integrated-gradients steps (IG is not in the paper's tables)")
+    p.add_argument("--adversarial-steps", type=int, default=400)
+    p.add_argument("--adversarial-lambda", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
+    return p
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(a) for a in text.split(",") if a.strip()]
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv)
+    given = {a.dest for a in parser._actions if any(opt in argv for opt in a.option_strings)}
+    try:
+        args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+        args.mappings = [m.strip() for m in args.mappings.split(",") if m.strip()]
+        args.alphas, args.lambdas = _numbers(args.alphas), _numbers(args.lambdas)
+    except ValueError:
+        parser.exit(2, "error: --alphas and --lambdas take comma-separated numbers, e.g. --alphas 1.0,1.5,2.0\n")
+    if args.quick:
+        for key, value in QUICK.items():
+            if key not in given:
+                setattr(args, key, value)
+    unknown = [p for p in args.parts if p not in PART_ORDER]
+    if unknown:
+        parser.exit(2, f"error: unknown --parts {unknown}; choose from {', '.join(PART_ORDER)}\n")
+    bad = [m for m in args.mappings if m not in MAPPINGS]
+    if bad:
+        parser.exit(2, f"error: unknown --mappings {bad}; choose from {', '.join(MAPPINGS)}\n")
+    if any(not 1.0 <= a <= 2.0 for a in args.alphas):
+        parser.exit(2, "error: --alphas must lie in [1, 2] (1 = softmax, 2 = sparsemax)\n")
+    if any(lam >= 1 for lam in args.lambdas):
+        parser.exit(2, "error: --lambdas must be < 1 (sparsegen-lin divides by 1 - lambda)\n")
+    for name in POSITIVE:
+        if getattr(args, name) < 1:
+            parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.exit(2, f"error: --output-dir {args.output_dir!r} is a file; pass a folder\n")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    started = time.time()
+    try:
+        status = run_study(args)
+    except ReproduceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"[reproduce] ran {len(status['ran'])} unit(s), failed {len(status['failed'])}, cached/waiting "
+          f"{len(status['skipped'])} in {time.time() - started:.0f} s; report: {Path(args.output_dir) / 'REPORT.md'}")
+    return 1 if status["failed"] else 0

@@ -1,0 +1,116 @@
+"""Reading the study's unit records (results/<unit>.json): the numbers every table and finding is built from."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+NOT_RUN = "not run"
+INPUT_PAIR = ("grad_norm", "loo")
+REPR_PAIR = ("repr_grad_norm", "repr_loo")
+MAPPING_ORDER = ("softmax", "sparsemax", "entmax15", "learned_alpha")
+
+
+def load_records(out_dir: Path) -> dict[str, dict]:
+    """unit name -> record, for every finished unit in OUTDIR/results."""
+    records = {}
+    for path in sorted((out_dir / "results").glob("*.json")):
+        try:
+            records[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue  # a file being written by another sitting; it appears complete on the next regeneration
+    return records
+
+
+def last_layer(record: dict) -> int:
+    return record["eval"]["n_layers"] - 1
+
+
+def head_mean(record: dict, layer: int, getter) -> float | None:
+    values = [getter(h) for h in record["eval"]["per_layer_head"] if h["layer"] == layer]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def tau(record: dict, method: str, layer: int | None = None) -> float | None:
+    layer = last_layer(record) if layer is None else layer
+    return head_mean(record, layer, lambda h: h["kendall_tau_b"].get(method, {}).get("mean"))
+
+
+def input_to_repr_entropy(record: dict, layer: int | None = None) -> float | None:
+    layer = last_layer(record) if layer is None else layer
+    return record["eval"]["per_layer"][layer]["input_to_repr_entropy"]["mean"]
+
+
+def coindexed_share(record: dict, layer: int | None = None) -> float | None:
+    layer = last_layer(record) if layer is None else layer
+    entry = record["eval"]["per_layer"][layer].get("coindexed_share")
+    return entry.get("mean") if isinstance(entry, dict) else entry
+
+
+def importance_entropy(record: dict, method: str) -> float | None:
+    layer = last_layer(record)
+    entry = record["eval"]["per_layer"][layer]["importance_entropy"].get(method)
+    return entry["mean"] if isinstance(entry, dict) else entry
+
+
+def sparsity(record: dict, layer: int | None = None) -> float | None:
+    layer = last_layer(record) if layer is None else layer
+    return head_mean(record, layer, lambda h: h["sparsity"])
+
+
+def accuracy(record: dict) -> float | None:
+    return record["eval"].get("accuracy")
+
+
+def over_seeds(records: list[dict], fn) -> tuple[float | None, float | None, int]:
+    values = [fn(r) for r in records]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None, 0
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text.replace("0.", ".", 1) if abs(value) < 1 else text  # the paper's style: .72, -.18
+
+
+def fmt_seeds(stat, digits: int = 2) -> str:
+    mean, std, n = stat
+    if n == 0:
+        return NOT_RUN
+    return f"{fmt(mean, digits)} ± {fmt(std, digits)} ({n} seeds)" if n > 1 else fmt(mean, digits)
+
+
+def group(records: dict, encoder: str, dataset: str, mapping: str) -> list[dict]:
+    """Records of one (encoder, dataset, mapping) over seeds (sweep copies excluded)."""
+    return [r for name, r in records.items() if r["unit"]["encoder"] == encoder and r["unit"]["dataset"] == dataset
+            and r["unit"]["mapping"] == mapping and not name.startswith(("sweep-", "adversarial-"))]
+
+
+def kendall(x, y) -> float | None:
+    from scipy.stats import kendalltau
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return None
+    value = kendalltau([a for a, _ in pairs], [b for _, b in pairs], variant="b").statistic
+    return None if not math.isfinite(value) else float(value)
+
+
+def sweep_rows(records: dict, knob: str) -> list[dict]:
+    rows = []
+    for name, r in records.items():
+        if name.startswith("sweep-") and knob in r["unit"].get("knob", {}):
+            rows.append({
+                "knob": r["unit"]["knob"][knob], "name": name, "accuracy": accuracy(r), "sparsity": sparsity(r),
+                "entropy": {m: importance_entropy(r, m) for m in INPUT_PAIR},
+                "tau": {m: tau(r, m) for m in INPUT_PAIR + REPR_PAIR},
+            })
+    return sorted(rows, key=lambda row: row["knob"])

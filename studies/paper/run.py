@@ -1,0 +1,253 @@
+"""Running the study's units through the libraries' functions, each cached as ``OUTDIR/results/<unit>.json``.
+
+A unit trains a model with :func:`hf_sparse_attn.training.train` (or the adversary with
+:func:`studies.paper.adversarial.train_adversary`) and evaluates it with :func:`eval_suite.run_evaluation`. Its
+compact result is written last and atomically, so a unit whose result exists is done; an interrupted unit resumes
+(training from its last checkpoint, evaluation from its finished batches). Models live under ``OUTDIR/runs/``
+(git-ignored). After every unit the report is regenerated from whatever has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from hf_sparse_attn.constants import FINAL_DIR, FINAL_METRICS_FILE, RESULTS_FILE, TRAIN_LOG_FILE
+from hf_sparse_attn.files import atomic_write_json, first_line
+
+from .plan import Unit, plan_units, settings_record, unit_settings
+
+logger = logging.getLogger("studies.paper")
+
+RESULTS_DIR = "results"
+RUNS_DIR = "runs"
+STUDY_FILE = "study.json"
+ADVERSARIAL_BASELINE = "scratch-mr-softmax-s0"
+
+
+class ReproduceError(ValueError):
+    """Invalid study request; one line naming the fix."""
+
+
+def _write_record(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, payload, indent=1, trailing_newline=False)
+
+
+# --------------------------------------------------------------------------------------------- one unit
+
+
+def train_config(unit: Unit, args, run_dir: Path):
+    """The TrainConfig of a unit's model (from scratch: the paper's encoder; otherwise the embedded MiniLM)."""
+    from hf_sparse_attn.training import TrainConfig
+
+    common = dict(dataset=unit.dataset, attn_impl=unit.attn_impl, output_dir=str(run_dir), seed=unit.seed, cpu=True,
+                  resume=True, max_length=args.max_length, max_eval_examples=args.max_eval_examples, save_every=100,
+                  eval_every=100000, max_train_examples=args.max_train_examples)
+    if unit.encoder == "scratch":
+        return TrainConfig(from_scratch="paper-roberta", lr=args.scratch_lr, batch_size=args.scratch_batch_size,
+                           max_steps=args.scratch_steps, warmup_ratio=0.0, **common)
+    return TrainConfig(lr=args.minilm_lr, batch_size=args.minilm_batch_size, max_steps=args.minilm_steps, **common)
+
+
+def eval_request(unit: Unit, args, checkpoint: Path, eval_dir: Path):
+    """The evaluation of a unit: the same seeded test subset for every model, IG and faithfulness kept small."""
+    from eval_suite import EvalRequest, MeasureConfig
+
+    limit = args.scratch_limit if unit.encoder == "scratch" else args.minilm_limit
+    measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0)
+    return EvalRequest(checkpoint=str(checkpoint), output_dir=str(eval_dir), dataset=unit.dataset, split="test",
+                       limit=limit, max_length=args.max_length, resume=True, plot_examples=0, cpu=True, measure=measure)
+
+
+def learned_alphas(run_dir: Path) -> list[dict] | None:
+    """Per layer/head alpha of the last test evaluation in train_log.jsonl (None when absent)."""
+    from hf_sparse_attn.training.checkpoints import read_log
+
+    log = run_dir / TRAIN_LOG_FILE
+    if not log.is_file():
+        return None
+    records = read_log(log)
+    tests = [r for r in records if r.get("split") == "test"] or records
+    if not tests:
+        return None
+    return [{"layer": h["layer"], "head": h["head"], "alpha": h.get("alpha"), "sparsity": h.get("sparsity")}
+            for h in tests[-1].get("per_layer_head", [])]
+
+
+def compact_results(results: dict) -> dict:
+    """The part of eval_suite's results.json that the report needs (keeps committed JSONs small)."""
+    heads = []
+    for h in results["per_layer_head"]:
+        heads.append({
+            "layer": h["layer"], "head": h["head"], "sparsity": h["sparsity"], "support_size": h["support_size"],
+            "attention_entropy": h["attention_entropy"], "special_mass": h.get("special_mass"),
+            "kendall_tau_b": {m: {k: v[k] for k in ("mean", "std")} for m, v in h["kendall_tau_b"].items()},
+            "importance_entropy": {m: v["mean"] for m, v in h.get("importance_entropy", {}).items()},
+            "projected_kendall_tau_b": {m: v["mean"] for m, v in h.get("projected", {}).get("kendall_tau_b", {}).items()},
+        })
+    layers = [{"layer": l["layer"], "input_to_repr_entropy": l["input_to_repr_entropy"],
+               "coindexed_share": l.get("coindexed_share"),
+               "importance_entropy": {m: v for m, v in l.get("importance_entropy", {}).items()}}
+              for l in results["per_layer"]]
+    keep = ("attn_impl", "sparse_attention", "dataset", "split", "n_examples", "accuracy", "macro_f1", "n_layers",
+            "n_heads", "weights_fingerprint")
+    out = {k: results.get(k) for k in keep}
+    out.update(per_layer_head=heads, per_layer=layers,
+               summary={k: v for k, v in results.get("summary", {}).items() if k != "text"})
+    return out
+
+
+def _train_adversary(unit: Unit, args, out_dir: Path, run_dir: Path) -> dict:
+    from .adversarial import AdversarialConfig, train_adversary
+
+    baseline = out_dir / RUNS_DIR / ADVERSARIAL_BASELINE / FINAL_DIR
+    if not (baseline / "config.json").is_file():
+        raise RuntimeError(f"the adversary needs the softmax baseline {ADVERSARIAL_BASELINE}; run part scratch-mr first")
+    config = AdversarialConfig(baseline=str(baseline), output_dir=str(run_dir), dataset="mr",
+                               lambda_adv=unit.knob["lambda_adv"], max_steps=args.adversarial_steps,
+                               batch_size=args.scratch_batch_size, lr=args.scratch_lr, max_length=args.max_length,
+                               limit=args.scratch_limit, seed=0, max_train_examples=args.max_train_examples)
+    return train_adversary(config)
+
+
+def run_unit(unit: Unit, args, out_dir: Path) -> dict:
+    """Train (or reuse) and evaluate one unit; returns the compact record written to results/<name>.json."""
+    from eval_suite import run_evaluation
+    from hf_sparse_attn.training import train
+
+    run_dir = out_dir / RUNS_DIR / unit.name
+    seconds = {}
+    started = time.time()
+    adversarial = None
+    if unit.part == "adversarial":
+        adversarial = _train_adversary(unit, args, out_dir, run_dir)
+    elif not (run_dir / FINAL_DIR / FINAL_METRICS_FILE).is_file():
+        train(train_config(unit, args, run_dir))
+    seconds["train"] = round(time.time() - started, 1)
+
+    started = time.time()
+    eval_dir = run_dir / "eval"
+    if not (eval_dir / RESULTS_FILE).is_file():
+        run_evaluation(eval_request(unit, args, run_dir / FINAL_DIR, eval_dir))
+    seconds["eval"] = round(time.time() - started, 1)
+    results = json.loads((eval_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+
+    record = {"unit": {k: v for k, v in vars(unit).items()}, "seconds": seconds, "eval": compact_results(results)}
+    metrics_path = run_dir / FINAL_DIR / FINAL_METRICS_FILE
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        record["train_metrics"] = {split: {k: metrics[split].get(k) for k in ("accuracy", "macro_f1", "loss", "step")}
+                                   for split in ("validation", "test") if split in metrics}
+        record["train_seconds_per_step"] = metrics.get("train_seconds_per_step")
+    if unit.mapping == "learned_alpha":
+        record["learned_alpha"] = learned_alphas(run_dir)
+    if adversarial is not None:
+        record["adversarial"] = {k: v for k, v in adversarial.items() if k != "settings"}
+        record["adversarial"]["settings"] = {k: v for k, v in adversarial["settings"].items() if k != "baseline"}
+    return record
+
+
+# --------------------------------------------------------------------------------------------- the study
+
+
+def _check_cached_settings(units: list[Unit], args, out_dir: Path) -> None:
+    """Before any work: a cached unit made under other sizes would mix two studies."""
+    results_dir = out_dir / RESULTS_DIR
+    for unit in units:
+        path = results_dir / f"{unit.name}.json"
+        if not path.is_file():
+            continue
+        stored = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+        wanted = unit_settings(unit, args)
+        differing = sorted(k for k in wanted if k in stored and stored[k] != wanted[k])
+        if differing:
+            shown = ", ".join(f"--{k.replace('_', '-')} {stored[k]!r} (now {wanted[k]!r})" for k in differing)
+            raise ReproduceError(f"unit {unit.name} in '{out_dir}' was made with {shown}; repeat those values "
+                                 f"or delete {path} and {out_dir / RUNS_DIR / unit.name} to redo it")
+
+
+def _copy_reused(unit: Unit, args, results_dir: Path) -> bool:
+    """A sweep end point shares its named mapping's model and numbers; False while that unit has not run."""
+    source = results_dir / f"{unit.reuse}.json"
+    if not source.is_file():
+        return False
+    record = json.loads(source.read_text(encoding="utf-8"))
+    record["unit"] = {**vars(unit)}
+    record["seconds"] = {"train": 0.0, "eval": 0.0}
+    record["settings"] = unit_settings(unit, args)
+    _write_record(results_dir / f"{unit.name}.json", record)
+    return True
+
+
+def _run_units(units: list[Unit], args, out_dir: Path, study: dict) -> tuple[list, list, list]:
+    from .report import write_report
+
+    results_dir = out_dir / RESULTS_DIR
+    ran, failed, skipped = [], [], []
+    for unit in units:
+        path = results_dir / f"{unit.name}.json"
+        if path.is_file():
+            skipped.append(unit.name)
+            continue
+        if unit.reuse is not None:
+            (ran if _copy_reused(unit, args, results_dir) else skipped).append(unit.name)
+            continue
+        logger.info("unit %s (%s): %s on %s", unit.name, unit.part, unit.attn_impl, unit.dataset)
+        print(f"[reproduce] {time.strftime('%H:%M:%S')} unit {unit.name} ...", flush=True)
+        try:
+            record = run_unit(unit, args, out_dir)
+        except Exception as error:  # noqa: BLE001  (one failed unit must not end a study of dozens)
+            traceback.print_exc()
+            print(f"[reproduce] unit {unit.name} FAILED: {error}", flush=True)
+            failed.append({"unit": unit.name, "error": first_line(error)})
+            continue
+        record["settings"] = unit_settings(unit, args)
+        _write_record(path, record)
+        ran.append(unit.name)
+        print(f"[reproduce] {time.strftime('%H:%M:%S')} unit {unit.name} done: train {record['seconds']['train']} s, "
+              f"eval {record['seconds']['eval']} s", flush=True)
+        write_report(out_dir, study, units)
+    return ran, failed, skipped
+
+
+def run_study(args) -> dict:
+    """Run every unit not yet cached (in order), regenerating the report after each; returns a status dict."""
+    from .report import write_report
+
+    out_dir = Path(args.output_dir)
+    (out_dir / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
+    _ensure_gitignore(out_dir)
+    study_path = out_dir / STUDY_FILE
+    study = json.loads(study_path.read_text(encoding="utf-8")) if study_path.is_file() else {"sittings": []}
+    units = plan_units(args)
+    if not args.report_only:
+        _check_cached_settings(units, args, out_dir)
+        study["settings"] = settings_record(args)
+    study.setdefault("settings", settings_record(args))
+    ran, failed, skipped = [], [], []
+    sitting_started = time.time()
+    if not args.report_only:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        ran, failed, skipped = _run_units(units, args, out_dir, study)
+        # Re-read: another process may have run other --parts of the same study meanwhile.
+        latest = json.loads(study_path.read_text(encoding="utf-8")) if study_path.is_file() else {"sittings": []}
+        study["sittings"] = latest.get("sittings", []) + [{
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sitting_started)),
+            "seconds": round(time.time() - sitting_started, 1), "parts": args.parts, "ran": ran, "failed": failed}]
+        _write_record(study_path, study)
+    write_report(out_dir, study, units)
+    return {"ran": ran, "failed": failed, "skipped": skipped, "units": [u.name for u in units]}
+
+
+def _ensure_gitignore(out_dir: Path) -> None:
+    path = out_dir / ".gitignore"
+    if not path.is_file():
+        path.write_text("# models and evaluation rows: large, re-creatable with python -m studies.paper\n"
+                        "runs/\n*.safetensors\n*.npz\n*.bin\n*.pt\n*.log\n", encoding="utf-8")

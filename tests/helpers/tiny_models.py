@@ -1,0 +1,199 @@
+"""Tiny, deterministic models, data and results files for tests: random BERTs, word-level tokenizers, CSVs of random
+'sentences' over their vocabulary, and hand-written results.json files. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+
+# The one tiny encoder of the test suite (overrides per test: labels, dropout, initialisation).
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64)
+NO_DROPOUT = dict(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+MODEL_TYPES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta"]
+VOCAB_WORDS = [f"w{i}" for i in range(95)]
+CARD_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(90)] + [
+    "a", "film", "good", "bad", "plot"]
+
+
+def tiny_config(model_type: str, **overrides):
+    """A tiny random config of ``model_type`` (3 labels, no dropout), in that family's own parameter names."""
+    from transformers import AutoConfig
+
+    kwargs = dict(TINY, num_labels=3, **NO_DROPOUT)
+    if model_type == "distilbert":
+        kwargs = dict(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64,
+                      num_labels=3, attention_dropout=0.0, dropout=0.0)
+    if model_type == "electra":
+        kwargs["embedding_size"] = 16
+    if model_type in ("roberta", "xlm-roberta"):
+        kwargs["pad_token_id"] = 1
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def random_batch(batch=3, length=9, vocab=100, seed=0, pad_last=(0, 3, 5)):
+    """input_ids and an attention_mask with a different amount of right padding per row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, n_pad in enumerate(pad_last[:batch]):
+        if n_pad:
+            mask[row, -n_pad:] = 0
+    return ids, mask
+
+
+def _tiny_bert(seed: int, *, with_head: bool = True, **config):
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    return (BertForSequenceClassification if with_head else BertModel)(BertConfig(**{**TINY, **config})).eval()
+
+
+def make_tiny_checkpoint(folder, *, layers: int = 2, heads: int = 4, num_labels: int = 2, seed: int = 0,
+                         attn_impl: str | None = None, initializer_range: float = 0.3, with_head: bool = True) -> str:
+    """Save a random BERT sequence classifier (hidden 32) and its tokenizer into ``folder``; return the path.
+
+    ``initializer_range`` is larger than BERT's 0.02 so that predictions depend visibly on the input.
+    ``attn_impl`` makes it one of our sparse checkpoints; ``with_head=False`` saves a bare BertModel.
+    """
+    from transformers import BertTokenizerFast
+
+    os.makedirs(folder, exist_ok=True)
+    vocab_path = os.path.join(folder, "vocab.txt")
+    with open(vocab_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCAB_WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=vocab_path)
+    model = _tiny_bert(seed, with_head=with_head, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_labels=num_labels, initializer_range=initializer_range)
+    # Trained LayerNorms have non-trivial gains and biases. With the initial gain 1 / bias 0, every hidden state
+    # has norm sqrt(hidden_size) exactly and eq. 5 (the gradient of ||h_p||) would be numerical noise.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.5)
+    if attn_impl is not None:
+        import hf_sparse_attn
+
+        hf_sparse_attn.sparsify(model, attn_impl=attn_impl)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def make_text_csv(path, *, n: int = 40, n_classes: int = 2, seed: int = 0, min_words: int = 3, max_words: int = 12,
+                  text_column: str = "text", label_column: str = "label") -> str:
+    """Write ``n`` random texts over the tiny vocabulary with labels 0..n_classes-1."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([text_column, label_column])
+        for i in range(n):
+            words = [rng.choice(VOCAB_WORDS) for _ in range(rng.randint(min_words, max_words))]
+            writer.writerow([" ".join(words), i % n_classes])
+    return str(path)
+
+
+def make_checkpoint(folder, *, attn_impl: str | None = "entmax_learned", seed: int = 0, tokenizer: bool = True,
+                    training_files: bool = True, config_overrides: dict | None = None) -> Path:
+    """A tiny BERT classifier saved the way the core saves one (``attn_impl=None``: a stock checkpoint), with the
+    training command's files beside it (made-up numbers) unless ``training_files=False``.
+
+    Learned alphas are set to distinct seeded values so that tables can tell heads apart.
+    """
+    folder = Path(folder)
+    model = _tiny_bert(seed, num_labels=2, **NO_DROPOUT, **(config_overrides or {}))
+    if attn_impl is not None:
+        import hf_sparse_attn
+
+        hf_sparse_attn.sparsify(model, attn_impl=attn_impl)
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("sparse_attn.alpha_logit"):
+                    param.copy_(torch.randn(param.shape, generator=generator))
+    model.save_pretrained(folder)
+    if tokenizer:
+        from transformers import BertTokenizer
+
+        vocab = folder / "vocab.txt"
+        vocab.write_text("\n".join(CARD_VOCAB) + "\n", encoding="utf-8")
+        BertTokenizer(vocab_file=str(vocab)).save_pretrained(folder)
+    if training_files:
+        _write_training_files(folder, attn_impl, seed)
+    return folder
+
+
+def _write_training_files(folder: Path, attn_impl: str | None, seed: int) -> None:
+    args = {"model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "mr",
+            "attn_impl": attn_impl or "softmax", "seed": seed, "learning_rate": 2e-5, "epochs": 1, "batch_size": 16}
+    (folder / "training_args.json").write_text(json.dumps(args, indent=2), encoding="utf-8")
+    final = {split: {"accuracy": 0.8, "macro_f1": 0.79, "loss": 0.45, "step": 40, "epoch": 1.0}
+             for split in ("validation", "test")}
+    (folder / "final_metrics.json").write_text(json.dumps(final, indent=2), encoding="utf-8")
+    with open(folder / "train_log.jsonl", "w", encoding="utf-8") as f:
+        for step in (10, 20, 30, 40):
+            heads = [{"layer": layer, "head": head, "sparsity": 0.5 + step / 100, "support_size": 3.0,
+                      "alpha": 1.5} for layer in range(2) for head in range(4)]
+            f.write(json.dumps({"step": step, "epoch": step / 40, "split": "validation", "loss": 1 - step / 100,
+                                "accuracy": 0.5 + step / 100, "macro_f1": 0.5 + step / 110,
+                                "per_layer_head": heads}) + "\n")
+
+
+def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, dataset: str = "mr",
+                 fingerprint: str | None = None, methods=("grad_norm", "loo")) -> Path:
+    """A results.json in the evaluation suite's format (docs/CONTRACTS.md section 4) with seeded made-up scores."""
+    import random
+
+    from hf_sparse_attn import weights_fingerprint
+
+    checkpoint, outdir = Path(checkpoint), Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    n_layers, n_heads = config["num_hidden_layers"], config["num_attention_heads"]
+    spec = config.get("sparse_attention")
+    rng = random.Random(seed)
+    per_layer_head = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            per_layer_head.append({
+                "layer": layer, "head": head, "sparsity": round(rng.uniform(0.3, 0.95), 6),
+                "support_size": round(rng.uniform(1, 6), 4), "attention_entropy": round(rng.uniform(0.1, 0.6), 6),
+                "kendall_tau_b": {m: {"mean": round(rng.uniform(-0.2, 0.8), 6), "std": round(rng.uniform(0, 0.3), 6)}
+                                  for m in methods},
+            })
+    per_layer = [{"layer": layer,
+                  "input_to_repr_entropy": {"mean": round(rng.uniform(0.5, 0.95), 6), "std": 0.05},
+                  "coindexed_share": {"mean": round(rng.uniform(0.05, 0.4), 6), "std": 0.02}} for layer in range(n_layers)]
+    plot_paths = []
+    if plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        (outdir / "plots").mkdir(exist_ok=True)
+        for name in ("sparsity_heatmap", "kendall_tau_b_grad_norm_heatmap"):
+            fig, ax = plt.subplots(figsize=(2, 2))
+            ax.imshow([[rng.random() for _ in range(n_heads)] for _ in range(n_layers)])
+            fig.savefig(outdir / "plots" / f"{name}.png", dpi=40, metadata={"Software": None})
+            plt.close(fig)
+            plot_paths.append(f"plots/{name}.png")
+    results = {
+        "checkpoint": str(checkpoint), "weights_fingerprint": fingerprint or weights_fingerprint(checkpoint),
+        "attn_impl": (spec or {}).get("attn_impl", "softmax"), "sparse_attention": spec,
+        "dataset": dataset, "split": "test", "n_examples": 64,
+        "accuracy": round(rng.uniform(0.6, 0.9), 6), "macro_f1": round(rng.uniform(0.6, 0.9), 6),
+        "n_layers": n_layers, "n_heads": n_heads, "importance_methods": list(methods),
+        "per_layer_head": per_layer_head, "per_layer": per_layer,
+        "summary": {}, "plots": plot_paths, "config": {"seed": seed, "max_length": 64, "batch_size": 8},
+    }
+    path = outdir / "results.json"
+    path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return path
