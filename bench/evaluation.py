@@ -359,14 +359,12 @@ def main(argv=None) -> int:
             "minutes_per_1000": (1000 / rate / 60) if rate else None,
             "stage_seconds": info["stage_seconds_main_process"],
             "accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
-            "mean_kendall_tau_b": s["mean_kendall_tau_b"],
-            "mean_rollout_kendall_tau_b": s["mean_rollout_kendall_tau_b"],
-            "mean_projected_kendall_tau_b": s["mean_projected_kendall_tau_b"],
-            "mean_attention_sparsity": s["mean_attention_sparsity"], "mean_support_size": s["mean_support_size"],
-            "mean_attention_entropy": s["mean_attention_entropy"], "mean_special_mass": s["mean_special_mass"],
-            "mean_importance_entropy": s["mean_importance_entropy"],
-            "mean_projected_entropy": s["mean_projected_entropy"], "mean_rollout_entropy": s["mean_rollout_entropy"],
-            "mean_input_to_repr_entropy": s["mean_input_to_repr_entropy"], "mean_coindexed_share": s["mean_coindexed_share"],
+            "agreement": {m: {k: v[k]["mean"] for k in ("kendall_tau_b", "kendall_tau_b_excess")}
+                          for m, v in s["agreement"].items()},
+            "heads_defined": s["heads_defined"],
+            **{key: s[key]["mean"] for key in ("attention_sparsity", "attention_support_size", "attention_entropy",
+                                               "special_mass", "input_to_repr_entropy", "coindexed_share")},
+            "ig_completeness_gap_median": results["integrated_gradients"]["completeness_gap"]["median"],
             "comprehensiveness": {k: v["comprehensiveness"]["mean"] for k, v in faith.items()},
             "sufficiency": {k: v["sufficiency"]["mean"] for k, v in faith.items()},
         }
@@ -377,8 +375,7 @@ def main(argv=None) -> int:
               f"({f'{args.processes} processes x 1 thread' if args.processes > 1 else f'{args.threads} threads'}, "
               f"load average {entry['load_average'][0]:.1f}); "
               f"{entry['cpu_seconds_per_example']:.2f} CPU-s per example; seconds per stage: {entry['stage_seconds']}")
-        print("   mean tau-b(attention, .): " + ", ".join(f"{m} {_fmt(v)}" for m, v in s["mean_kendall_tau_b"].items()))
-        for line in s["text"][2:]:
+        for line in s["text"]:
             print("   " + line)
         print("   comprehensiveness: " + ", ".join(f"{k} {_fmt(v)}" for k, v in entry["comprehensiveness"].items()))
 

@@ -16,6 +16,7 @@ in :mod:`eval_suite.metrics`.
 from .errors import EvalError
 
 __all__ = [
+    "AggregateConfig",
     "AttentionRollout",
     "EvalError",
     "EvalRequest",
@@ -36,7 +37,7 @@ __all__ = [
 
 _LAZY = {
     "EvalRequest": "runner", "run_evaluation": "runner", "MeasureConfig": "measure", "measure_batch": "measure",
-    "load_classifier": "model_access",
+    "load_classifier": "model_access", "AggregateConfig": "aggregate",
 }
 
 

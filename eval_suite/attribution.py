@@ -202,19 +202,31 @@ class IntegratedGradients(Attribution):
     The integral uses ``steps``-point Gauss-Legendre quadrature (captum's default rule). The baseline x' is the
     padding token's embedding (``baseline="pad"``) or zeros (``"zero"``) at content positions; special tokens keep
     their embeddings. All examples x steps run as one batch (chunked by ``ctx.max_grad_tokens``).
+
+    Completeness says the signed attributions sum to ``y_hat(x) - y_hat(x')``; how far they miss is the
+    quadrature's error, reported per example as ``|sum_i a_i - (y_hat(x) - y_hat(x'))| / max(|y_hat(x) -
+    y_hat(x')|, 0.01)`` (the floor keeps near-equal predictions from dividing by almost nothing). With
+    ``tolerance`` set, an example whose gap exceeds it is recomputed with twice the steps, up to ``max_steps``:
+    sparse mappings make the integrand piecewise smooth with kinks, where a fixed rule converges slowly.
     """
 
     name = "integrated_gradients"
+    GAP_FLOOR = 0.01
 
-    def __init__(self, steps: int = 20, baseline: str = "pad"):
+    def __init__(self, steps: int = 16, baseline: str = "pad", tolerance: float | None = None, max_steps: int = 256):
         if steps < 1:
             raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
         if baseline not in ("pad", "zero"):
             raise ValueError(f"baseline must be 'pad' or 'zero', got {baseline!r}")
-        self.steps, self.baseline = steps, baseline
+        if tolerance is not None and not tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {tolerance}")
+        self.steps, self.baseline, self.tolerance, self.max_steps = steps, baseline, tolerance, max(steps, max_steps)
+
+    @staticmethod
+    def rule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gauss-Legendre nodes and weights on [0, 1]."""
         nodes, weights = np.polynomial.legendre.leggauss(steps)
-        self.alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32)
-        self.weights = torch.tensor(weights / 2, dtype=torch.float32)
+        return (torch.tensor((nodes + 1) / 2, dtype=torch.float32), torch.tensor(weights / 2, dtype=torch.float32))
 
     def baseline_embeddings(self, ctx) -> torch.Tensor:
         x = ctx.base.embeddings.detach()
@@ -227,21 +239,53 @@ class IntegratedGradients(Attribution):
         return torch.where(content, reference.expand_as(x), x)
 
     def __call__(self, ctx):
-        return self.signed(ctx).abs()
+        return self.attribute(ctx)[0].abs()
 
-    def signed(self, ctx) -> torch.Tensor:
-        """Signed attributions [B, L]; over all positions they sum to about y_hat(x) - y_hat(x') (completeness)."""
+    @torch.no_grad()
+    def baseline_probability(self, ctx) -> torch.Tensor:
+        """y_hat(x') per example: the predicted class's probability at the baseline [B]."""
+        batch = ctx.batch
+        other_inputs = {k: v for k, v in batch.model_inputs().items() if k != "input_ids"}
+        logits = ctx.model(inputs_embeds=self.baseline_embeddings(ctx), **other_inputs).logits
+        return torch.softmax(logits.float(), dim=-1).gather(1, ctx.base.prediction[:, None]).squeeze(1)
+
+    def attribute(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(signed attributions [B, L], completeness gap [B], steps used [B]); see the class docstring."""
+        rows = torch.arange(ctx.batch.size, device=ctx.base.embeddings.device)
+        delta = ctx.base.target.detach().float() - self.baseline_probability(ctx)
+        signed = self.signed(ctx, self.steps, rows)
+        steps_used = torch.full((ctx.batch.size,), self.steps, dtype=torch.long, device=rows.device)
+        gap = self._gap(signed, delta)
+        steps = self.steps
+        while self.tolerance is not None and steps < self.max_steps:
+            redo = rows[gap > self.tolerance]
+            if redo.numel() == 0:
+                break
+            steps = min(2 * steps, self.max_steps)
+            signed[redo] = self.signed(ctx, steps, redo)
+            steps_used[redo] = steps
+            gap[redo] = self._gap(signed[redo], delta[redo])
+        return signed, gap, steps_used
+
+    def _gap(self, signed: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return (signed.sum(dim=-1) - delta).abs() / delta.abs().clamp_min(self.GAP_FLOOR)
+
+    def signed(self, ctx, steps: int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Signed attributions [len(rows), L] with ``steps`` nodes; over all positions they sum to about
+        y_hat(x) - y_hat(x') (completeness)."""
         batch, base = ctx.batch, ctx.base
+        steps = steps or self.steps
         x = base.embeddings.detach()
         x0 = self.baseline_embeddings(ctx)
-        alphas, weights = self.alphas.to(x.device), self.weights.to(x.device)
-        rows = torch.arange(batch.size, device=x.device).repeat_interleave(self.steps)
-        steps = torch.arange(self.steps, device=x.device).repeat(batch.size)
+        rows = torch.arange(batch.size, device=x.device) if rows is None else rows
+        alphas, weights = (t.to(x.device) for t in self.rule(steps))
+        pair_rows = rows.repeat_interleave(steps)
+        pair_steps = torch.arange(steps, device=x.device).repeat(rows.numel())
         total = torch.zeros_like(x)
         other_inputs = {k: v for k, v in batch.model_inputs().items() if k != "input_ids"}
         lengths = batch.attention_mask.sum(dim=1)
-        for sl in ctx.chunks(rows.numel(), batch.length, grad=True):
-            r, s = rows[sl], steps[sl]
+        for sl in ctx.chunks(pair_rows.numel(), batch.length, grad=True):
+            r, s = pair_rows[sl], pair_steps[sl]
             n = int(lengths[r].max())  # a chunk of short examples runs at their length, not the batch's
             scaled = (x0[r, :n] + alphas[s, None, None] * (x[r, :n] - x0[r, :n])).requires_grad_(True)
             with torch.enable_grad():
@@ -249,7 +293,7 @@ class IntegratedGradients(Attribution):
                 probs = torch.softmax(logits.float(), dim=-1).gather(1, base.prediction[r, None]).squeeze(1)
                 (grad,) = torch.autograd.grad(probs.sum(), scaled)
             total[:, :n].index_add_(0, r, grad * weights[s, None, None])
-        return ((x - x0) * total).sum(dim=-1)
+        return ((x - x0) * total).sum(dim=-1)[rows]
 
 
 class LeaveOneOut(Attribution):
@@ -322,16 +366,26 @@ class InputToRepresentation(Attribution):
     batch (they are independent, so one backward pass from the sum over examples serves all of them) and runs
     through only the l layers below h^(l), on the base pass's graph. ``vectorize=True`` also batches positions
     with ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap).
+
+    ``mode="jacobian"`` replaces the gradient of the norm by the whole Jacobian block: G[b, l, p, i] =
+    ||d h^(l)_p / d x_i||_F. In post-LayerNorm encoders ||h_p|| is nearly the same at every position (LayerNorm
+    fixes it up to its gain and bias), so the norm's gradient measures little there; the Frobenius norm counts every
+    direction in which x_i moves h_p. It costs one vector-Jacobian product per hidden dimension instead of one per
+    position: d_model times the default (384x for MiniLM).
     """
 
     name = "input_to_repr"
     per_layer = True
+    MODES = ("norm", "jacobian")
 
-    def __init__(self, vectorize: bool = False):
+    def __init__(self, vectorize: bool = False, mode: str = "norm"):
         # vmap (is_grads_batched) is off by default: in torch 2.13 layer_norm, gelu and softmax backward have no
         # batching rule, so vmap loops per sample and is slower on CPU than one backward per position over the
         # whole batch (measured on MiniLM; see docs/eval_suite.md). Larger batches make the loop efficient.
+        if mode not in self.MODES:
+            raise ValueError(f"input-to-representation mode must be one of {self.MODES}, got {mode!r}")
         self.vectorize = vectorize
+        self.mode = mode
 
     def __call__(self, ctx):
         ctx._check_graph()
@@ -342,6 +396,9 @@ class InputToRepresentation(Attribution):
         # Positions to differentiate: every non-padding position of some example.
         positions = torch.nonzero(batch.attention_mask.bool().any(dim=0)).squeeze(-1)
         for layer in range(n_layers):
+            if self.mode == "jacobian":
+                out[:, layer] = self._jacobian_norms(base.hidden_states[layer], base.embeddings, positions)
+                continue
             norms = base.hidden_states[layer].norm(dim=-1)  # [B, L]
             per_chunk = max(1, ctx.max_grad_tokens * 4 // max(1, B * L))
             for start in range(0, positions.numel(), per_chunk):
@@ -351,6 +408,17 @@ class InputToRepresentation(Attribution):
         out = out * keep[:, None, :, None] * keep[:, None, None, :]
         totals = out.sum(dim=-1, keepdim=True)
         return torch.where(totals > 0, out / torch.where(totals > 0, totals, torch.ones_like(totals)), out)
+
+    @staticmethod
+    def _jacobian_norms(hidden, embeddings, positions) -> torch.Tensor:
+        """[B, L(p), L(i)]: ||d hidden[:, p] / d embeddings[:, i]||_F, one backward pass per (p, hidden unit)."""
+        B, L, d = hidden.shape
+        squares = torch.zeros(B, L, L, dtype=torch.float64, device=hidden.device)
+        for p in positions.tolist():
+            for k in range(d):
+                (grad,) = torch.autograd.grad(hidden[:, p, k].sum(), embeddings, retain_graph=True)
+                squares[:, p, :] += grad.double().pow(2).sum(dim=-1)
+        return squares.sqrt().float()
 
     def _vjp_norms(self, norms, embeddings, chunk) -> torch.Tensor:
         """[B, len(chunk), L]: ||d norms[:, p] / d embeddings|| for p in chunk (each example its own gradient)."""

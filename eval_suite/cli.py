@@ -8,7 +8,8 @@ import sys
 
 from .errors import EvalError
 from .faithfulness import DEFAULT_FRACTIONS
-from .measure import MeasureConfig
+from .aggregate import AggregateConfig
+from .measure import AOPC_BOUNDS, MeasureConfig
 from .runner import EvalRequest, run_evaluation
 
 
@@ -17,6 +18,15 @@ def _fractions(text: str) -> tuple:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--fractions takes comma-separated numbers in (0, 1], got {text!r}") from None
+
+
+def _tolerance(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ig-tolerance takes a number or 'none', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's limit)")
     p.add_argument("--attention-query", choices=("cls", "mean"), default="cls",
                    help="attention of the classification token (default) or the mean over all queries")
-    p.add_argument("--ig-steps", type=int, default=MeasureConfig.ig_steps, help="integrated-gradients steps (Gauss-Legendre)")
+    p.add_argument("--ig-steps", type=int, default=MeasureConfig.ig_steps,
+                   help="integrated-gradients steps (Gauss-Legendre nodes) to start with")
+    p.add_argument("--ig-tolerance", type=_tolerance, default=MeasureConfig.ig_tolerance,
+                   help="double the steps of an example while its completeness gap exceeds this (default 0.05; "
+                        "'none': fixed --ig-steps)")
+    p.add_argument("--ig-max-steps", type=int, default=MeasureConfig.ig_max_steps,
+                   help="most integrated-gradients steps per example")
     p.add_argument("--ig-baseline", choices=("pad", "zero"), default="pad",
                    help="integrated-gradients baseline for content tokens: the [PAD] embedding or zeros")
     p.add_argument("--fractions", type=_fractions, default=DEFAULT_FRACTIONS,
                    help="removal fractions for comprehensiveness / sufficiency (default 0.01,0.05,0.1,0.2,0.5)")
     p.add_argument("--faithfulness-attention", choices=("layers", "none"), default="layers",
                    help="rank tokens by each layer's head-mean attention too (default) or not")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example subset and the random ranking")
+    p.add_argument("--aopc-bounds", choices=AOPC_BOUNDS, default=MeasureConfig.aopc_bounds,
+                   help="'greedy': greedy best/worst removal orders per example, for normalised AOPC (costs about "
+                        "n_content x k_max forward passes per example)")
+    p.add_argument("--input-to-repr", choices=("norm", "jacobian"), default=MeasureConfig.input_to_repr,
+                   help="eq. 5 as the paper ('norm': gradient of ||h_p||) or the Frobenius norm of the Jacobian block "
+                        "dh_p/dx_i ('jacobian': d_model times the cost)")
+    p.add_argument("--min-examples", type=int, default=AggregateConfig.min_examples,
+                   help="a value is defined when it rests on at least min(this, N) examples (default 10)")
+    p.add_argument("--bootstrap-resamples", type=int, default=AggregateConfig.bootstrap_resamples,
+                   help="resamples of the 95%% bootstrap intervals (default 1000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the example subset, the random ranking, tie-breaking and the bootstrap")
     p.add_argument("--resume", action="store_true", help="skip batches whose rows are already in OUTDIR/rows")
     p.add_argument("--plot-examples", type=int, default=3, help="token-level heatmaps for this many examples")
     p.add_argument("--card", action="store_true", help="render the model card into the checkpoint folder (hub_cards)")
@@ -63,12 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> EvalRequest:
     measure = MeasureConfig(attention_query=args.attention_query, ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
+                            ig_tolerance=args.ig_tolerance, ig_max_steps=args.ig_max_steps,
                             fractions=tuple(args.fractions), faithfulness_attention=args.faithfulness_attention,
-                            seed=args.seed)
+                            aopc_bounds=args.aopc_bounds, input_to_repr=args.input_to_repr, seed=args.seed)
+    aggregation = AggregateConfig(min_examples=args.min_examples, bootstrap_resamples=args.bootstrap_resamples,
+                                  bootstrap_seed=args.seed)
     return EvalRequest(checkpoint=args.checkpoint, output_dir=args.output_dir, dataset=args.dataset, split=args.split,
                        limit=args.limit, attn_impl=args.attn_impl, text_column=args.text_column,
                        label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
-                       resume=args.resume, plot_examples=args.plot_examples, cpu=args.cpu, measure=measure)
+                       resume=args.resume, plot_examples=args.plot_examples, cpu=args.cpu, measure=measure,
+                       aggregation=aggregation)
 
 
 def _check_publishing(args) -> None:

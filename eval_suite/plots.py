@@ -72,26 +72,30 @@ def save_layer_head_heatmap(grid: np.ndarray, title: str, path: Path, *, vmin=No
     save_figure(fig, path, dpi=dpi)
 
 
+def _mean(stat):
+    return stat.get("mean") if isinstance(stat, dict) else stat
+
+
 def layer_head_plots(results: dict, out_dir: Path) -> list[str]:
-    """tau-b per layer x head for each importance method, sparsity and attention entropy; returns relative paths."""
+    """Per layer x head: the excess of tau-b over the shared-zeros null and the raw tau-b for each importance
+    method, attention sparsity and entropy (undefined cells blank); returns the files' paths relative to out_dir."""
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     label = results.get("attn_impl", "")
     for method in results["importance_methods"]:
-        grid = layer_head_grid(results, lambda e, m=method: e["kendall_tau_b"][m]["mean"])
-        name = f"kendall_tau_b_{method}.png"
-        save_layer_head_heatmap(grid, f"mean Kendall tau-b: attention vs {method} ({label})", plots_dir / name,
-                                vmin=-1, vmax=1, cmap="RdBu_r")
-        written.append(f"{PLOTS_DIR}/{name}")
-    save_layer_head_heatmap(layer_head_grid(results, lambda e: e["sparsity"]),
-                            f"attention sparsity (share of exact zeros, {label})", plots_dir / "sparsity.png",
-                            vmin=0, vmax=1)
-    written.append(f"{PLOTS_DIR}/sparsity.png")
-    save_layer_head_heatmap(layer_head_grid(results, lambda e: e["attention_entropy"]),
-                            f"normalised attention entropy ({label})", plots_dir / "attention_entropy.png",
-                            vmin=0, vmax=1)
-    written.append(f"{PLOTS_DIR}/attention_entropy.png")
+        for metric, title in (("kendall_tau_b_excess", "tau-b excess over the shared-zeros null"),
+                              ("kendall_tau_b", "raw Kendall tau-b")):
+            grid = layer_head_grid(results, lambda e, m=method, k=metric: _mean(e[k][m]))
+            name = f"{metric}_{method}.png"
+            save_layer_head_heatmap(grid, f"{title}: attention vs {method} ({label})", plots_dir / name,
+                                    vmin=-1, vmax=1, cmap="RdBu_r")
+            written.append(f"{PLOTS_DIR}/{name}")
+    for key, title in (("attention_sparsity", "attention sparsity over content tokens (share of exact zeros)"),
+                       ("attention_entropy", "normalised attention entropy over content tokens")):
+        save_layer_head_heatmap(layer_head_grid(results, lambda e, k=key: _mean(e[k])), f"{title} ({label})",
+                                plots_dir / f"{key}.png", vmin=0, vmax=1)
+        written.append(f"{PLOTS_DIR}/{key}.png")
     return written
 
 

@@ -26,9 +26,10 @@ from hf_sparse_attn.constants import (LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_
                                       TOKEN_EXAMPLES_FILE)
 from hf_sparse_attn.files import atomic_path, atomic_write_text
 
-from .aggregate import aggregate, concatenate_rows, layer_head_table
+from .aggregate import AggregateConfig, aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
-from .measure import MeasureConfig
+from .attribution import InputToRepresentation
+from .measure import AOPC_BOUNDS, MeasureConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class EvalRequest:
     plot_examples: int = 3
     cpu: bool = False
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    aggregation: AggregateConfig = field(default_factory=AggregateConfig)
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
@@ -68,8 +70,16 @@ class EvalRequest:
             raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_length is not None and self.max_length < 3:
             raise EvalError(f"--max-length must be >= 3 tokens, got {self.max_length}")
-        if m.ig_steps < 1:
-            raise EvalError(f"--ig-steps must be >= 1, got {m.ig_steps}")
+        if m.ig_steps < 1 or m.ig_max_steps < m.ig_steps:
+            raise EvalError(f"--ig-steps must be >= 1 and --ig-max-steps >= --ig-steps, got {m.ig_steps} and "
+                            f"{m.ig_max_steps}")
+        if m.ig_tolerance is not None and not (m.ig_tolerance > 0 and math.isfinite(m.ig_tolerance)):
+            raise EvalError(f"--ig-tolerance must be a positive number (or 'none'), got {m.ig_tolerance}")
+        if m.aopc_bounds not in AOPC_BOUNDS:
+            raise EvalError(f"--aopc-bounds must be one of {', '.join(AOPC_BOUNDS)}, got {m.aopc_bounds!r}")
+        if m.input_to_repr not in InputToRepresentation.MODES:
+            raise EvalError(f"--input-to-repr must be one of {', '.join(InputToRepresentation.MODES)}, got "
+                            f"{m.input_to_repr!r}")
         if m.ig_baseline not in ("pad", "zero"):
             raise EvalError(f"--ig-baseline must be 'pad' or 'zero', got {m.ig_baseline!r}")
         if m.attention_query not in ("cls", "mean"):
@@ -178,6 +188,7 @@ class _Plan:
     n_truncated: int
     measure: MeasureConfig
     plan_id: str
+    n_split: int
 
 
 def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) -> _Plan:
@@ -211,7 +222,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         "plot_examples": request.plot_examples,
     }
     return _Plan(classifier, indices, [labels_all[i] for i in indices], encodings, batches, max_length, n_truncated,
-                 measure, _plan_fingerprint(description))
+                 measure, _plan_fingerprint(description), len(split))
 
 
 def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state) -> Path:
@@ -299,7 +310,7 @@ def run_evaluation(request: EvalRequest) -> dict | None:
 
     rows, token_maps = _all_rows(plan, gathered, done, rows_dir)
     out_dir = Path(request.output_dir)
-    results = build_results(request, plan.classifier, rows, plan.measure, plan.max_length, plan.n_truncated)
+    results = build_results(request, plan, rows)
     write_outputs(out_dir, results, token_maps)
     n_new = sum(len(plan.batches[b]) for b in remaining)
     run_info = {
@@ -314,8 +325,9 @@ def run_evaluation(request: EvalRequest) -> dict | None:
     return results
 
 
-def build_results(request: EvalRequest, classifier, rows: dict, measure: MeasureConfig, max_length: int,
-                  n_truncated: int) -> dict:
+def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
+    """The results dict (docs/CONTRACTS.md section 4) of the rows of every planned example."""
+    classifier, measure = plan.classifier, plan.measure
     head = {
         "checkpoint": classifier.checkpoint,
         "weights_fingerprint": classifier.weights_fingerprint,
@@ -325,17 +337,22 @@ def build_results(request: EvalRequest, classifier, rows: dict, measure: Measure
         "split": request.split,
     }
     body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads,
-                     ranking_names=measure.ranking_names(classifier.n_layers), fractions=list(measure.fractions))
-    results = {**head, "n_examples": body.pop("n_examples"), "accuracy": body.pop("accuracy"),
+                     ranking_names=measure.ranking_names(classifier.n_layers), fractions=list(measure.fractions),
+                     config=request.aggregation)
+    results = {**head, "n_examples": body.pop("n_examples"), "n_split": plan.n_split,
+               "selection": "all examples of the split" if request.limit is None or request.limit >= plan.n_split
+               else f"a seeded random subset (seed {measure.seed}) of {len(plan.indices)} of {plan.n_split}",
+               "accuracy": body.pop("accuracy"), "accuracy_ci95": body.pop("accuracy_ci95"),
                "macro_f1": body.pop("macro_f1"), "n_layers": classifier.n_layers, "n_heads": classifier.n_heads}
     results.update(body)
     results["plots"] = []
     results["config"] = {
         **measure.to_dict(),
+        "aggregation": request.aggregation.to_dict(),
         "limit": request.limit,
         "batch_size": request.batch_size,
-        "max_length": max_length,
-        "n_truncated": n_truncated,
+        "max_length": plan.max_length,
+        "n_truncated": plan.n_truncated,
         "text_column": request.text_column,
         "label_column": request.label_column,
         "label_names": classifier.label_names,

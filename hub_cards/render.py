@@ -24,9 +24,9 @@ from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, RESULTS_FILE
 
 from .checkpoint import CheckpointInfo, alpha_of_setting, base_model_from, read_checkpoint
 from .errors import CardError
-from .metadata import (METADATA_KEY, card_data_from, dataset_identity, headline_from_results, headline_from_training,
+from .metadata import (METADATA_KEY, card_data_from, choose_headline, dataset_identity,
                        merge_metadata, our_metadata)
-from .results import GRADIENT_METHOD, CardScores, card_scores, load_results, plot_sources
+from .results import GRADIENT_METHOD, CardScores, card_scores, load_results, plot_sources, stat_mean
 from .sections import merge_sections, parse_sections
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
@@ -52,14 +52,6 @@ def _num(value, digits: int = 3) -> str:
 
 def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
-
-
-def _mean_std(stat) -> str:
-    if not isinstance(stat, dict):
-        return _num(stat)
-    if stat.get("std") is None:
-        return _num(stat.get("mean"))
-    return f"{_num(stat.get('mean'))} ± {_num(stat.get('std'))}"
 
 
 def _cell(value) -> str:
@@ -114,22 +106,57 @@ def _alpha_table(alphas: list[list[float]] | None) -> dict | None:
     return {"header": header, "rows": rows}
 
 
+def _text_cell(text: str) -> str:
+    """Prose for a table cell, whole (reasons must not be cut), with pipes escaped."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _stat(stat, digits: int = 3, *, with_reason: bool = True) -> str:
+    """A stat as a table cell: mean [95% interval] (n), or "undefined" with the reason."""
+    if not isinstance(stat, dict):
+        return _num(stat, digits)
+    if not stat.get("defined") or stat.get("mean") is None:
+        reason = stat.get("reason") if with_reason else None
+        return "undefined" + (f" ({_text_cell(reason)})" if reason else "")
+    ci = stat.get("ci95")
+    interval = f" [{_num(ci[0], digits)}, {_num(ci[1], digits)}]" if ci else ""
+    return f"{_num(stat['mean'], digits)}{interval} (n={stat.get('n')})"
+
+
 def _score_rows(scores: CardScores) -> list[list[str]]:
     method = scores.gradient_method
-    tau_meaning = (f"rank agreement (Kendall tau-b) between a head's attention over tokens and the `{method}` gradient "
-                   "importance of the input tokens, per example, averaged over examples and the layer's heads; "
-                   "1 same order, 0 unrelated, -1 reversed")
-    return [
-        ["Mean attention sparsity", _num(scores.mean_attention_sparsity),
-         "share of attention weights over non-padded keys that are exactly zero, averaged over layers and heads"],
-        [f"Mean Kendall tau-b, attention vs gradient importance, best layer (layer {scores.best_layer})",
-         _num(scores.tau_best_layer), tau_meaning + "; the layer where it is highest"],
-        [f"Mean Kendall tau-b, attention vs gradient importance, last layer (layer {scores.last_layer})",
-         _num(scores.tau_last_layer), "the same, at the layer that feeds the classifier"],
-        ["Mean input-to-representation entropy", _num(scores.mean_input_to_repr_entropy),
-         "normalised entropy of how strongly each input token influences a layer's representations, averaged over "
-         "positions, examples and layers; 1 every input counts equally, 0 a single input"],
+    excess_meaning = (f"Kendall tau-b between a head's attention over content tokens and the `{method}` importance of "
+                      "the input tokens, minus the tau-b that the two vectors' zero patterns alone give (the "
+                      "structure-preserving null: importance values shuffled among their own non-zero positions); "
+                      "0 = no agreement beyond shared zeros, pooled over examples and the defined heads")
+    rows = [["Excess tau-b over the shared-zeros null, all layers", _stat(scores.overall_excess), excess_meaning],
+            ["Raw Kendall tau-b, all layers", _stat(scores.overall_raw),
+             "the same rank agreement before subtracting the null (ties of shared zeros count as agreement)"]]
+    for which, layer in (("best layer", scores.best_layer), ("last layer", scores.last_layer)):
+        score = scores.layer(layer)
+        if score is None:
+            continue
+        rows.append([f"Excess tau-b, {which} (layer {layer}; {score.n_heads_defined} of {score.n_heads} heads "
+                     "defined)", _stat(score.excess), f"raw tau-b there: {_stat(score.raw)}"])
+    rows += [
+        ["Attention sparsity over content tokens", _stat(scores.attention_sparsity),
+         "share of the content tokens (not [CLS]/[SEP], not padding) that get exactly zero attention from the "
+         "evaluated query, pooled over examples and defined heads (the training log's sparsity counts every query "
+         "row over all real keys instead)"],
+        ["Attention mass on special tokens", _stat(scores.special_mass),
+         "share of the evaluated query's attention that goes to [CLS]/[SEP]; the content-token scores above "
+         "rest on the rest"],
+        ["Heads defined", f"{scores.heads_defined.get('n')} of {scores.heads_defined.get('of')}",
+         "heads whose content-token attention exists on enough examples; undefined heads are left out of every "
+         "mean, never averaged in"],
+        ["Input-to-representation entropy, layers 1 and up", _stat(scores.input_to_repr_entropy),
+         "normalised entropy of how strongly each input token influences a layer's representations (eq. 5); 1 every "
+         "input counts equally, 0 a single input (layer 0 is 0 by construction and left out)"],
     ]
+    if scores.ig_completeness_median is not None:
+        rows.append(["Integrated gradients: median completeness gap", _pct(scores.ig_completeness_median),
+                     "how far the attributions miss summing to the prediction change (quadrature error)"])
+    return rows
 
 
 def _agreement(tau: float) -> str:
@@ -147,71 +174,72 @@ def _agreement(tau: float) -> str:
 def _reading(scores: CardScores) -> list[str]:
     """Plain-language reading of the summary scores; each sentence states the number it rests on."""
     paragraphs = []
-    sparsity = scores.mean_attention_sparsity
-    if sparsity < 0.005:
-        paragraphs.append("Attention here gives every token some weight: almost no weight is exactly zero, as with "
-                          "softmax.")
-    else:
-        support = (f", so a query attends to {scores.mean_support_size:.1f} tokens on average"
-                   if scores.mean_support_size is not None else "")
-        paragraphs.append(f"On average {_pct(sparsity)} of the attention weights are exactly zero{support}: each head "
-                          "puts its weight on a small subset of positions.")
-    if scores.tau_best_layer is not None:
-        best = (f"Where attention agrees best with gradient importance (layer {scores.best_layer}), the order in which "
-                f"it ranks tokens is {_agreement(scores.tau_best_layer)} the gradient ranking "
-                f"(tau-b {_num(scores.tau_best_layer, 2)})")
-        if scores.best_layer == scores.last_layer or scores.tau_last_layer is None:
-            best += "; that is also the last layer."
-        else:
-            best += (f"; at the last layer (layer {scores.last_layer}) it is "
-                     f"{_agreement(scores.tau_last_layer)} it (tau-b {_num(scores.tau_last_layer, 2)}).")
-        paragraphs.append(best + " High agreement in one layer does not carry over to the others, so the per-layer "
-                                 "table below matters more than any single number.")
-    entropy = scores.mean_input_to_repr_entropy
+    sparsity = stat_mean(scores.attention_sparsity)
+    if sparsity is not None:
+        paragraphs.append("Attention here gives every content token some weight, as softmax does." if sparsity < 0.005
+                          else f"On average {_pct(sparsity)} of the content tokens get exactly zero attention from the "
+                               "evaluated query.")
+    best = scores.layer(scores.best_layer)
+    if best is not None:
+        excess, raw = stat_mean(best.excess), stat_mean(best.raw)
+        text = (f"Where attention agrees best with gradient importance (layer {scores.best_layer}), its ranking of "
+                f"the tokens is {_agreement(excess)} the gradient ranking beyond what shared zeros give (excess "
+                f"{_num(excess, 2)}; raw tau-b {_num(raw, 2)}).")
+        if raw is not None and excess is not None and raw - excess > 0.1:
+            text += (" Much of the raw agreement comes from tokens that are zero in both vectors: a key that gets no "
+                     "attention also has no influence through it, so the two agree there by construction.")
+        paragraphs.append(text)
+    defined = scores.heads_defined
+    if defined.get("n") is not None and defined.get("n") < defined.get("of", 0):
+        paragraphs.append(f"{defined['of'] - defined['n']} of {defined['of']} heads are undefined: on most examples "
+                          "they put all their attention on special tokens, so no ranking of content tokens exists; the "
+                          "tables show them as such.")
+    entropy = stat_mean(scores.input_to_repr_entropy)
     if entropy is not None:
-        if entropy >= 0.7:
-            spread = "draw on many input tokens at once"
-        elif entropy >= 0.4:
-            spread = "draw on a moderate number of input tokens"
-        else:
-            spread = "are dominated by a few input tokens"
-        text = (f"The representations a layer attends over {spread} (mean normalised influence entropy "
-                f"{_num(entropy, 2)}; 1 would be every token equally).")
+        spread = ("draw on many input tokens at once" if entropy >= 0.7 else
+                  "draw on a moderate number of input tokens" if entropy >= 0.4 else "are dominated by a few input tokens")
+        text = (f"The representations a layer attends over {spread} (normalised influence entropy {_num(entropy, 2)}, "
+                "layers 1 and up; 1 would be every token equally).")
         if entropy >= 0.4:
             text += (" A position that receives attention therefore stands for a mixture of inputs, not for its own "
-                     "token alone")
-            text += (", and sparse attention over such mixtures does not single out a small set of influential words."
-                     if sparsity >= 0.005 else ".")
+                     "token alone.")
         paragraphs.append(text)
     return paragraphs
 
 
 def _head_table(results: dict, alphas: list[list[float]] | None, gradient_method: str) -> dict:
     methods = [gradient_method] + [m for m in results["importance_methods"] if m != gradient_method]
-    header = ["layer", "head"] + (["alpha"] if alphas else []) + ["sparsity", "support size", "attention entropy"]
-    header += [f"tau-b vs `{m}`" for m in methods]
+    header = ["layer", "head"] + (["alpha"] if alphas else []) + ["defined on", "sparsity", "special mass",
+                                                                  f"excess tau-b vs `{gradient_method}`",
+                                                                  f"raw tau-b vs `{gradient_method}`"]
+    header += [f"excess vs `{m}`" for m in methods[1:]]
     rows = []
     for rec in sorted(results["per_layer_head"], key=lambda r: (r["layer"], r["head"])):
         row = [str(rec["layer"]), str(rec["head"])]
         if alphas:
             layer_alphas = alphas[rec["layer"]] if rec["layer"] < len(alphas) else []
             row.append(_num(layer_alphas[rec["head"]]) if rec["head"] < len(layer_alphas) else "–")
-        row += [_num(rec.get("sparsity")), _num(rec.get("support_size"), 2), _num(rec.get("attention_entropy"))]
-        row += [_mean_std(rec["kendall_tau_b"].get(m)) for m in methods]
+        entropy = rec.get("attention_entropy") or {}
+        defined_on = f"{entropy.get('n', '–')} of {rec.get('n_examples', '–')}"
+        if rec.get("undefined_reason"):  # "defined on n of N examples (...): why" -> the why
+            defined_on += f" — undefined: {_text_cell(rec['undefined_reason'].split(': ', 1)[-1])}"
+        cell = lambda stat, digits=3: _stat(stat, digits, with_reason=False)  # noqa: E731  (reason shown once)
+        row += [defined_on, cell(rec.get("attention_sparsity")), cell(rec.get("special_mass")),
+                cell(rec["kendall_tau_b_excess"].get(gradient_method)), cell(rec["kendall_tau_b"].get(gradient_method))]
+        row += [cell(rec["kendall_tau_b_excess"].get(m), 2) for m in methods[1:]]
         rows.append(row)
     return {"header": header, "rows": rows}
 
 
 def _layer_table(results: dict, scores: CardScores) -> dict:
-    has_coindexed = any("coindexed_share" in r for r in results["per_layer"])
-    header = ["layer", f"mean tau-b vs `{scores.gradient_method}` (over heads)", "input-to-representation entropy"]
-    header += ["co-indexed share"] if has_coindexed else []
+    method = scores.gradient_method
+    header = ["layer", "heads defined", f"excess tau-b vs `{method}`", "raw tau-b", "tau-b on attention's support",
+              "input-to-representation entropy", "co-indexed share"]
     rows = []
-    for rec in sorted(results["per_layer"], key=lambda r: r["layer"]):
-        row = [str(rec["layer"]), _num(scores.tau_by_layer[rec["layer"]]), _mean_std(rec["input_to_repr_entropy"])]
-        if has_coindexed:
-            row.append(_mean_std(rec.get("coindexed_share")))
-        rows.append(row)
+    for score, rec in zip(scores.layers, sorted(results["per_layer"], key=lambda r: r["layer"])):
+        rows.append([str(score.layer), f"{score.n_heads_defined} of {score.n_heads}", _stat(score.excess),
+                     _stat(score.raw), _stat(score.on_support), _stat(rec["input_to_repr_entropy"]),
+                     _stat(rec.get("coindexed_share"))])
     return {"header": header, "rows": rows}
 
 
@@ -251,7 +279,8 @@ def _training_context(info: CheckpointInfo) -> dict:
             summary += "."
         ctx["log_summary"] = summary
         has_alpha = any(any("alpha" in h for h in r.get("per_layer_head") or []) for r in log)
-        ctx["log_header"] = ["step", "epoch", "split", "loss", "accuracy", "macro-F1", "mean sparsity"]
+        ctx["log_header"] = ["step", "epoch", "split", "loss", "accuracy", "macro-F1",
+                             "mean sparsity (every query row over real keys)"]
         ctx["log_header"] += ["mean alpha"] if has_alpha else []
         ctx["log_rows"] = []
         for r in shown:
@@ -291,9 +320,10 @@ def _draw_heatmaps(results: dict, gradient_method: str, outdir: Path) -> list[tu
     """Layer x head heatmaps of sparsity and tau-b, for results.json files that list no plots."""
     from eval_suite.plots import layer_head_grid, save_layer_head_heatmap
 
-    panels = [("sparsity", "Attention sparsity (share of exact zeros)", lambda r: r["sparsity"], (0, 1)),
-              (f"kendall_tau_b_{gradient_method}", f"Kendall tau-b, attention vs {gradient_method}",
-               lambda r: r["kendall_tau_b"][gradient_method]["mean"], (-1, 1))]
+    panels = [("attention_sparsity", "Attention sparsity over content tokens (share of exact zeros)",
+               lambda r: stat_mean(r["attention_sparsity"]), (0, 1)),
+              (f"kendall_tau_b_excess_{gradient_method}", f"Excess tau-b over the shared-zeros null, attention vs "
+               f"{gradient_method}", lambda r: stat_mean(r["kendall_tau_b_excess"][gradient_method]), (-1, 1))]
     drawn = []
     outdir.mkdir(parents=True, exist_ok=True)
     for name, title, value_of, (vmin, vmax) in panels:
@@ -381,9 +411,7 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
         _check_results_match(results, results_path, info)
         plots = plot_sources(results, results_path)
         scores = card_scores(results, gradient_method=gradient_method)
-        headline = headline_from_results(results)
-    else:
-        headline = headline_from_training(info)
+    headline = choose_headline(info, results)
 
     model_name = (repo_id or "").split("/")[-1] or _folder_title(folder)
     base_model = base_model or base_model_from(info)
@@ -412,7 +440,8 @@ def _template_context(folder: Path, info: CheckpointInfo, metadata: dict, headli
         model_type=MODEL_TYPE_NAMES.get(info.config.get("model_type"), info.config.get("model_type") or "Transformer"),
         attn_label=_attn_label(info),
         headline=headline,
-        dataset_name=dataset_identity(headline.dataset)[2] if headline else None,
+        dataset_name=dataset_identity(headline.dataset).name if headline else None,
+        headline_description=headline.describe() if headline else None,
         accuracy=_num(headline.accuracy) if headline else None,
         macro_f1=_num(headline.macro_f1) if headline else None,
         model_id=repo_id or PLACEHOLDER_REPO_ID,
@@ -434,14 +463,20 @@ def _score_context(info: CheckpointInfo, results: dict, scores: CardScores, grad
     return dict(
         has_results=True,
         n_examples=results["n_examples"],
-        sparsity_sentence=(f"{_pct(scores.mean_attention_sparsity)} of its attention weights are exactly zero "
-                           "(mean over layers and heads)."),
+        sparsity_sentence=(f"{_pct(stat_mean(scores.attention_sparsity))} of the content tokens get exactly zero "
+                           f"attention from the evaluated query (pooled over {scores.n_examples} evaluated examples "
+                           "and the defined heads)." if stat_mean(scores.attention_sparsity) is not None else
+                           "its attention sparsity is undefined on the evaluated examples."),
+        eval_description=(f"{results['split']} split, {results['n_examples']} examples"
+                          + (f" of {results['n_split']}" if results.get("n_split", results["n_examples"])
+                             > results["n_examples"] else "")),
         score_rows=_score_rows(scores),
         reading=_reading(scores),
         head_table=_head_table(results, info.learned_alphas, gradient_method),
-        head_table_note=("Sparsity: share of exact zeros over non-padded keys; support size: non-zero weights "
-                         "per query; attention entropy: normalised entropy of a query's attention; tau-b: "
-                         "mean ± std over examples."),
+        head_table_note=("Every value: mean [95% bootstrap interval] (n = examples it rests on). Sparsity: share of "
+                         "content tokens with exactly zero attention from the evaluated query; special mass: its "
+                         "attention on [CLS]/[SEP]; excess: tau-b minus the shared-zeros null. \"undefined\": fewer "
+                         "examples than the minimum, with the reason."),
         layer_table=_layer_table(results, scores),
         provenance_rows=_provenance_rows(info, results),
     )

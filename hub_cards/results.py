@@ -1,7 +1,8 @@
-"""Read an evaluation suite ``results.json`` (docs/CONTRACTS.md section 4), check it, and reduce it to card scores.
+"""Read an evaluation suite ``results.json`` (docs/CONTRACTS.md section 4), check it, and pick the card's scores.
 
-Everything a card shows is derived here from the per layer x head records, with the definitions written next to
-the numbers in the card, so the card never depends on how the evaluation suite chose to summarise.
+The card shows the evaluation suite's own aggregates (each with its n, its 95% interval and its defined flag), never
+a re-averaging of them: one definition of each number across results, cards and reports. The headline agreement is
+the excess of tau-b over the structure-preserving null (docs/eval_suite.md), with the raw tau-b beside it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from .errors import CardError
 
 # The importance method whose agreement with attention the card summarises: gradient feature importance of the
-# inputs, g(x_i) = ||d y_hat / d e_i|| normalised (measurement 1 in shared/PAPER.md).
+# inputs, g(x_i) = ||d y_hat / d e_i|| normalised (measurement 1 of Meister et al. 2021).
 GRADIENT_METHOD = "grad_norm"
+HEADLINE = "kendall_tau_b_excess"
 
 _NUMBER = (int, float)
 _TOP_LEVEL_FIELDS = {
@@ -31,6 +33,7 @@ _TOP_LEVEL_FIELDS = {
     "importance_methods": list,
     "per_layer_head": list,
     "per_layer": list,
+    "summary": dict,
 }
 _RERUN = "re-run the evaluation suite on this checkpoint to get a complete results.json"
 
@@ -39,29 +42,50 @@ def _is_number(value) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
-def _finite_or_none(value) -> float | None:
+def is_stat(value) -> bool:
+    return isinstance(value, dict) and "mean" in value and "n" in value and "defined" in value
+
+
+def stat_mean(stat) -> float | None:
+    """The mean of a defined stat, else None (undefined stays undefined)."""
+    if not is_stat(stat) or not stat.get("defined"):
+        return None
+    value = stat.get("mean")
     return float(value) if _is_number(value) and math.isfinite(value) else None
 
 
-def _mean(values) -> float | None:
-    """Mean of the finite values (tau-b is NaN when a vector is constant); None when there are none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+@dataclass(frozen=True)
+class LayerScore:
+    """Attention's agreement with the card's importance method in one layer (pooled over its defined heads)."""
+
+    layer: int
+    excess: dict  # stat: tau-b minus its structure-preserving null
+    raw: dict  # stat: raw tau-b over content tokens
+    on_support: dict  # stat: tau-b over attention's support
+    n_heads_defined: int
+    n_heads: int
 
 
 @dataclass(frozen=True)
 class CardScores:
-    """The summary interpretability scores a card reports (each None when it cannot be computed)."""
+    """The interpretability scores a card reports, as the evaluation suite aggregated them."""
 
-    mean_attention_sparsity: float
-    mean_support_size: float | None
-    tau_by_layer: list[float | None]  # mean over heads of the per-instance mean tau-b, per layer
-    best_layer: int | None
-    tau_best_layer: float | None
-    last_layer: int
-    tau_last_layer: float | None
-    mean_input_to_repr_entropy: float | None
     gradient_method: str
+    n_examples: int
+    layers: list[LayerScore]
+    best_layer: int | None  # highest defined excess
+    last_layer: int
+    attention_sparsity: dict  # stat, [CLS] (or mean-query) attention over content tokens, pooled
+    special_mass: dict  # stat
+    heads_defined: dict  # {"n", "of", "share"}
+    input_to_repr_entropy: dict  # stat, layers >= 1
+    overall_excess: dict  # stat over every defined head
+    overall_raw: dict
+    ig_completeness_median: float | None
+    warnings: list[str]
+
+    def layer(self, index: int | None) -> LayerScore | None:
+        return None if index is None else self.layers[index]
 
 
 def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dict:
@@ -93,59 +117,80 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
     plots = results.get("plots", [])
     if not isinstance(plots, list) or not all(isinstance(p, str) for p in plots):
         raise CardError(f"{path.name} field 'plots' should be a list of relative paths; {_RERUN}")
-
-    n_layers, n_heads = results["n_layers"], results["n_heads"]
-    seen = set()
-    for i, rec in enumerate(results["per_layer_head"]):
-        where = f"{path.name} per_layer_head[{i}]"
-        if not isinstance(rec, dict):
-            raise CardError(f"{where} is not an object; {_RERUN}")
-        for key in ("layer", "head", "sparsity", "kendall_tau_b"):
-            if key not in rec:
-                raise CardError(f"{where} lacks required field {key!r}; {_RERUN}")
-        if not _is_number(rec["sparsity"]):
-            raise CardError(f"{where} sparsity should be a number; {_RERUN}")
-        tau = rec["kendall_tau_b"].get(gradient_method) if isinstance(rec["kendall_tau_b"], dict) else None
-        if not isinstance(tau, dict) or "mean" not in tau:
-            raise CardError(f"{where} lacks kendall_tau_b.{gradient_method}.mean; {_RERUN}")
-        seen.add((rec["layer"], rec["head"]))
-    expected = {(layer, head) for layer in range(n_layers) for head in range(n_heads)}
-    if seen != expected:
-        raise CardError(f"{path.name} per_layer_head covers {len(seen)} of the {n_layers} x {n_heads} layer/head pairs "
-                        f"(0-based); {_RERUN}")
-    layers_seen = set()
-    for i, rec in enumerate(results["per_layer"]):
-        entropy = rec.get("input_to_repr_entropy") if isinstance(rec, dict) else None
-        if not isinstance(entropy, dict) or "mean" not in entropy or "layer" not in rec:
-            raise CardError(f"{path.name} per_layer[{i}] lacks layer or input_to_repr_entropy.mean; {_RERUN}")
-        layers_seen.add(rec["layer"])
-    if layers_seen != set(range(n_layers)):
-        raise CardError(f"{path.name} per_layer covers layers {sorted(layers_seen)}, expected 0..{n_layers - 1}; {_RERUN}")
+    _check_heads(results, path.name, gradient_method)
+    _check_layers(results, path.name, gradient_method)
     return results
 
 
+def _check_heads(results: dict, name: str, gradient_method: str) -> None:
+    n_layers, n_heads = results["n_layers"], results["n_heads"]
+    seen = set()
+    for i, rec in enumerate(results["per_layer_head"]):
+        where = f"{name} per_layer_head[{i}]"
+        if not isinstance(rec, dict):
+            raise CardError(f"{where} is not an object; {_RERUN}")
+        for key in ("layer", "head", "attention_sparsity", "kendall_tau_b", HEADLINE):
+            if key not in rec:
+                raise CardError(f"{where} lacks required field {key!r} (written by an older evaluation suite?); "
+                                f"{_RERUN}")
+        if not is_stat(rec["attention_sparsity"]):
+            raise CardError(f"{where} attention_sparsity should be a stat (mean, n, defined); {_RERUN}")
+        for metric in ("kendall_tau_b", HEADLINE):
+            block = rec[metric]
+            if not isinstance(block, dict) or not is_stat(block.get(gradient_method)):
+                raise CardError(f"{where} lacks {metric}.{gradient_method} (mean, n, defined); {_RERUN}")
+        seen.add((rec["layer"], rec["head"]))
+    expected = {(layer, head) for layer in range(n_layers) for head in range(n_heads)}
+    if seen != expected:
+        raise CardError(f"{name} per_layer_head covers {len(seen)} of the {n_layers} x {n_heads} layer/head pairs "
+                        f"(0-based); {_RERUN}")
+
+
+def _check_layers(results: dict, name: str, gradient_method: str) -> None:
+    layers_seen = set()
+    for i, rec in enumerate(results["per_layer"]):
+        agreement = rec.get("agreement", {}).get(gradient_method, {}) if isinstance(rec, dict) else {}
+        if not is_stat(rec.get("input_to_repr_entropy") if isinstance(rec, dict) else None) or "layer" not in rec \
+                or not is_stat(agreement.get(HEADLINE)):
+            raise CardError(f"{name} per_layer[{i}] lacks layer, input_to_repr_entropy or "
+                            f"agreement.{gradient_method}.{HEADLINE}; {_RERUN}")
+        layers_seen.add(rec["layer"])
+    if layers_seen != set(range(results["n_layers"])):
+        raise CardError(f"{name} per_layer covers layers {sorted(layers_seen)}, expected "
+                        f"0..{results['n_layers'] - 1}; {_RERUN}")
+    summary = results["summary"]
+    for key in ("agreement", "heads_defined", "attention_sparsity", "input_to_repr_entropy"):
+        if key not in summary:
+            raise CardError(f"{name} summary lacks {key!r} (written by an older evaluation suite?); {_RERUN}")
+
+
 def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> CardScores:
-    """Summary scores, computed from the per layer x head records of a checked results dict."""
-    n_layers = results["n_layers"]
-    heads = results["per_layer_head"]
-    tau_by_layer = []
-    for layer in range(n_layers):
-        taus = [_finite_or_none(r["kendall_tau_b"][gradient_method]["mean"]) for r in heads if r["layer"] == layer]
-        tau_by_layer.append(_mean(taus))
-    ranked = [layer for layer in range(n_layers) if tau_by_layer[layer] is not None]
-    best_layer = max(ranked, key=lambda layer: (tau_by_layer[layer], -layer)) if ranked else None
-    entropies = [_finite_or_none(r["input_to_repr_entropy"]["mean"]) for r in results["per_layer"]]
-    support = [_finite_or_none(r.get("support_size")) for r in heads]
+    """The scores of a checked results dict: per layer, the pooled agreement; overall, the suite's summary."""
+    layers = []
+    for rec in sorted(results["per_layer"], key=lambda r: r["layer"]):
+        agreement = rec["agreement"][gradient_method]
+        layers.append(LayerScore(rec["layer"], agreement[HEADLINE], agreement["kendall_tau_b"],
+                                 agreement.get("kendall_tau_b_on_support", {}), rec.get("n_heads_defined", 0),
+                                 rec.get("n_heads", results["n_heads"])))
+    ranked = [s.layer for s in layers if stat_mean(s.excess) is not None]
+    best = max(ranked, key=lambda layer: (stat_mean(layers[layer].excess), -layer)) if ranked else None
+    summary = results["summary"]
+    overall = summary["agreement"][gradient_method]
+    ig = (results.get("integrated_gradients") or {}).get("completeness_gap") or {}
     return CardScores(
-        mean_attention_sparsity=_mean(float(r["sparsity"]) for r in heads),
-        mean_support_size=_mean(support),
-        tau_by_layer=tau_by_layer,
-        best_layer=best_layer,
-        tau_best_layer=tau_by_layer[best_layer] if best_layer is not None else None,
-        last_layer=n_layers - 1,
-        tau_last_layer=tau_by_layer[n_layers - 1],
-        mean_input_to_repr_entropy=_mean(entropies),
         gradient_method=gradient_method,
+        n_examples=results["n_examples"],
+        layers=layers,
+        best_layer=best,
+        last_layer=results["n_layers"] - 1,
+        attention_sparsity=summary["attention_sparsity"],
+        special_mass=summary.get("special_mass", {}),
+        heads_defined=summary["heads_defined"],
+        input_to_repr_entropy=summary["input_to_repr_entropy"],
+        overall_excess=overall[HEADLINE],
+        overall_raw=overall["kendall_tau_b"],
+        ig_completeness_median=ig.get("median"),
+        warnings=list(summary.get("warnings", [])),
     )
 
 

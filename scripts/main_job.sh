@@ -20,10 +20,13 @@ resume=(); [ -d "$OUT/eval" ] && resume=(--resume)
 import json, sys
 out = sys.argv[1]
 r = json.load(open(f"{out}/eval/results.json"))
-print(f"\n{r['attn_impl']} MiniLM on MR ({r['n_examples']} test sentences): accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}")
+test = json.load(open(f"{out}/final/final_metrics.json"))["test"]
+print(f"\n{r['attn_impl']} MiniLM on MR: test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
+      f"({test['n_examples']} test sentences); evaluated {r['n_examples']} of them (accuracy {r['accuracy']:.3f})")
 for row in r.get("per_layer", []):
-    heads = [h for h in r["per_layer_head"] if h["layer"] == row["layer"]]
-    sparsity = sum(h["sparsity"] for h in heads) / len(heads)
-    print(f"  layer {row['layer']}: [CLS] attention sparsity over content tokens {sparsity:.1%}")
+    s = row["attention_sparsity"]
+    value = f"{s['mean']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}]" if s["defined"] else "undefined"
+    print(f"  layer {row['layer']}: [CLS] attention sparsity over content tokens {value} "
+          f"({row['n_heads_defined']} of {row['n_heads']} heads defined)")
 print(f"results: {out}/eval/results.json   card: {out}/final/README.md")
 PYEOF

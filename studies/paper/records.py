@@ -29,37 +29,47 @@ def last_layer(record: dict) -> int:
     return record["eval"]["n_layers"] - 1
 
 
-def head_mean(record: dict, layer: int, getter) -> float | None:
-    values = [getter(h) for h in record["eval"]["per_layer_head"] if h["layer"] == layer]
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else None
+def _mean(stat) -> float | None:
+    """The mean of a defined stat from eval_suite (None for an undefined one)."""
+    if isinstance(stat, dict):
+        return stat.get("mean") if stat.get("defined", True) else None
+    return stat
 
 
-def tau(record: dict, method: str, layer: int | None = None) -> float | None:
+def layer_stat(record: dict, layer: int, key: str):
+    """A per-layer pooled stat of the record (eval_suite pools a layer's defined heads, weighted by their n)."""
+    return record["eval"]["per_layer"][layer].get(key)
+
+
+def tau(record: dict, method: str, layer: int | None = None, metric: str = "kendall_tau_b") -> float | None:
+    """A layer's pooled tau-b figure (``metric``: raw, excess, on_support, ...) of attention against ``method``."""
     layer = last_layer(record) if layer is None else layer
-    return head_mean(record, layer, lambda h: h["kendall_tau_b"].get(method, {}).get("mean"))
+    agreement = layer_stat(record, layer, "agreement") or {}
+    return _mean(agreement.get(method, {}).get(metric))
 
 
 def input_to_repr_entropy(record: dict, layer: int | None = None) -> float | None:
     layer = last_layer(record) if layer is None else layer
-    return record["eval"]["per_layer"][layer]["input_to_repr_entropy"]["mean"]
+    return _mean(record["eval"]["per_layer"][layer]["input_to_repr_entropy"])
 
 
 def coindexed_share(record: dict, layer: int | None = None) -> float | None:
     layer = last_layer(record) if layer is None else layer
-    entry = record["eval"]["per_layer"][layer].get("coindexed_share")
-    return entry.get("mean") if isinstance(entry, dict) else entry
+    return _mean(record["eval"]["per_layer"][layer].get("coindexed_share"))
 
 
 def importance_entropy(record: dict, method: str) -> float | None:
     layer = last_layer(record)
-    entry = record["eval"]["per_layer"][layer]["importance_entropy"].get(method)
-    return entry["mean"] if isinstance(entry, dict) else entry
+    return _mean(record["eval"]["per_layer"][layer]["importance_entropy"].get(method))
 
 
 def sparsity(record: dict, layer: int | None = None) -> float | None:
     layer = last_layer(record) if layer is None else layer
-    return head_mean(record, layer, lambda h: h["sparsity"])
+    return _mean(layer_stat(record, layer, "attention_sparsity"))
+
+
+def special_mass(record: dict, layer: int) -> float | None:
+    return _mean(layer_stat(record, layer, "special_mass"))
 
 
 def accuracy(record: dict) -> float | None:

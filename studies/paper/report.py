@@ -23,7 +23,7 @@ from . import paper as P
 from .figures import alpha_figure, layer_head_figure, sweep_figure
 from .findings import findings
 from .records import (INPUT_PAIR, MAPPING_ORDER, NOT_RUN, REPR_PAIR, accuracy, coindexed_share, fmt, fmt_seeds, group,
-                      head_mean, input_to_repr_entropy, kendall, load_records, over_seeds,
+                      input_to_repr_entropy, kendall, load_records, over_seeds, special_mass,
                       sparsity, sweep_rows, tau)
 
 FIGURES_DIR = "figures"
@@ -269,8 +269,9 @@ def _minilm_tables(ctx: _Context) -> None:
             add(f"_{NOT_RUN}_")
             add("")
             continue
-        add("Mean over the 12 heads of each layer: tau(att, grad_norm) / tau(att, loo) | tau(att, repr_grad_norm) / "
-            "tau(att, repr_loo) | input-to-representation entropy | attention sparsity.")
+        add("Pooled over each layer's defined heads (each weighted by the examples it is defined on): tau(att, "
+            "grad_norm) / tau(att, loo) | tau(att, repr_grad_norm) / tau(att, repr_loo) | input-to-representation "
+            "entropy | attention sparsity.")
         add("")
         add("| mapping | layer | input tau g / loo | repr tau g / loo | in->repr entropy | sparsity | mass on special tokens |")
         add("|---|---|---|---|---|---|---|")
@@ -279,7 +280,7 @@ def _minilm_tables(ctx: _Context) -> None:
                 add(f"| {mapping} | {layer} | {fmt(tau(r, 'grad_norm', layer))} / {fmt(tau(r, 'loo', layer))} | "
                     f"{fmt(tau(r, 'repr_grad_norm', layer))} / {fmt(tau(r, 'repr_loo', layer))} | "
                     f"{fmt(input_to_repr_entropy(r, layer))} | {fmt(sparsity(r, layer))} | "
-                    f"{fmt(head_mean(r, layer, lambda h: h.get('special_mass')))} |")
+                    f"{fmt(special_mass(r, layer))} |")
         add("")
         layer_head_figure(by_mapping, figures / f"minilm_{dataset}_tau.png", f"MiniLM on {dataset}: tau per layer x head")
         add(f"![MiniLM {dataset} per head]({FIGURES_DIR}/minilm_{dataset}_tau.png)")

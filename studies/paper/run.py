@@ -80,18 +80,23 @@ def learned_alphas(run_dir: Path) -> list[dict] | None:
 
 def compact_results(results: dict) -> dict:
     """The part of eval_suite's results.json that the report needs (keeps committed JSONs small)."""
+    def stat(value):
+        return {k: value.get(k) for k in ("mean", "std", "n", "ci95", "defined")} if isinstance(value, dict) else value
+
     heads = []
     for h in results["per_layer_head"]:
         heads.append({
-            "layer": h["layer"], "head": h["head"], "sparsity": h["sparsity"], "support_size": h["support_size"],
-            "attention_entropy": h["attention_entropy"], "special_mass": h.get("special_mass"),
-            "kendall_tau_b": {m: {k: v[k] for k in ("mean", "std")} for m, v in h["kendall_tau_b"].items()},
-            "importance_entropy": {m: v["mean"] for m, v in h.get("importance_entropy", {}).items()},
-            "projected_kendall_tau_b": {m: v["mean"] for m, v in h.get("projected", {}).get("kendall_tau_b", {}).items()},
+            "layer": h["layer"], "head": h["head"], "defined_share": h.get("defined_share"),
+            **{k: stat(h.get(k)) for k in ("attention_sparsity", "attention_support_size", "attention_entropy",
+                                           "special_mass")},
+            **{metric: {m: stat(v) for m, v in h[metric].items()}
+               for metric in ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support")},
         })
-    layers = [{"layer": l["layer"], "input_to_repr_entropy": l["input_to_repr_entropy"],
-               "coindexed_share": l.get("coindexed_share"),
-               "importance_entropy": {m: v for m, v in l.get("importance_entropy", {}).items()}}
+    layers = [{"layer": l["layer"], "n_heads_defined": l.get("n_heads_defined"),
+               "agreement": {m: {k: stat(v) for k, v in a.items()} for m, a in l["agreement"].items()},
+               **{k: stat(l.get(k)) for k in ("attention_sparsity", "special_mass", "input_to_repr_entropy",
+                                              "coindexed_share")},
+               "importance_entropy": {m: stat(v) for m, v in l.get("importance_entropy", {}).items()}}
               for l in results["per_layer"]]
     keep = ("attn_impl", "sparse_attention", "dataset", "split", "n_examples", "accuracy", "macro_f1", "n_layers",
             "n_heads", "weights_fingerprint")

@@ -251,3 +251,50 @@ def test_minilm_under_entmax15(minilm_path, tmp_path):
     assert tau.shape == (3, 6, 12, 6) and np.nanmin(tau) >= -1 and np.nanmax(tau) <= 1
     assert np.isfinite(arrays["input_to_repr.entropy"][:, 1:]).all()
     assert maps[0]["tokens"][:2] == ["a", "gorgeous"]
+
+
+# ----------------------------------------------------------------------------------------------- trustworthy IG, eq. 5
+
+
+def test_integrated_gradients_reports_its_completeness_gap_and_refines_where_it_is_large(tiny):
+    from eval_suite.attribution import ForwardContext, IntegratedGradients
+
+    batch = collate(encode_texts(tiny.tokenizer, TEXTS, 32)[0], tiny.tokenizer.pad_token_id)
+    ctx = ForwardContext(tiny, batch)
+    fixed = IntegratedGradients(steps=2, tolerance=None)
+    signed, gap, steps = fixed.attribute(ctx)
+    delta = ctx.base.target.detach().float() - fixed.baseline_probability(ctx)
+    expected = (signed.sum(dim=-1) - delta).abs() / delta.abs().clamp_min(0.01)
+    assert torch.allclose(gap, expected) and (steps == 2).all()
+    adaptive = IntegratedGradients(steps=2, tolerance=0.01, max_steps=64)
+    _, refined, used = adaptive.attribute(ctx)
+    assert (used >= 2).all() and (used <= 64).all()
+    assert ((refined <= 0.01) | (used == 64)).all()
+    assert refined.max() <= gap.max() + 1e-7
+    assert (used[gap <= 0.01] == 2).all()  # examples already within tolerance keep their steps
+
+
+def test_input_to_representation_jacobian_mode_is_the_frobenius_norm_of_the_jacobian(tmp_path):
+    from eval_suite.attribution import ForwardContext, InputToRepresentation
+
+    classifier = load_classifier(make_tiny_checkpoint(tmp_path / "jac", layers=2, heads=2))
+    classifier.model.double()
+    batch = collate(encode_texts(classifier.tokenizer, TEXTS[:2], 16)[0], classifier.tokenizer.pad_token_id)
+    ctx = ForwardContext(classifier, batch)
+    ctx.base.embeddings  # noqa: B018  (the base pass, in float64)
+    ours = InputToRepresentation(mode="jacobian")(ctx)
+    mask = batch.attention_mask.bool()
+    other = {k: v for k, v in batch.model_inputs().items() if k != "input_ids"}
+    for b in range(2):
+        n = int(mask[b].sum())
+        x = ctx.base.embeddings.detach()[b:b + 1, :n]
+        for layer in range(2):
+            def hidden(e, layer=layer, b=b, n=n):
+                out = classifier.model(inputs_embeds=e, **{k: v[b:b + 1, :n] for k, v in other.items()},
+                                       output_hidden_states=True)
+                return out.hidden_states[layer][0]
+
+            jacobian = torch.autograd.functional.jacobian(hidden, x)  # [L, d, 1, L, d]
+            frobenius = jacobian[:, :, 0].pow(2).sum(dim=(1, 3)).sqrt()  # [p, i]
+            expected = frobenius / frobenius.sum(dim=-1, keepdim=True)
+            assert torch.allclose(ours[b, layer, :n, :n].double(), expected, atol=1e-6)

@@ -56,7 +56,7 @@ def test_outputs_follow_the_contract(first_run, workspace):
     pairs = {(e["layer"], e["head"]) for e in results["per_layer_head"]}
     assert pairs == {(layer, head) for layer in range(2) for head in range(4)}
     for entry in results["per_layer_head"]:
-        assert 0 <= entry["sparsity"] <= 1 and 0 <= entry["attention_entropy"] <= 1
+        assert 0 <= entry["attention_sparsity"]["mean"] <= 1 and 0 <= entry["attention_entropy"]["mean"] <= 1
         for method in methods:
             tau = entry["kendall_tau_b"][method]
             assert -1 <= tau["mean"] <= 1 and tau["std"] >= 0 and tau["n"] <= 12
@@ -67,11 +67,11 @@ def test_outputs_follow_the_contract(first_run, workspace):
     faith = results["faithfulness"]["rankings"]
     assert {"attention_layer_0", "attention_layer_1", "rollout", "grad_norm", "loo", "random"} <= set(faith)
     assert len(faith["loo"]["comprehensiveness_per_fraction"]) == 5
-    assert isinstance(results["summary"]["text"], list) and results["summary"]["mean_kendall_tau_b"]["grad_norm"] is not None
+    assert isinstance(results["summary"]["text"], list) and results["summary"]["agreement"]["grad_norm"]["kendall_tau_b"]["mean"] is not None
 
     table = (first_run / "per_layer_head.csv").read_text().splitlines()
-    assert len(table) == 1 + 8 and table[0].startswith("layer,head,sparsity")
-    assert len(results["plots"]) == len(methods) + 2 + 3
+    assert len(table) == 1 + 8 and table[0].startswith("layer,head,n_examples,defined")
+    assert len(results["plots"]) == 2 * len(methods) + 2 + 3
     for rel in results["plots"]:
         assert (first_run / rel).read_bytes()[:8] == PNG_MAGIC
     examples = json.loads((first_run / "token_examples.json").read_text())
@@ -111,9 +111,9 @@ def test_variant_settings_in_one_run(workspace, first_run, capsys):
                       "--faithfulness-attention", "none", "--attn-impl", "sparsemax", "--plot-examples", "0")) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["attention_query"] == "mean" and len(results["plots"]) == 8
+    assert results["config"]["attention_query"] == "mean" and len(results["plots"]) == 2 * 6 + 2
     assert results["attn_impl"] == "sparsemax" and results["sparse_attention"]["attn_impl"] == "sparsemax"
-    assert results["summary"]["mean_attention_sparsity"] > 0
+    assert results["summary"]["attention_sparsity"]["mean"] > 0
     assert "attention_layer_0" not in results["faithfulness"]["rankings"]
     n = results["config"]["n_truncated"]
     assert n > 0 and f"truncated {n} of 12 texts to 6 tokens" in printed

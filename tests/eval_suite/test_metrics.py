@@ -154,3 +154,71 @@ def test_evaluate_modules_load_from_local_path_offline(monkeypatch, tmp_path):
     assert out["sparsity"] == pytest.approx(np.mean([0.5, 0.0]))
     with pytest.raises(FileNotFoundError):
         M.module_path("no_such_metric")
+
+
+# ----------------------------------------------------------------------------------------------- agreement vs ties
+
+
+def _shared_zero_vectors(rng, n_vectors=300, length=20, support=5):
+    """Attention and importance that are zero on the same positions by construction, independent elsewhere."""
+    x, y = np.zeros((n_vectors, 1, length)), np.zeros((n_vectors, 1, length))
+    for i in range(n_vectors):
+        keep = rng.choice(length, support, replace=False)
+        x[i, 0, keep], y[i, 0, keep] = rng.random(support), rng.random(support)
+    return torch.tensor(x), torch.tensor(y)
+
+
+def test_shared_zeros_raise_raw_tau_but_not_the_excess_over_the_null():
+    x, y = _shared_zero_vectors(np.random.default_rng(5))
+    raw = M.kendall_tau_b_cross(x, y)[:, 0, 0]
+    null = M.kendall_tau_b_null_cross(x, y)[:, 0, 0]
+    union = M.kendall_tau_b_on_union_cross(x, y)[:, 0, 0]
+    assert raw.mean() > 0.5  # 15 shared zeros against 5 non-zeros: most pairs are concordant by construction
+    excess = raw - null
+    assert abs(float(excess.mean())) < 3 * float(excess.std()) / math.sqrt(len(excess))
+    assert abs(float(union.mean())) < 3 * float(union.std()) / math.sqrt(len(union))
+
+
+def test_null_is_the_mean_of_seeded_permutations_of_the_nonzero_importance():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 4, size=(3, 14)).astype(float)  # attention with zeros and ties
+    y = np.where(rng.random((3, 14)) < 0.4, 0.0, rng.random((3, 14)))
+    mask = rng.random(14) < 0.85
+    exact = M.kendall_tau_b_null_cross(torch.tensor(x)[:, None], torch.tensor(y)[:, None], torch.tensor(mask))
+    for i in range(3):
+        nonzero = np.flatnonzero((y[i] != 0) & mask)
+        draws = []
+        for _ in range(3000):
+            z = y[i].copy()
+            z[nonzero] = rng.permutation(z[nonzero])
+            draws.append(kendalltau(x[i][mask], z[mask]).statistic)
+        draws = np.array(draws)
+        assert float(exact[i, 0, 0]) == pytest.approx(draws.mean(), abs=4 * draws.std() / math.sqrt(len(draws)) + 1e-9)
+
+
+def test_tau_on_the_union_of_supports_equals_scipy_on_that_subset():
+    rng = np.random.default_rng(7)
+    x = torch.tensor(np.where(rng.random((4, 3, 12)) < 0.5, 0.0, rng.random((4, 3, 12))))
+    y = torch.tensor(np.where(rng.random((4, 2, 12)) < 0.5, 0.0, rng.random((4, 2, 12))))
+    union = M.kendall_tau_b_on_union_cross(x, y)
+    for b in range(4):
+        for h in range(3):
+            for m in range(2):
+                keep = (x[b, h] != 0) | (y[b, m] != 0)
+                expected = kendalltau(x[b, h][keep], y[b, m][keep]).statistic if keep.sum() >= 2 else np.nan
+                assert float(union[b, h, m]) == pytest.approx(expected, abs=1e-12, nan_ok=True)
+
+
+def test_tied_scores_are_broken_uniformly_by_the_key_not_by_position():
+    length, draws = 6, 3000
+    values = torch.zeros(draws, length)  # all tied: a sparse ranking past its support
+    keys = torch.tensor(np.random.default_rng(8).random((draws, length)))
+    chosen = M.top_k_mask(values, 1, tie_break=keys).float().argmax(dim=1)
+    counts = np.bincount(chosen.numpy(), minlength=length)
+    from scipy.stats import chisquare
+
+    assert chisquare(counts).pvalue > 1e-3
+    assert M.top_k_mask(values, 1)[:, 0].all()  # without a key: the leftmost, always
+    ranked = torch.tensor([[0.1, 0.5, 0.0, 0.0, 0.3, 0.0]])
+    picked = M.top_k_mask(ranked, 4, tie_break=torch.tensor([[0.0, 0.0, 0.9, 0.1, 0.0, 0.5]]))
+    assert picked.tolist() == [[True, True, False, True, True, False]]  # values first, then the smaller key

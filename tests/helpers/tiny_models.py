@@ -146,54 +146,59 @@ def _write_training_files(folder: Path, attn_impl: str | None, seed: int) -> Non
                                 "per_layer_head": heads}) + "\n")
 
 
-def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, dataset: str = "mr",
-                 fingerprint: str | None = None, methods=("grad_norm", "loo")) -> Path:
-    """A results.json in the evaluation suite's format (docs/CONTRACTS.md section 4) with seeded made-up scores."""
-    import random
+def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit: int = 16,
+                 fingerprint: str | None = None) -> Path:
+    """A real results.json: the evaluation suite run on ``limit`` seeded MR test sentences with ``checkpoint``.
 
-    from hf_sparse_attn import weights_fingerprint
+    ``plots=False`` leaves the plots out (files and list); ``fingerprint`` overwrites the recorded weights
+    fingerprint (a results file that claims other weights).
+    """
+    from eval_suite import EvalRequest, MeasureConfig, run_evaluation
 
-    checkpoint, outdir = Path(checkpoint), Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    n_layers, n_heads = config["num_hidden_layers"], config["num_attention_heads"]
-    spec = config.get("sparse_attention")
-    rng = random.Random(seed)
-    per_layer_head = []
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            per_layer_head.append({
-                "layer": layer, "head": head, "sparsity": round(rng.uniform(0.3, 0.95), 6),
-                "support_size": round(rng.uniform(1, 6), 4), "attention_entropy": round(rng.uniform(0.1, 0.6), 6),
-                "kendall_tau_b": {m: {"mean": round(rng.uniform(-0.2, 0.8), 6), "std": round(rng.uniform(0, 0.3), 6)}
-                                  for m in methods},
-            })
-    per_layer = [{"layer": layer,
-                  "input_to_repr_entropy": {"mean": round(rng.uniform(0.5, 0.95), 6), "std": 0.05},
-                  "coindexed_share": {"mean": round(rng.uniform(0.05, 0.4), 6), "std": 0.02}} for layer in range(n_layers)]
-    plot_paths = []
-    if plots:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        (outdir / "plots").mkdir(exist_ok=True)
-        for name in ("sparsity_heatmap", "kendall_tau_b_grad_norm_heatmap"):
-            fig, ax = plt.subplots(figsize=(2, 2))
-            ax.imshow([[rng.random() for _ in range(n_heads)] for _ in range(n_layers)])
-            fig.savefig(outdir / "plots" / f"{name}.png", dpi=40, metadata={"Software": None})
-            plt.close(fig)
-            plot_paths.append(f"plots/{name}.png")
-    results = {
-        "checkpoint": str(checkpoint), "weights_fingerprint": fingerprint or weights_fingerprint(checkpoint),
-        "attn_impl": (spec or {}).get("attn_impl", "softmax"), "sparse_attention": spec,
-        "dataset": dataset, "split": "test", "n_examples": 64,
-        "accuracy": round(rng.uniform(0.6, 0.9), 6), "macro_f1": round(rng.uniform(0.6, 0.9), 6),
-        "n_layers": n_layers, "n_heads": n_heads, "importance_methods": list(methods),
-        "per_layer_head": per_layer_head, "per_layer": per_layer,
-        "summary": {}, "plots": plot_paths, "config": {"seed": seed, "max_length": 64, "batch_size": 8},
-    }
+    outdir = Path(outdir)
+    measure = MeasureConfig(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed)
+    run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
+                               limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
     path = outdir / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if not plots:
+        for rel in results["plots"]:
+            (outdir / rel).unlink()
+        results["plots"] = []
+    if fingerprint is not None:
+        results["weights_fingerprint"] = fingerprint
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return path
+
+
+def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0) -> str:
+    """A tiny BERT classifier whose layer-0 head 0 gives all of the [CLS] query's attention to [CLS] and [SEP].
+
+    The [CLS]/[SEP] word embeddings get a large first coordinate, and that head's key reads only it while its query
+    is a constant: every query scores the special tokens far above any content token, so a sparse mapping gives the
+    content tokens exactly zero (the case of a head that is undefined over content tokens).
+    """
+    from transformers import BertTokenizerFast
+
+    os.makedirs(folder, exist_ok=True)
+    vocab_path = os.path.join(folder, "vocab.txt")
+    with open(vocab_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCAB_WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=vocab_path)
+    model = _tiny_bert(seed, num_labels=2, initializer_range=0.3, **NO_DROPOUT)
+    head_dim = TINY["hidden_size"] // TINY["num_attention_heads"]
+    attention = model.bert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        for token in ("[CLS]", "[SEP]"):
+            model.bert.embeddings.word_embeddings.weight[tokenizer.convert_tokens_to_ids(token), 0] = 20.0
+        attention.key.weight[:head_dim] = 0.0
+        attention.key.weight[:head_dim, 0] = 1.0
+        attention.key.bias[:head_dim] = 0.0
+        attention.query.weight[:head_dim] = 0.0
+        attention.query.bias[:head_dim] = 5.0
+    import hf_sparse_attn
+
+    hf_sparse_attn.sparsify(model, attn_impl=attn_impl)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -18,16 +18,23 @@ from hub_cards import CardError, PushError
 from hub_cards.cli import main as cli_main
 from hub_cards.push import push_folder, validate_folder
 from hub_cards.render import render_card
+from hf_sparse_attn import weights_fingerprint
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.tiny_models import make_checkpoint, make_results
 
 TOKEN = "hf_test_token"
-PUBLISHED = {
+PUBLISHED_FILES = {
     "README.md", "config.json", "model.safetensors", "results.json", "sparse_attn_mappings.py",
     "sparse_attn_modeling.py", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "training_args.json",
-    "final_metrics.json", "train_log.jsonl", "interpretability/plots/sparsity_heatmap.png",
-    "interpretability/plots/kendall_tau_b_grad_norm_heatmap.png",
+    "final_metrics.json", "train_log.jsonl",
 }
+
+
+def published(folder: Path) -> set[str]:
+    """The files a push of ``folder`` must upload: PUBLISHED_FILES and the card's images."""
+    images = {p.relative_to(folder).as_posix() for p in (folder / "interpretability").rglob("*.png")}
+    assert images, "the card has images"
+    return PUBLISHED_FILES | images
 
 
 @pytest.fixture
@@ -72,7 +79,7 @@ def test_push_uploads_exactly_the_published_files_in_one_commit(carded, hub):
     assert url.startswith(hub.endpoint + "/org/tiny-entmax/commit/")
     assert commit["repo_id"] == "org/tiny-entmax" and commit["revision"] == "exp-1"
     assert commit["summary"] == "first upload"
-    assert set(commit["files"]) == PUBLISHED
+    assert set(commit["files"]) == published(carded)
     for path, content in commit["files"].items():
         assert content == (carded / path).read_bytes(), path
     assert hub.repos["org/tiny-entmax"]["private"] is True
@@ -144,7 +151,7 @@ def test_token_precedence(explicit, env, accepted, carded, hub, monkeypatch, ski
     if accepted:
         push_folder(carded, "org/tiny", token=explicit)
         assert {r["authorization"] for r in hub.requests} == {f"Bearer {TOKEN}"}
-        assert set(hub.commits[0]["files"]) == PUBLISHED
+        assert set(hub.commits[0]["files"]) == published(carded)
     else:
         with pytest.raises(PushError, match="401") as info:
             push_folder(carded, "org/tiny", token=explicit)
@@ -185,7 +192,7 @@ def test_pushing_twice_reuses_the_repository(carded, hub, skip_load_check, capsy
 
 def test_cli_validate_lists_files_and_errors_in_one_line(carded, tmp_path, skip_load_check, capsys):
     assert cli_main(["validate", str(carded)]) == 0
-    assert set(capsys.readouterr().out.split()) == PUBLISHED
+    assert set(capsys.readouterr().out.split()) == published(carded)
     assert cli_main(["validate", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -211,7 +218,7 @@ def test_real_minilm_checkpoint_renders_validates_and_publishes_its_tokenizer(mi
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
             "results.json", "training_args.json"} <= set(files)
     assert [f for f in files if f.startswith("interpretability/")] == [
-        "interpretability/kendall_tau_b_grad_norm_heatmap.png", "interpretability/sparsity_heatmap.png"]
+        "interpretability/attention_sparsity_heatmap.png", "interpretability/kendall_tau_b_excess_grad_norm_heatmap.png"]
 
 
 def test_push_options_for_training_and_eval_commands(carded, hub, skip_load_check):
@@ -227,7 +234,7 @@ def test_push_options_for_training_and_eval_commands(carded, hub, skip_load_chec
                               "--revision", "ignored-here"])
     url = push_from_args(carded, args)
     assert url.startswith(hub.endpoint + "/org/from-eval/commit/")
-    assert hub.commits[0]["revision"] == "eval-run" and set(hub.commits[0]["files"]) == PUBLISHED
+    assert hub.commits[0]["revision"] == "eval-run" and set(hub.commits[0]["files"]) == published(carded)
 
 
 def test_push_right_after_training_writes_a_card_first(tmp_path, hub, skip_load_check):
@@ -244,7 +251,7 @@ def test_push_right_after_training_writes_a_card_first(tmp_path, hub, skip_load_
 def test_stale_results_file_blocks_the_push(carded, hub, tmp_path, skip_load_check):
     other = make_checkpoint(tmp_path / "other", seed=4, tokenizer=False, training_files=False)
     stale = json.loads((carded / "results.json").read_text())
-    stale["weights_fingerprint"] = json.loads(make_results(other, tmp_path / "e").read_text())["weights_fingerprint"]
+    stale["weights_fingerprint"] = weights_fingerprint(other)
     (carded / "results.json").write_text(json.dumps(stale))
     with pytest.raises(CardError, match="results.json") as info:
         push_folder(carded, "org/tiny", token=TOKEN)
@@ -256,5 +263,5 @@ def test_push_without_card_renders_one_from_the_results_in_the_folder(carded, hu
     (carded / "README.md").unlink()
     push_folder(carded, "org/tiny", token=TOKEN)
     card = ModelCard(hub.commits[0]["files"]["README.md"].decode())
-    assert "attention_sparsity" in {r.metric_type for r in card.data.eval_results}
-    assert set(hub.commits[0]["files"]) == PUBLISHED
+    assert "attention_sparsity_content" in {r.metric_type for r in card.data.eval_results}
+    assert set(hub.commits[0]["files"]) == published(carded)

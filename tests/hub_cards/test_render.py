@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 
 import pytest
@@ -42,21 +41,26 @@ def table_rows(markdown: str) -> list[list[str]]:
     return rows
 
 
-def expected_scores(results: dict) -> dict:
-    """The summary scores, recomputed here from the per layer x head records by their definitions."""
-    n_layers = results["n_layers"]
-    by_layer = [statistics.mean(r["kendall_tau_b"]["grad_norm"]["mean"] for r in results["per_layer_head"]
-                                if r["layer"] == layer) for layer in range(n_layers)]
-    best = max(range(n_layers), key=lambda layer: by_layer[layer])
+def expected_scores(results: dict, final_metrics: dict | None = None) -> dict:
+    """The card's model-index values: the evaluation's own pooled aggregates, and the model's test accuracy from the
+    training run when the evaluation covered only a subset of the split."""
+    excess = [layer["agreement"]["grad_norm"]["kendall_tau_b_excess"]["mean"] for layer in results["per_layer"]]
+    best = max((i for i, v in enumerate(excess) if v is not None), key=lambda i: (excess[i], -i))
+    subset = results["n_examples"] < results["n_split"]
+    quality = final_metrics["test"] if subset and final_metrics else results
     return {
-        "accuracy": results["accuracy"],
-        "f1": results["macro_f1"],
-        "attention_sparsity": statistics.mean(r["sparsity"] for r in results["per_layer_head"]),
-        "kendall_tau_b_grad_best_layer": by_layer[best],
-        "kendall_tau_b_grad_last_layer": by_layer[-1],
-        "input_to_repr_entropy": statistics.mean(r["input_to_repr_entropy"]["mean"] for r in results["per_layer"]),
+        "accuracy": quality["accuracy"],
+        "f1": quality["macro_f1"],
+        "attention_sparsity_content": results["summary"]["attention_sparsity"]["mean"],
+        "kendall_tau_b_excess_grad_best_layer": excess[best],
+        "kendall_tau_b_excess_grad_last_layer": excess[-1],
+        "input_to_repr_entropy": results["summary"]["input_to_repr_entropy"]["mean"],
         "best_layer": best,
     }
+
+
+def first_number(cell: str) -> float:
+    return float(cell.split()[0])
 
 
 @pytest.fixture
@@ -74,21 +78,22 @@ def test_card_round_trips_through_huggingface_hub(checkpoint, results_path):
     assert card_path == checkpoint / "README.md"
     card = ModelCard.load(card_path)
     results = json.loads(results_path.read_text())
-    expected = expected_scores(results)
+    expected = expected_scores(results, json.loads((checkpoint / "final_metrics.json").read_text()))
 
     data = card.data
     assert data.library_name == "transformers"
     assert "sparse-attention" in data.tags and "entmax-learned" in data.tags
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # from training_args.json
-    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    assert data.datasets is None  # the embedded MR is our own re-split, not a Hub dataset's split
+    assert all(r.dataset_type == "mr" and "re-split" in r.dataset_name for r in data.eval_results)
     assert data.hf_sparse_attn["weights_fingerprint"] == results["weights_fingerprint"]
     values = {r.metric_type: r for r in data.eval_results}
     assert set(values) == {k for k in expected if k != "best_layer"}
     for key, result in values.items():
         assert result.metric_value == pytest.approx(expected[key], abs=1e-4), key
         assert result.task_type == "text-classification" and result.dataset_split == "test"
-    assert values["kendall_tau_b_grad_best_layer"].metric_args["layer"] == expected["best_layer"]
-    assert values["f1"].metric_args == {"average": "macro"}
+    assert values["kendall_tau_b_excess_grad_best_layer"].metric_args["layer"] == expected["best_layer"]
+    assert values["f1"].metric_args["average"] == "macro"
 
     # Saving and loading again keeps metadata and model-index as they are.
     again = checkpoint / "again.md"
@@ -117,12 +122,12 @@ def test_card_body_shows_alphas_heatmaps_tables_and_caution(checkpoint, results_
     by_pair = {(int(r[0]), int(r[1])): r for r in head_rows}
     for rec in results["per_layer_head"]:
         row = by_pair[(rec["layer"], rec["head"])]
-        assert float(row[3]) == pytest.approx(rec["sparsity"], abs=6e-4)
+        assert first_number(row[4]) == pytest.approx(rec["attention_sparsity"]["mean"], abs=6e-4)
 
     # The evaluation's plots are copied into the folder and shown; results.json is copied and points at them.
     copied = json.loads((checkpoint / "results.json").read_text())
     assert copied["weights_fingerprint"] == results["weights_fingerprint"]
-    assert len(copied["plots"]) == len(results["plots"]) == 2
+    assert len(copied["plots"]) == len(results["plots"]) > 2
     for rel in copied["plots"]:
         assert rel.startswith("interpretability/")
         assert (checkpoint / rel).read_bytes() == (results_path.parent / rel.split("/", 1)[1]).read_bytes()
@@ -164,11 +169,12 @@ def test_rerender_replaces_generated_sections_and_keeps_user_text(checkpoint, re
 
     assert card.data.license == "mit" and card.data.language == "en" and card.data.widget == [{"text": "a fine film"}]
     assert "my-own-tag" in card.data.tags and "sparse-attention" in card.data.tags
-    expected = expected_scores(json.loads(new_results.read_text()))
+    new = json.loads(new_results.read_text())
+    expected = expected_scores(new, json.loads((checkpoint / "final_metrics.json").read_text()))
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-4)
-    assert values["attention_sparsity"] == pytest.approx(expected["attention_sparsity"], abs=1e-4)
-    assert json.loads((checkpoint / "results.json").read_text())["accuracy"] == expected["accuracy"]
+    assert values["attention_sparsity_content"] == pytest.approx(expected["attention_sparsity_content"], abs=1e-4)
+    assert json.loads((checkpoint / "results.json").read_text())["accuracy"] == new["accuracy"]
 
 
 def test_render_into_a_readme_without_markers_keeps_it_below(checkpoint, results_path):
@@ -246,7 +252,7 @@ def test_refusals_leave_the_folder_untouched(problem, match, checkpoint, results
     elif problem == "no_gradient_tau":
         _drop_field(bad, lambda d: [r["kendall_tau_b"].pop("grad_norm") for r in d["per_layer_head"]])
     elif problem == "missing_plot":
-        (bad.parent / "plots" / "sparsity_heatmap.png").unlink()
+        (bad.parent / json.loads(bad.read_text())["plots"][0]).unlink()
     elif problem == "other_attn_impl":
         _drop_field(bad, lambda d: d.update(attn_impl="sparsemax", sparse_attention={"attn_impl": "sparsemax"}))
     elif problem == "broken_marker":
@@ -277,14 +283,16 @@ def test_cli_render_and_one_line_error(checkpoint, results_path, tmp_path, capsy
     assert not (other / "README.md").exists()
 
 
-def test_scores_ignore_nan_tau_of_constant_heads(checkpoint, results_path):
-    # tau-b is undefined (NaN) for a head whose attention is constant; the layer mean uses the other heads.
+def test_scores_leave_undefined_layers_out(checkpoint, results_path):
+    # A layer whose heads are all undefined has no excess: it is never the best layer and gets no model-index entry.
     data = json.loads(results_path.read_text())
-    data["per_layer_head"][0]["kendall_tau_b"]["grad_norm"]["mean"] = float("nan")
+    data["per_layer"][0]["agreement"]["grad_norm"]["kendall_tau_b_excess"].update(mean=None, defined=False,
+                                                                                 reason="no defined value to pool")
     results_path.write_text(json.dumps(data))
     card = ModelCard.load(render_card(checkpoint, results_path))
-    values = [r.metric_value for r in card.data.eval_results]
-    assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+    values = {r.metric_type: r for r in card.data.eval_results}
+    assert all(isinstance(r.metric_value, float) and math.isfinite(r.metric_value) for r in values.values())
+    assert values["kendall_tau_b_excess_grad_best_layer"].metric_args["layer"] == 1
 
 
 def test_card_without_results_then_with_results(tmp_path):
@@ -303,6 +311,28 @@ def test_card_without_results_then_with_results(tmp_path):
     results = make_results(checkpoint, tmp_path / "eval")
     text = render_card(checkpoint, results).read_text()
     card = ModelCard.load(checkpoint / "README.md")
-    assert "attention_sparsity" in {r.metric_type for r in card.data.eval_results}
+    assert "attention_sparsity_content" in {r.metric_type for r in card.data.eval_results}
     assert "Not measured yet" not in text and text.count("My own closing note.") == 1
     assert (checkpoint / "results.json").is_file()
+
+
+def test_card_accuracy_is_not_taken_from_a_tiny_subset(tmp_path):
+    """An evaluation of 8 examples says nothing reliable about accuracy: the card reports the training run's
+    test accuracy, and names a subset's accuracy as a subset of its size when that is all there is."""
+    trained = make_checkpoint(tmp_path / "trained", seed=3)
+    results = make_results(trained, tmp_path / "eval_trained", limit=8)
+    final = json.loads((trained / "final_metrics.json").read_text())["test"]
+    assert json.loads(results.read_text())["n_examples"] == 8
+    card = ModelCard.load(render_card(trained, results))
+    accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.metric_value == pytest.approx(final["accuracy"])
+    assert "subset" not in accuracy.metric_name and accuracy.dataset_split == "test"
+
+    untrained = make_checkpoint(tmp_path / "untrained", seed=3, training_files=False)
+    results = make_results(untrained, tmp_path / "eval_untrained", limit=8)
+    subset_accuracy = json.loads(results.read_text())["accuracy"]
+    card = ModelCard.load(render_card(untrained, results))
+    accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.metric_value == pytest.approx(subset_accuracy)
+    assert "subset of 8 of the" in accuracy.metric_name
+    assert "subset of 8 of the" in card.text

@@ -1,0 +1,54 @@
+"""python -m eval_suite.compare: paired tests on the same examples; a run against itself shows no difference, a
+sparse mapping against softmax on the same weights shows its sparsity, and unlike evaluations are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval_suite.cli import main as eval_main
+from eval_suite.compare import main as compare_main
+from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    checkpoint = make_tiny_checkpoint(root / "ckpt")
+    data = make_text_csv(root / "data.csv", n=150)
+    common = [checkpoint, "--dataset", data, "--split", "train", "--limit", "40", "--ig-steps", "4",
+              "--ig-tolerance", "none", "--plot-examples", "0", "--faithfulness-attention", "none"]
+    assert eval_main([*common, "--output-dir", str(root / "softmax")]) == 0
+    assert eval_main([*common, "--attn-impl", "sparsemax", "--output-dir", str(root / "sparsemax")]) == 0
+    assert eval_main([*common[:6], "30", *common[7:], "--output-dir", str(root / "fewer")]) == 0
+    return root
+
+
+def test_a_run_against_itself_has_no_significant_difference(two_runs, capsys):
+    out = two_runs / "same"
+    assert compare_main([str(two_runs / "softmax"), str(two_runs / "softmax"), "--output-dir", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["n_examples"] == 40 and result["n_tests"] > 0 and result["n_significant"] == 0
+    assert all(t["difference"] == 0 for t in result["tests"])
+
+
+def test_sparsemax_against_softmax_on_the_same_weights_differs_in_sparsity(two_runs, capsys):
+    out = two_runs / "sparse_vs_soft"
+    assert compare_main([str(two_runs / "softmax"), str(two_runs / "sparsemax"), "--output-dir", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    sparsity = [t for t in result["tests"] if t["metric"] == "attention_sparsity"]
+    assert sparsity and all(t["b"] >= t["a"] for t in sparsity)
+    assert sum(t["significant"] for t in sparsity) >= len(sparsity) // 2
+    significant = [t for t in result["tests"] if t["significant"]]
+    assert all(t["ci95"][0] <= t["difference"] <= t["ci95"][1] for t in significant)
+    assert all(t["p_adjusted"] >= t["p_value"] for t in result["tests"])
+    assert "significant at FDR 0.05" in capsys.readouterr().out
+
+
+def test_evaluations_of_different_examples_are_refused(two_runs, capsys):
+    out = two_runs / "never"
+    assert compare_main([str(two_runs / "softmax"), str(two_runs / "fewer"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "different examples" in err and err.count("\n") == 1
+    assert not out.exists()
