@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
+from hf_sparse_attn.public_names import local_name
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
@@ -42,6 +43,9 @@ def mapping_tag(attn_impl: str) -> str:
 def dataset_identity(dataset: str) -> tuple[str | None, str, str, str | None]:
     """(Hub dataset id for ``datasets:`` or None, model-index dataset type, display name, config)."""
     name = dataset.strip()
+    local = local_name(name)  # how training and evaluation record a local path (hf_sparse_attn.public_names)
+    if local is not None:
+        return None, "custom", f"local {'file' if name.endswith('(local file)') else 'folder'} {local}", None
     if name.lower() in EMBEDDED_DATASETS:
         hub_id, title, config = EMBEDDED_DATASETS[name.lower()]
         return hub_id, hub_id, title, config
