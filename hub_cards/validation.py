@@ -173,6 +173,7 @@ def check_files(folder: Path) -> dict:
         if not (folder / f"{module}.py").is_file():
             raise PushError(f"config.json auto_map names {module}.py but {folder} lacks it; re-save the model with "
                             "hf_sparse_attn so the remote code is written")
+    files_to_publish(folder)  # refuses symbolic links before anything (a card refresh included) reads them
     check_published_paths(folder)
     return config
 
@@ -314,8 +315,7 @@ def validate_folder(folder, *, load_check: bool = True, trust_remote_code: bool 
     ``trust_remote_code=True`` lets the load check run folder code that hf_sparse_attn did not write."""
     folder = Path(folder)
     check_files(folder)
-    files = files_to_publish(folder)  # refuses symbolic links
     check_card(folder)
     if load_check:
         check_loads_without_package(folder, trust_remote_code=trust_remote_code)
-    return files
+    return files_to_publish(folder)
