@@ -33,7 +33,7 @@ from hf_sparse_attn.constants import (EVAL_OUTPUT_NAMES, LAYER_HEAD_TABLE_FILE, 
                                       RUN_INFO_FILE, TOKEN_EXAMPLES_FILE)
 from hf_sparse_attn.files import atomic_path, atomic_write_text
 from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, check_output_dir, \
-    lock_for_processes, replace_folder
+    lock_for_processes, recover_interrupted_replace, replace_folder
 
 from .aggregate import aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
@@ -376,6 +376,9 @@ def run_evaluation(request: EvalRequest) -> dict | None:
     request.validate()
     state = PartialState(cpu=request.cpu)
     out_dir = Path(request.output_dir)
+    if state.is_main_process:
+        recover_interrupted_replace(out_dir)  # an --overwrite without atomic exchange that died between renames
+    state.wait_for_everyone()
     try:
         lock = lock_for_processes(out_dir, state)  # before anything loads; names the holder's pid
     except OutputDirError as error:

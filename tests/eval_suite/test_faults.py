@@ -135,6 +135,10 @@ NEW_FAULTS = [
 
 @pytest.mark.parametrize("name, change, message", NEW_FAULTS, ids=[c[0] for c in NEW_FAULTS])
 def test_new_faults_are_one_line_errors_and_write_nothing(ws, tmp_path, capsys, name, change, message):
+    _assert_refused_writing_nothing(ws, tmp_path, capsys, change, message)
+
+
+def _assert_refused_writing_nothing(ws, tmp_path, capsys, change, message):
     out = tmp_path / "never"
     argv = _args(ws, "a", out)
     change(ws, argv)
@@ -192,12 +196,7 @@ HANDLED = [
 
 @pytest.mark.parametrize("change, message", HANDLED, ids=[f"handled-{i}" for i in range(len(HANDLED))])
 def test_already_handled_bad_input(ws, tmp_path, capsys, change, message):
-    out = tmp_path / "never"
-    argv = _args(ws, "a", out)
-    change(ws, argv)
-    code, err = _eval(capsys, argv)
-    assert_one_line_error(code, err, message)
-    assert not out.exists()
+    _assert_refused_writing_nothing(ws, tmp_path, capsys, change, message)
 
 
 def test_resume_with_other_settings_loses_nothing(ws, evaluated, tmp_path, capsys):

@@ -74,9 +74,12 @@ NEW_FAULTS = [
 
 @pytest.mark.parametrize("name, argv, message", NEW_FAULTS, ids=[case[0] for case in NEW_FAULTS])
 def test_new_faults_are_one_line_errors_and_write_nothing(files, capsys, tmp_path, name, argv, message):
+    _assert_refused_writing_nothing(files, capsys, tmp_path, argv, message, tiny=name != "truncated_weights")
+
+
+def _assert_refused_writing_nothing(files, capsys, tmp_path, argv, message, tiny=True):
     out = tmp_path / "never"
-    argv = [a.format(**files) for a in argv]
-    code, err = _train(capsys, [*argv, "--output-dir", out], tiny=name != "truncated_weights")
+    code, err = _train(capsys, [*(a.format(**files) for a in argv), "--output-dir", out], tiny=tiny)
     assert_one_line_error(code, err, message)
     assert not out.exists()
 
@@ -265,10 +268,7 @@ HANDLED = [
 
 @pytest.mark.parametrize("argv, message", HANDLED, ids=[f"handled-{i}" for i in range(len(HANDLED))])
 def test_already_handled_bad_input(files, capsys, tmp_path, argv, message):
-    out = tmp_path / "never"
-    code, err = _train(capsys, [*(a.format(**files) for a in argv), "--output-dir", out])
-    assert_one_line_error(code, err, message)
-    assert not out.exists()
+    _assert_refused_writing_nothing(files, capsys, tmp_path, argv, message)
 
 
 def test_model_options_refused_with_from_scratch_and_missing_model_folder(capsys, tmp_path):
