@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's own (stock checkpoints: softmax)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--label-map", default=None, metavar="RAW=NAME,...",
+                   help="label values to use, numbered 0..K-1 in this order (as in training)")
     p.add_argument("--batch-size", type=int, default=32, help="examples measured together (default 32; larger needs more memory and is not faster on CPU)")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's limit)")
     p.add_argument("--attention-query", choices=("cls", "mean"), default="cls",
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the example subset, the random ranking, tie-breaking and the bootstrap")
     p.add_argument("--resume", action="store_true", help="skip batches whose rows are already in OUTDIR/rows")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another checkpoint or setting in --output-dir (the new results are "
+                        "complete before the old ones go)")
     p.add_argument("--plot-examples", type=int, default=3, help="token-level heatmaps for this many examples")
     p.add_argument("--card", action="store_true", help="render the model card into the checkpoint folder (hub_cards)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
@@ -98,8 +103,8 @@ def request_from_args(args: argparse.Namespace) -> EvalRequest:
     return EvalRequest(checkpoint=args.checkpoint, output_dir=args.output_dir, dataset=args.dataset, split=args.split,
                        limit=args.limit, attn_impl=args.attn_impl, text_column=args.text_column,
                        label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
-                       resume=args.resume, plot_examples=args.plot_examples, cpu=args.cpu, measure=measure,
-                       aggregation=aggregation)
+                       resume=args.resume, overwrite=args.overwrite, label_map=args.label_map,
+                       plot_examples=args.plot_examples, cpu=args.cpu, measure=measure, aggregation=aggregation)
 
 
 def _check_publishing(args) -> None:

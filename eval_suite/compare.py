@@ -60,10 +60,10 @@ def load_evaluation(folder) -> Evaluation:
     if not plan_path.is_file():
         raise EvalError(f"{folder} has no per-example rows ({ROWS_DIR}/); a paired comparison needs them: re-run the "
                         "evaluation into this folder")
-    n_batches = json.loads(plan_path.read_text(encoding="utf-8"))["n_batches"]
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
     shards = []
-    for batch_id in range(n_batches):
-        loaded = load_shard(rows_dir, batch_id)
+    for batch_id in range(plan["n_batches"]):
+        loaded = load_shard(rows_dir, batch_id, plan["plan_id"])
         if loaded is None:
             raise EvalError(f"batch {batch_id} of {rows_dir} is missing or unreadable; re-run the evaluation")
         shards.append(loaded[0])

@@ -294,6 +294,7 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
     by default a checkpoint saved by hf_sparse_attn keeps its recorded mapping and a stock one gets softmax
     attention that returns probabilities.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     import hf_sparse_attn
@@ -318,6 +319,9 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
     except (OSError, TypeError) as error:
         raise EvalError(f"cannot load {checkpoint!r} as a sequence classifier ({first_line(error)}); check the "
                         "path or Hub id") from None
+    except SafetensorError as error:  # a truncated or foreign weights file
+        raise EvalError(f"the weights of {checkpoint!r} are not a readable safetensors file ({first_line(error)}); "
+                        "download or save the model again") from None
     model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
     missing = [k for k in info.get("missing_keys", []) if "sparse_attn" not in k]
     if missing:

@@ -4,9 +4,16 @@ Work is planned as fixed batches (examples sorted by token length, then index, c
 plan depends only on the data, the checkpoint and the settings, never on the number of processes, so every
 batch is computed identically whether one process or several run it: ``accelerate launch`` gives exactly the
 numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
-atomically); ``--resume`` skips the batches already there. Processes take every k-th remaining batch, send their
-rows to the main process (``accelerate.utils.gather_object``), and the main process aggregates and writes the
-outputs, each to a temporary file renamed into place.
+atomically) together with the plan's fingerprint; ``--resume`` skips the batches already there after checking that
+each was produced by this plan. Processes take every k-th remaining batch, send their rows to the main process
+(``accelerate.utils.gather_object``), and the main process aggregates and writes the outputs, each to a temporary
+file renamed into place.
+
+One evaluation at a time per output folder (``hf_sparse_attn.output_dir.OutputLock``, held by the main process
+from before anything loads). A folder that holds another checkpoint's or another setting's results is refused
+unless ``--overwrite`` is given; then the new evaluation is built complete in a sibling folder
+``.OUTDIR.overwrite`` and swapped in for the old one, so stale rows and plots go with it and a crash leaves the old
+results as they were.
 """
 
 from __future__ import annotations
@@ -15,16 +22,18 @@ import hashlib
 import json
 import logging
 import math
-import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hf_sparse_attn.constants import (LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR, RUN_INFO_FILE,
-                                      TOKEN_EXAMPLES_FILE)
+from hf_sparse_attn.constants import (EVAL_OUTPUT_NAMES, LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR,
+                                      RUN_INFO_FILE, TOKEN_EXAMPLES_FILE)
 from hf_sparse_attn.files import atomic_path, atomic_write_text
+from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, check_output_dir, \
+    lock_for_processes, recover_interrupted_replace, replace_folder
 
 from .aggregate import AggregateConfig, aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
@@ -55,6 +64,8 @@ class EvalRequest:
     batch_size: int = 32
     max_length: int | None = None
     resume: bool = False
+    overwrite: bool = False
+    label_map: str | None = None
     plot_examples: int = 3
     cpu: bool = False
     measure: MeasureConfig = field(default_factory=MeasureConfig)
@@ -90,8 +101,16 @@ class EvalRequest:
             raise EvalError(f"--fractions must be numbers in (0, 1], got {list(m.fractions)}")
         if self.plot_examples < 0:
             raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
-        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-            raise EvalError(f"--output-dir {self.output_dir!r} is a file; pass a folder")
+        if self.resume and self.overwrite:
+            raise EvalError("--resume and --overwrite contradict each other; pass one")
+        if self.label_map is not None:
+            from hf_sparse_attn.data import parse_label_map
+
+            parse_label_map(self.label_map)  # DataError in one line
+        try:
+            check_output_dir(self.output_dir)
+        except OutputDirError as error:
+            raise EvalError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -104,7 +123,7 @@ def load_split(request: EvalRequest):
     except ImportError as error:
         raise EvalError(f"hf_sparse_attn.data is not importable ({error}); install the package (pip install -e .)") from None
     splits = load_text_classification(request.dataset, text_column=request.text_column,
-                                      label_column=request.label_column)
+                                      label_column=request.label_column, label_map=request.label_map)
     if request.split not in splits:
         raise EvalError(f"dataset {request.dataset!r} has no split {request.split!r}; choose one of {list(splits)}")
     return splits[request.split]
@@ -147,25 +166,67 @@ def _shard_path(rows_dir: Path, batch_id: int) -> Path:
     return rows_dir / f"batch_{batch_id:05d}.npz"
 
 
-def save_shard(rows_dir: Path, batch_id: int, arrays: dict, token_maps: dict) -> None:
+_SHARD_META = ("token_maps_json", "plan_id")
+
+
+def save_shard(rows_dir: Path, batch_id: int, arrays: dict, token_maps: dict, plan_id: str) -> None:
+    """One batch's rows, its token maps and the fingerprint of the plan that produced them, written atomically."""
     payload = dict(arrays)
     payload["token_maps_json"] = np.frombuffer(json.dumps(token_maps).encode("utf-8"), dtype=np.uint8)
+    payload["plan_id"] = np.frombuffer(plan_id.encode("utf-8"), dtype=np.uint8)
     with atomic_path(_shard_path(rows_dir, batch_id)) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **payload)
 
 
-def load_shard(rows_dir: Path, batch_id: int) -> tuple[dict, dict] | None:
+def shard_plan_id(path: Path) -> str | None:
+    """The plan fingerprint a stored shard carries ("" for a shard written without one); None if unreadable."""
+    try:
+        with np.load(path) as data:
+            return bytes(data["plan_id"]).decode("utf-8") if "plan_id" in data.files else ""
+    except Exception:  # noqa: BLE001 - numpy raises several types for a damaged archive
+        return None
+
+
+def load_shard(rows_dir: Path, batch_id: int, plan_id: str) -> tuple[dict, dict] | None:
+    """(arrays, token maps) of a stored shard of plan ``plan_id``; None if absent or unreadable, EvalError if it
+    belongs to another plan."""
     path = _shard_path(rows_dir, batch_id)
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files if k != "token_maps_json"}
+            produced_by = bytes(data["plan_id"]).decode("utf-8") if "plan_id" in data.files else ""
+            arrays = {k: data[k] for k in data.files if k not in _SHARD_META}
             token_maps = json.loads(bytes(data["token_maps_json"]).decode("utf-8"))
-        return arrays, {int(k): v for k, v in token_maps.items()}
     except Exception:  # noqa: BLE001 - a damaged shard is recomputed
         logger.warning("ignoring unreadable %s; it will be recomputed", path)
         return None
+    if produced_by != plan_id:
+        raise _foreign_shard(path)
+    return arrays, {int(k): v for k, v in token_maps.items()}
+
+
+def _foreign_shard(path: Path) -> EvalError:
+    return EvalError(f"{path} was computed for another checkpoint, dataset or setting than this evaluation; drop "
+                     "--resume to recompute every batch, or pass another --output-dir")
+
+
+def stored_batches(rows_dir: Path, plan_id: str, n_batches: int) -> set[int]:
+    """Batch ids whose stored shard belongs to ``plan_id`` (unreadable ones are left to be recomputed); EvalError
+    for a shard of another plan."""
+    done = set()
+    for batch_id in range(n_batches):
+        path = _shard_path(rows_dir, batch_id)
+        if not path.is_file():
+            continue
+        produced_by = shard_plan_id(path)
+        if produced_by is None:
+            logger.warning("ignoring unreadable %s; it will be recomputed", path)
+            continue
+        if produced_by != plan_id:
+            raise _foreign_shard(path)
+        done.add(batch_id)
+    return done
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -218,6 +279,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     description = {
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
+        "label_map": request.label_map,
         "indices": indices, "batches": batches, "max_length": max_length, "measure": measure.to_dict(),
         "plot_examples": request.plot_examples,
     }
@@ -225,22 +287,56 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
                  measure, _plan_fingerprint(description), len(split))
 
 
-def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state) -> Path:
-    """OUTDIR/rows for this plan: checked against a stored plan on --resume, emptied otherwise."""
-    rows_dir = Path(request.output_dir) / ROWS_DIR
-    plan_path = rows_dir / PLAN_FILE
-    if request.resume and plan_path.is_file():  # every process checks, so all of them stop together
-        previous = json.loads(plan_path.read_text(encoding="utf-8")).get("plan_id")
-        if previous != plan.plan_id:
-            raise EvalError(f"{rows_dir} holds rows of a different checkpoint, dataset or setting; drop --resume "
-                            "or pass another --output-dir")
+def _previous_plan(out_dir: Path) -> str | None:
+    """The plan fingerprint of the evaluation ``out_dir`` already holds: None when it holds none, "" when it holds
+    outputs whose plan is unknown (results without rows/plan.json, or an unreadable plan)."""
+    plan_path = out_dir / ROWS_DIR / PLAN_FILE
+    if plan_path.is_file():
+        try:
+            return json.loads(plan_path.read_text(encoding="utf-8")).get("plan_id") or ""
+        except (OSError, ValueError, AttributeError):
+            return ""
+    if (out_dir / RESULTS_FILE).exists() or (out_dir / ROWS_DIR).exists():
+        return ""
+    return None
+
+
+def overwrite_staging_dir(out_dir: Path) -> Path:
+    """The sibling folder an --overwrite builds its complete results in before they replace ``out_dir``."""
+    return out_dir.parent / f".{out_dir.name}.overwrite"
+
+
+def _work_dir(request: EvalRequest, plan: _Plan, out_dir: Path) -> Path:
+    """Where this evaluation writes: ``out_dir``, or its staging sibling when --overwrite replaces another
+    evaluation's results; EvalError when the folder holds another evaluation and no --overwrite was given."""
+    previous = _previous_plan(out_dir)
+    if previous is None or previous == plan.plan_id:
+        return out_dir
+    if not request.overwrite:
+        what = "rows" if request.resume else "results"
+        raise EvalError(f"'{out_dir}' holds the {what} of another checkpoint, dataset or setting; pass --overwrite "
+                        "to replace them, or another --output-dir")
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if p.name not in EVAL_OUTPUT_NAMES + (LOCK_FILE, LOCK_HOLDER_FILE))
+    if foreign:
+        raise EvalError(f"--overwrite replaces '{out_dir}' as a whole, but it holds files no evaluation wrote "
+                        f"({', '.join(foreign[:3])}); move them or pick another --output-dir")
+    return overwrite_staging_dir(out_dir)
+
+
+def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state, work_dir: Path) -> Path:
+    """WORK_DIR/rows for this plan: kept on --resume (its shards are checked later), emptied otherwise."""
+    rows_dir = work_dir / ROWS_DIR
     state.wait_for_everyone()
     if state.is_main_process:
+        if work_dir != Path(request.output_dir):
+            shutil.rmtree(work_dir, ignore_errors=True)  # left by an --overwrite that did not finish
         rows_dir.mkdir(parents=True, exist_ok=True)
         if not request.resume:
             for stale in rows_dir.glob("batch_*.npz"):
                 stale.unlink()
-        atomic_write_text(plan_path, json.dumps({"plan_id": plan.plan_id, "n_batches": len(plan.batches)}) + "\n")
+        atomic_write_text(rows_dir / PLAN_FILE,
+                          json.dumps({"plan_id": plan.plan_id, "n_batches": len(plan.batches)}) + "\n")
     state.wait_for_everyone()
     return rows_dir
 
@@ -261,7 +357,7 @@ def _measure_batches(plan: _Plan, batch_ids: list[int], rows_dir: Path, state, n
         batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
         arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
                                            [plan.indices[k] for k in members], plan.measure, timings=timings)
-        save_shard(rows_dir, batch_id, arrays, token_maps)
+        save_shard(rows_dir, batch_id, arrays, token_maps, plan.plan_id)
         computed.append((batch_id, arrays, token_maps))
         progress.update(len(members) * (state.num_processes if state.num_processes > 1 else 1))
     progress.close()
@@ -272,7 +368,7 @@ def _all_rows(plan: _Plan, gathered: list, done: set[int], rows_dir: Path) -> tu
     """Every batch's rows (computed now or stored earlier), in example order, and the token maps."""
     by_batch = {batch_id: (arrays, maps) for batch_id, arrays, maps in gathered}
     for batch_id in done:
-        loaded = load_shard(rows_dir, batch_id)
+        loaded = load_shard(rows_dir, batch_id, plan.plan_id)
         if loaded is None:
             raise EvalError(f"stored rows of batch {batch_id} in {rows_dir} are unreadable; re-run without --resume")
         by_batch[batch_id] = loaded
@@ -287,16 +383,34 @@ def _all_rows(plan: _Plan, gathered: list, done: set[int], rows_dir: Path) -> tu
 def run_evaluation(request: EvalRequest) -> dict | None:
     """Evaluate; return the results dict on the main process (None on the others). Writes OUTDIR (module docstring)."""
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     request.validate()
     state = PartialState(cpu=request.cpu)
+    out_dir = Path(request.output_dir)
+    if state.is_main_process:
+        recover_interrupted_replace(out_dir)  # an --overwrite without atomic exchange that died between renames
+    state.wait_for_everyone()
+    try:
+        lock = lock_for_processes(out_dir, state)  # before anything loads; names the holder's pid
+    except OutputDirError as error:
+        raise EvalError(str(error)) from None
+    try:
+        return _run_locked(request, state, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(request: EvalRequest, state, out_dir: Path) -> dict | None:
+    from accelerate.utils import gather_object
+
     started = time.perf_counter()
     plan = plan_evaluation(request, state.device, state.is_main_process)
-    rows_dir = _prepare_rows_dir(request, plan, state)
+    work_dir = _work_dir(request, plan, out_dir)  # every process decides the same, so all of them stop together
+    rows_dir = _prepare_rows_dir(request, plan, state, work_dir)
 
     n_batches = len(plan.batches)
-    done = {b for b in range(n_batches) if request.resume and _shard_path(rows_dir, b).is_file()}
+    done = stored_batches(rows_dir, plan.plan_id, n_batches) if request.resume else set()
     remaining = [b for b in range(n_batches) if b not in done]
     timings: dict = {}
     measure_started = time.perf_counter()
@@ -309,9 +423,8 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         return None
 
     rows, token_maps = _all_rows(plan, gathered, done, rows_dir)
-    out_dir = Path(request.output_dir)
     results = build_results(request, plan, rows)
-    write_outputs(out_dir, results, token_maps)
+    write_outputs(work_dir, results, token_maps)
     n_new = sum(len(plan.batches[b]) for b in remaining)
     run_info = {
         "processes": state.num_processes, "device": str(state.device),
@@ -320,20 +433,25 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         "total_seconds": time.perf_counter() - started,
         "stage_seconds_main_process": {k: round(v, 3) for k, v in timings.items()},
     }
-    atomic_write_text(out_dir / RUN_INFO_FILE, json.dumps(run_info, indent=2) + "\n")
+    atomic_write_text(work_dir / RUN_INFO_FILE, json.dumps(run_info, indent=2) + "\n")
+    if work_dir != out_dir:
+        replace_folder(work_dir, out_dir)  # the complete new evaluation takes the old one's place in one step
     state.wait_for_everyone()
     return results
 
 
 def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
     """The results dict (docs/CONTRACTS.md section 4) of the rows of every planned example."""
+    from hf_sparse_attn.data import public_dataset_name
+    from hf_sparse_attn.public_names import public_name
+
     classifier, measure = plan.classifier, plan.measure
-    head = {
-        "checkpoint": classifier.checkpoint,
+    head = {  # results.json may be published: local paths are recorded by name (hf_sparse_attn.public_names)
+        "checkpoint": public_name(classifier.checkpoint),
         "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl,
         "sparse_attention": classifier.sparse_attention,
-        "dataset": request.dataset,
+        "dataset": public_dataset_name(request.dataset),
         "split": request.split,
     }
     body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads,
@@ -355,6 +473,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "n_truncated": plan.n_truncated,
         "text_column": request.text_column,
         "label_column": request.label_column,
+        "label_map": request.label_map,
         "label_names": classifier.label_names,
         "target": "probability of the predicted class",
         "special_tokens": SPECIAL_TOKENS_POLICY,

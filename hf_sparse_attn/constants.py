@@ -24,6 +24,8 @@ RUN_INFO_FILE = "run_info.json"
 ROWS_DIR = "rows"
 PLAN_FILE = "plan.json"
 PLOTS_DIR = "plots"
+# Everything an evaluation writes into its output folder: what --overwrite may replace.
+EVAL_OUTPUT_NAMES = (RESULTS_FILE, LAYER_HEAD_TABLE_FILE, TOKEN_EXAMPLES_FILE, RUN_INFO_FILE, ROWS_DIR, PLOTS_DIR)
 
 # What a model card adds to a model folder.
 CARD_FILE = "README.md"
@@ -34,6 +36,7 @@ __all__ = [
     "CARD_IMAGES_DIR",
     "CHECKPOINTS_DIR",
     "CONFIG_KEY",
+    "EVAL_OUTPUT_NAMES",
     "FINAL_DIR",
     "FINAL_METRICS_FILE",
     "LAYER_HEAD_TABLE_FILE",

@@ -15,6 +15,10 @@ splits, each holding exactly two columns: ``text`` (str) and ``label`` (``ClassL
 Splits that a source does not provide are carved with a fixed, stratified split (80/10/10 of one file) whose seed
 is a constant of this module, never the training seed, so the same source gives the same splits in every run.
 
+Labels are integers ``0..K-1``. A label set that is not (``{0, 5}``, or strings such as ``"pos"``) is refused
+with the fix, never silently widened to ``max + 1`` classes; ``label_map="0=neg,5=pos"`` (``--label-map``) numbers
+the listed raw values 0..K-1 in the order given.
+
 Bad input raises :class:`DataError` (a ``ValueError``) with a one-line message naming the fix, before any work.
 Empty texts are dropped with a logged count; ``tokenize_for_classification`` truncates long texts with a count.
 """
@@ -69,12 +73,16 @@ def load_text_classification(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     num_labels: int | None = None,
+    label_map=None,
 ) -> datasets.DatasetDict:
     """Load ``source`` as a DatasetDict with ``train``/``validation``/``test`` splits of ``text`` and ``label``.
 
     ``text_column`` / ``label_column`` name the columns of a local file or Hub dataset (ignored for the embedded
     corpora). Labels must be integers in ``[0, num_labels)``; ``num_labels`` defaults to ``len(label_names)`` or,
-    failing that, to the largest label + 1. ``label_names`` default to the Hub dataset's names or ``"0".."K-1"``.
+    failing that, to the largest label + 1, and then every class 0..K-1 must occur. ``label_names`` default to the
+    Hub dataset's names or ``"0".."K-1"``. ``label_map`` (a ``"RAW=NAME,..."`` string or a ``{raw: name}`` dict,
+    see :func:`parse_label_map`) replaces all of that for local files and Hub datasets: the listed raw values
+    become classes 0..K-1 in the order given, named by NAME, and any other value is refused.
     """
     if not isinstance(source, str) or not source.strip():
         raise DataError("dataset source is empty; pass 'mr', 'trec', a .csv/.jsonl/.parquet path or a Hub name")
@@ -82,6 +90,12 @@ def load_text_classification(
         raise DataError(f"label_names has {len(label_names)} names but num_labels={num_labels}; make them agree")
 
     key = source.strip().lower()
+    if label_map is not None:
+        if key in EMBEDDED_DATASETS:
+            raise DataError(f"'{key}' has fixed labels; drop --label-map")
+        if label_names is not None or num_labels is not None:
+            raise DataError("pass either a label map or label_names/num_labels, not both")
+        label_map = parse_label_map(label_map)
     if key == "mr":
         return _split_one_table(*_read_mr(), origin="mr")
     if key == "trec":
@@ -90,8 +104,38 @@ def load_text_classification(
     path = Path(source).expanduser()
     # "org/name" is a Hub id unless such a folder exists; a data-file extension or an explicit path is local.
     if path.suffix.lower() in LOCAL_FILE_FORMATS or path.exists() or source.startswith((".", "/", "~")):
-        return _load_local(path, text_column, label_column, label_names, num_labels)
-    return _load_hub(source, text_column, label_column, label_names, num_labels)
+        return _load_local(path, text_column, label_column, label_names, num_labels, label_map)
+    return _load_hub(source, text_column, label_column, label_names, num_labels, label_map)
+
+
+def parse_label_map(label_map) -> dict[str, str]:
+    """``"0=neg,5=pos"`` (or ``"0,5"``: names = raw values, or a ``{raw: name}`` dict) as an ordered ``{raw: name}``
+    dict with string keys; DataError for an empty map, an empty entry, or a raw value or name listed twice."""
+    if isinstance(label_map, dict):
+        pairs = [(str(raw).strip(), str(name).strip()) for raw, name in label_map.items()]
+    elif isinstance(label_map, str):
+        pairs = []
+        for entry in label_map.split(","):
+            raw, _, name = entry.partition("=")
+            pairs.append((raw.strip(), (name if _ else raw).strip()))
+    else:
+        raise DataError(f"--label-map takes 'RAW=NAME,RAW=NAME', got {label_map!r}")
+    if len(pairs) < 2 or any(not raw or not name for raw, name in pairs):
+        raise DataError(f"--label-map {label_map!r} needs at least two entries RAW=NAME (or RAW), separated by commas")
+    raws, names = [raw for raw, _ in pairs], [name for _, name in pairs]
+    for what, values in (("raw label", raws), ("name", names)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise DataError(f"--label-map lists the {what} {repeated[0]!r} twice; list each once")
+    return dict(pairs)
+
+
+def public_dataset_name(source: str) -> str:
+    """What published files record as the dataset: the embedded names and Hub ids as they are, a local path by
+    its file or folder name (hf_sparse_attn.public_names)."""
+    from .public_names import public_name
+
+    return source if source.strip().lower() in EMBEDDED_DATASETS else public_name(source)
 
 
 def tokenize_for_classification(
@@ -178,7 +222,7 @@ def _read_trec() -> tuple[list[str], list[int], list[str]]:
 # --------------------------------------------------------------------------------------------- local / Hub
 
 
-def _load_local(path: Path, text_column, label_column, label_names, num_labels) -> datasets.DatasetDict:
+def _load_local(path: Path, text_column, label_column, label_names, num_labels, label_map) -> datasets.DatasetDict:
     if not path.exists():
         raise DataError(f"dataset file '{path}' does not exist; pass an existing .csv/.jsonl/.parquet path, "
                         "'mr' or 'trec'")
@@ -189,7 +233,7 @@ def _load_local(path: Path, text_column, label_column, label_names, num_labels) 
     else:
         tables = {"train": _read_table(path)}
         origin = str(path)
-    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin)
+    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin, label_map)
 
 
 def _find_split_files(folder: Path) -> dict[str, Path]:
@@ -232,7 +276,7 @@ def _looks_like_json_lines(path: Path) -> bool:
     return first == "{"
 
 
-def _load_hub(name, text_column, label_column, label_names, num_labels) -> datasets.DatasetDict:
+def _load_hub(name, text_column, label_column, label_names, num_labels, label_map) -> datasets.DatasetDict:
     """Load a Hub dataset ("imdb", "glue/sst2" = name "glue", config "sst2"); needs network access."""
     repo, config = name, None
     if name.count("/") == 1 and name.split("/")[0] in ("glue", "super_glue"):  # benchmark suites: "suite/task"
@@ -250,7 +294,7 @@ def _load_hub(name, text_column, label_column, label_names, num_labels) -> datas
                 break
     if "train" not in tables:
         raise DataError(f"Hub dataset '{name}' has no train split (splits: {list(loaded)}); pick another dataset")
-    if label_names is None and label_column in tables["train"].column_names:
+    if label_names is None and label_map is None and label_column in tables["train"].column_names:
         feature = tables["train"].features[label_column]
         if isinstance(feature, datasets.ClassLabel):
             label_names = list(feature.names)
@@ -263,13 +307,14 @@ def _load_hub(name, text_column, label_column, label_names, num_labels) -> datas
             logger.info("Hub split '%s' of '%s' is unlabelled; carving it from train instead", split, name)
             del tables[split]
     tables = {split: table.to_pandas() for split, table in tables.items()}
-    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, name)
+    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, name, label_map)
 
 
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin) -> datasets.DatasetDict:
+def _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin,
+                        label_map=None) -> datasets.DatasetDict:
     """Validate columns/labels of every split, drop empty texts, carve missing splits, return the DatasetDict."""
     cleaned = {}
     for split, frame in tables.items():
@@ -279,10 +324,16 @@ def _standardise_splits(tables, text_column, label_column, label_names, num_labe
                                 f"{list(map(str, frame.columns))}); pass {option}")
         if len(frame) == 0:
             raise DataError(f"{split} data of '{origin}' has no rows; add examples")
-        labels = _integer_labels(frame[label_column].tolist(), label_column, f"{split} data of '{origin}'")
+        where = f"{split} data of '{origin}'"
+        labels = (_mapped_labels(frame[label_column].tolist(), label_map, label_column, where) if label_map
+                  else _integer_labels(frame[label_column].tolist(), label_column, where))
         cleaned[split] = (frame[text_column].tolist(), labels)
 
     all_labels = [label for _, labels in cleaned.values() for label in labels]
+    if label_map:
+        label_names, num_labels = list(label_map.values()), len(label_map)
+    if num_labels is None and label_names is None:
+        _check_contiguous(all_labels, origin)
     if num_labels is None:
         num_labels = len(label_names) if label_names is not None else max(all_labels) + 1
     bad = [label for label in all_labels if not 0 <= label < num_labels]
@@ -306,6 +357,32 @@ def _standardise_splits(tables, text_column, label_column, label_names, num_labe
     return datasets.DatasetDict({s: splits[s] for s in ("train", "validation", "test")})
 
 
+def _check_contiguous(labels: list[int], origin: str) -> None:
+    """Labels whose number of classes is inferred must be exactly 0..K-1: a gap would add classes that never occur."""
+    present = sorted(set(labels))
+    if present and present[0] >= 0 and present != list(range(present[-1] + 1)):
+        absent = sorted(set(range(present[-1] + 1)) - set(present))
+        shown = ", ".join(map(str, present[:6])) + (", ..." if len(present) > 6 else "")
+        raise DataError(f"labels of '{origin}' are {{{shown}}}, not 0..K-1 (class {absent[0]} never occurs); renumber "
+                        f"them 0..{len(present) - 1} or pass --label-map {','.join(map(str, present[:6]))}"
+                        f"{',...' if len(present) > 6 else ''}")
+
+
+def _mapped_labels(values: list, label_map: dict[str, str], column: str, where: str) -> list[int]:
+    """Raw label values -> class ids in the order of ``label_map``'s keys (``5``, ``5.0`` and ``"5"`` are one value)."""
+    ids = {raw: index for index, raw in enumerate(label_map)}
+    labels = []
+    for value in values:
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            value = int(value)
+        key = str(value.item() if isinstance(value, np.generic) else value).strip()
+        if key not in ids:
+            raise DataError(f"{where}: label {value!r} in column '{column}' is not in --label-map "
+                            f"({', '.join(label_map)}); add it to the map")
+        labels.append(ids[key])
+    return labels
+
+
 def _integer_labels(values: list, column: str, where: str) -> list[int]:
     labels = []
     for value in values:
@@ -315,7 +392,7 @@ def _integer_labels(values: list, column: str, where: str) -> list[int]:
             value = int(value)
         if not isinstance(value, (int, np.integer)):
             raise DataError(f"{where}: label column '{column}' holds a non-integer value {value!r}; "
-                            "map labels to integers 0..K-1 (or pick the right --label-column)")
+                            "pass --label-map RAW=NAME,... (or pick the right --label-column)")
         labels.append(int(value))
     return labels
 

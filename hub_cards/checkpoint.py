@@ -74,6 +74,20 @@ def weights_fingerprint(folder) -> str:
         raise CardError(str(err)) from None
 
 
+def unreadable_weights(folder) -> str | None:
+    """``"NAME (ErrorType)"`` of the first ``*.safetensors`` file whose header safetensors cannot read (a truncated
+    or foreign file), else None."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            return f"{path.name} ({type(err).__name__})"
+    return None
+
+
 def read_learned_alphas(folder) -> list[list[float]] | None:
     """alpha per layer x head from the ``*.sparse_attn.alpha_logit`` tensors, layers in the order of their index."""
     from safetensors import safe_open
@@ -116,6 +130,9 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
         raise CardError(f"{folder} has no config.json; pass the folder save_pretrained wrote")
     config = _read_json(config_path, "re-save the model with save_pretrained")
     fingerprint = weights_fingerprint(folder)
+    damaged = unreadable_weights(folder)
+    if damaged:
+        raise CardError(f"{damaged} in {folder} is not a readable safetensors file; re-save the model")
     sparse_attention = config.get("sparse_attention") or None
     learned = read_learned_alphas(folder) if (sparse_attention or {}).get("learnable") else None
 

@@ -25,6 +25,8 @@ def add_push_arguments(parser: argparse.ArgumentParser, *, flag: str = "--push-t
     group.add_argument("--hub-revision", default=None, help="branch to commit to (created if missing; default main)")
     group.add_argument("--hub-commit-message", default=None, help="commit message")
     group.add_argument("--hub-token", default=None, help="Hub token (default: HF_TOKEN, else the stored login)")
+    group.add_argument("--hub-trust-remote-code", action="store_true",
+                       help="let the pre-push load check run folder code that hf_sparse_attn did not write")
 
 
 def check_push_args(args: argparse.Namespace) -> None:
@@ -44,7 +46,8 @@ def push_from_args(folder, args: argparse.Namespace) -> str | None:
     from .push import push_folder
 
     return push_folder(folder, args.push_repo_id, private=args.hub_private, revision=args.hub_revision,
-                       commit_message=args.hub_commit_message, token=args.hub_token)
+                       commit_message=args.hub_commit_message, token=args.hub_token,
+                       trust_remote_code=getattr(args, "hub_trust_remote_code", False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--gradient-method", default=None,
                         help="importance method the summary tau-b uses (default grad_norm)")
 
+    trust_help = ("let the load check import the folder's code even where it is not byte-identical to the "
+                  "remote code hf_sparse_attn writes (read it first: it runs with your files and rights)")
     validate = commands.add_parser("validate", help="run every pre-push check, without the network")
     validate.add_argument("checkpoint")
+    validate.add_argument("--trust-remote-code", action="store_true", help=trust_help)
 
     push = commands.add_parser("push", help="upload the checkpoint, card, results and images in one commit")
     push.add_argument("checkpoint")
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
     push.add_argument("--commit-message", default=None)
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN, else the stored login)")
+    push.add_argument("--trust-remote-code", action="store_true", help=trust_help)
     return parser
 
 
@@ -87,13 +94,14 @@ def main(argv=None) -> int:
         elif args.command == "validate":
             from .push import validate_folder
 
-            for name in validate_folder(args.checkpoint):
+            for name in validate_folder(args.checkpoint, trust_remote_code=args.trust_remote_code):
                 print(name)
         else:
             from .push import push_folder
 
             print(push_folder(args.checkpoint, args.repo_id, private=args.private, revision=args.revision,
-                              commit_message=args.commit_message, token=args.token))
+                              commit_message=args.commit_message, token=args.token,
+                              trust_remote_code=args.trust_remote_code))
     except HubCardsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

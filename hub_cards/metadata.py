@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
+from hf_sparse_attn.public_names import local_name
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
@@ -58,6 +59,10 @@ class DatasetIdentity:
 
 def dataset_identity(dataset: str) -> DatasetIdentity:
     name = dataset.strip()
+    local = local_name(name)  # how training and evaluation record a local path (hf_sparse_attn.public_names)
+    if local is not None:
+        kind = "file" if name.endswith("(local file)") else "folder"
+        return DatasetIdentity(None, "custom", f"local {kind} {local}", None, None)
     if name.lower() in EMBEDDED_DATASETS:
         title, source = EMBEDDED_DATASETS[name.lower()]
         return DatasetIdentity(None, name.lower(), f"{title}, {RESPLIT}", None, source)

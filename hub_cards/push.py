@@ -1,20 +1,27 @@
 """Push a checkpoint folder (weights, remote code, tokenizer, card, results, images, training files) to the Hub.
 
-    push_folder(folder, repo_id, *, private=False, revision=None, commit_message=None, token=None) -> commit url
+    push_folder(folder, repo_id, *, private=False, revision=None, commit_message=None, token=None,
+                trust_remote_code=False) -> commit url
 
 Order: arguments and token are checked; a folder without README.md gets a card rendered from its training
-files, and a card we rendered is refreshed so its loading snippet names ``repo_id``; then ``validate_folder`` runs every local check (validation.py); only then does anything go over
-the network: ``create_repo(exist_ok=True)``, ``create_branch`` for a ``revision`` other than main, and a single
-``create_commit`` holding exactly ``files_to_publish(folder)``. The endpoint is ``HF_ENDPOINT`` read at call time
+files, and a card we rendered is refreshed so its loading snippet names ``repo_id``; then ``validate_folder`` runs
+every local check (validation.py; ``trust_remote_code`` lets its load check run folder code that hf_sparse_attn did
+not write); only then does anything go over the network: ``create_repo(exist_ok=True)``, ``create_branch`` for a
+``revision`` other than main, and a single ``create_commit`` holding exactly ``files_to_publish(folder)``. When
+anything after the refresh fails (a check, the network, the Hub), the card, results copy and images are put back
+as they were, so the folder never describes a repository that was not written. The endpoint is ``HF_ENDPOINT`` read at call time
 (default https://huggingface.co); the token is ``token`` if given, else ``HF_TOKEN``, else the stored login.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from hf_sparse_attn.constants import CARD_FILE, RESULTS_FILE
+from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, RESULTS_FILE
 from hf_sparse_attn.files import first_line
 
 from .errors import CardError, PushError
@@ -77,6 +84,39 @@ def _refresh_card(folder: Path, repo_id: str) -> None:
     render_card(folder, results, repo_id=repo_id)
 
 
+# What a card refresh may write into the folder.
+_CARD_OUTPUTS = (CARD_FILE, RESULTS_FILE, CARD_IMAGES_DIR)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def _put_back_on_failure(folder: Path):
+    """Copy the card outputs aside; if the block raises, restore them exactly (and drop ones it created)."""
+    backup = Path(tempfile.mkdtemp(prefix=".hub_cards-push-", dir=folder))
+    try:
+        for name in _CARD_OUTPUTS:
+            source = folder / name
+            if source.is_dir() and not source.is_symlink():
+                shutil.copytree(source, backup / name, symlinks=True)
+            elif source.exists() or source.is_symlink():
+                shutil.copy2(source, backup / name, follow_symlinks=False)
+        yield
+    except BaseException:
+        for name in _CARD_OUTPUTS:
+            _remove(folder / name)
+            if (backup / name).exists() or (backup / name).is_symlink():
+                os.replace(backup / name, folder / name)
+        raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for module_name in ("httpx2", "httpx", "requests"):  # whichever HTTP client this huggingface_hub uses
@@ -92,10 +132,9 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, token: str | None = None) -> str:
+                commit_message: str | None = None, token: str | None = None, trust_remote_code: bool = False) -> str:
     """Upload the folder's publishable files in one commit; returns the commit URL. See the module docstring."""
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub import constants
 
     folder = Path(folder)
     check_repo_id(repo_id)
@@ -104,8 +143,18 @@ def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | 
     if constants.is_offline_mode():
         raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (and TRANSFORMERS_OFFLINE) to push")
     check_files(folder)  # weights and remote code first: a card refresh needs readable weights
-    _refresh_card(folder, repo_id)
-    files = validate_folder(folder)
+    with _put_back_on_failure(folder):
+        _refresh_card(folder, repo_id)
+        files = validate_folder(folder, trust_remote_code=trust_remote_code)
+        return _upload(folder, files, repo_id, endpoint=endpoint, token=token, private=private, revision=revision,
+                       commit_message=commit_message)
+
+
+def _upload(folder: Path, files: list[str], repo_id: str, *, endpoint: str, token: str, private: bool,
+            revision: str | None, commit_message: str | None) -> str:
+    """create_repo, create_branch when needed, and one create_commit of ``files``; errors in one line."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     message = commit_message or f"Upload {folder.resolve().name}: sparse-attention checkpoint and model card"
     api = HfApi(endpoint=endpoint, token=token)

@@ -9,6 +9,7 @@ each land with one rename, the card last, so a refused or failed render leaves t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -482,6 +483,21 @@ def _score_context(info: CheckpointInfo, results: dict, scores: CardScores, grad
     )
 
 
+def _inert(value):
+    """``value`` with every ``<!--`` in its strings written as ``&lt;!--``: text that comes from the user's files
+    (a dataset name, a training argument) can then neither open an HTML comment that hides the rest of the card
+    nor forge one of the section markers a re-render relies on. Markdown shows it as typed."""
+    if isinstance(value, str):
+        return value.replace("<!--", "&lt;!--")
+    if isinstance(value, dict):
+        return {k: _inert(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_inert(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _inert(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return value
+
+
 def _write_card(folder: Path, card_path: Path, card_data, context: dict, old_metadata: dict, old_body: str,
                 results: dict | None, image_sources: list, gradient_method: str) -> Path:
     """Stage images, the results copy and the card inside the folder, then rename each into place (card last)."""
@@ -499,7 +515,7 @@ def _write_card(folder: Path, card_path: Path, card_data, context: dict, old_met
                 drawn = _draw_heatmaps(results, gradient_method, images)
                 context["plots"] = [{"caption": title, "path": f"{CARD_IMAGES_DIR}/{name}"} for name, title in drawn]
 
-        rendered = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
+        rendered = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **_inert(context))
         body = merge_sections(old_body, rendered.text.lstrip("\n")).lstrip("\n")
         text = f"---\n{card_data.to_yaml(original_order=list(old_metadata))}\n---\n\n{body}"
         text += "" if text.endswith("\n") else "\n"

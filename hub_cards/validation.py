@@ -1,11 +1,15 @@
 """Checks a folder passes before anything is uploaded; none of them touches the network.
 
-1. config.json parses; weights are safetensors and readable; every remote-code module auto_map names is there.
+1. config.json parses; weights are safetensors and readable; every remote-code module auto_map names is there;
+   no file that would be published is a symbolic link (its target would be uploaded), and no published JSON file
+   names an absolute local path.
 2. README.md exists and its metadata parses with huggingface_hub (model-index included); a card we rendered
    still describes these weights (fingerprint), its results.json matches them, and its images exist.
 3. The folder loads with ``trust_remote_code=True`` and runs a forward pass in a separate Python process where
-   hf_sparse_attn, entmax, eval_suite and hub_cards cannot be imported, offline, with a fresh HF cache: what a
-   Hub user with torch + transformers gets.
+   hf_sparse_attn, entmax, eval_suite and hub_cards cannot be imported, offline, with a fresh HF cache and stdin
+   closed: what a Hub user with torch + transformers gets. That process imports the folder's code, so it only
+   starts when that code is byte-identical to the remote-code files hf_sparse_attn writes, or when the caller
+   passes ``trust_remote_code=True`` (``--trust-remote-code``) after reading it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, RESULTS_FILE, TRAIN_LOG_FILE,
-                                      TRAINING_ARGS_FILE)
+from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, REMOTE_CODE_FILES, RESULTS_FILE,
+                                      TRAIN_LOG_FILE, TRAINING_ARGS_FILE)
 
 from .errors import CardError, PushError
 
@@ -35,6 +39,9 @@ IMAGE_SUFFIXES = (".png",)
 OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 BLOCKED_PACKAGES = ("hf_sparse_attn", "entmax", "eval_suite", "hub_cards")
 LOAD_TIMEOUT_S = 600
+# Published JSON files checked for absolute local paths (they are uploaded byte for byte).
+PATH_CHECKED_FILES = (TRAINING_ARGS_FILE, RESULTS_FILE, FINAL_METRICS_FILE, TRAIN_LOG_FILE, "config.json")
+_RESULT_PREFIX = "hub_cards-load-result: "
 _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 # Run with `python -I -c`: no PYTHONPATH, no user site, no cwd on sys.path; the finder below refuses our packages
@@ -48,7 +55,7 @@ class _Blocked(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not installed in the clean environment")
 sys.meta_path.insert(0, _Blocked())
 
-folder, with_tokenizer = sys.argv[1], sys.argv[3] == "1"
+folder, with_tokenizer, trust_tokenizer = sys.argv[1], sys.argv[3] == "1", sys.argv[4] == "1"
 import torch
 torch.set_num_threads(1)
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -61,7 +68,7 @@ module = type(model).__module__
 if auto_map and not module.startswith("transformers_modules"):
     raise SystemExit(f"auto_map is set but transformers built {type(model).__name__} from {module}, not from the folder's code")
 if with_tokenizer:
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_tokenizer)
     batch = tokenizer(["a short test sentence for the checkpoint", "short"], padding=True, return_tensors="pt")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
 else:
@@ -83,8 +90,8 @@ for layer, attn in enumerate(out.attentions or ()):
 leaked = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
 if leaked:
     raise SystemExit(f"the clean environment imported {leaked}")
-print(json.dumps({"class": type(model).__name__, "module": module, "output_shape": list(values.shape)}))
-'''
+print("%s" + json.dumps({"class": type(model).__name__, "module": module, "output_shape": list(values.shape)}))
+''' % _RESULT_PREFIX
 
 
 def files_to_publish(folder) -> list[str]:
@@ -100,14 +107,25 @@ def files_to_publish(folder) -> list[str]:
         extra_code = {f"{module}.py" for module in _auto_map_modules(auto_map)}
     chosen = []
     for path in folder.iterdir():
-        if path.is_file() and (any(fnmatch(path.name, pattern) for pattern in PUBLISHED_TOP_LEVEL)
-                               or path.name in extra_code):
-            chosen.append(path.name)
+        if any(fnmatch(path.name, pattern) for pattern in PUBLISHED_TOP_LEVEL) or path.name in extra_code:
+            _refuse_symlink(path, folder)
+            if path.is_file():
+                chosen.append(path.name)
     images = folder / CARD_IMAGES_DIR
+    _refuse_symlink(images, folder)
     if images.is_dir():
-        chosen += [p.relative_to(folder).as_posix() for p in images.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        for path in images.rglob("*"):
+            if path.suffix.lower() in IMAGE_SUFFIXES or path.is_dir():
+                _refuse_symlink(path, folder)
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                chosen.append(path.relative_to(folder).as_posix())
     return sorted(chosen)
+
+
+def _refuse_symlink(path: Path, folder: Path) -> None:
+    if path.is_symlink():
+        raise PushError(f"{path.relative_to(folder).as_posix()} in {folder} is a symbolic link, so its target would be "
+                        "uploaded; replace it with the file itself")
 
 
 def _auto_map_modules(auto_map: dict) -> set[str]:
@@ -135,14 +153,11 @@ def check_files(folder: Path) -> dict:
         found = f" (found {', '.join(others)})" if others else ""
         raise PushError(f"{folder} has no *.safetensors weights{found}; save with model.save_pretrained(folder), "
                         "which writes safetensors")
-    from safetensors import safe_open
+    from .checkpoint import unreadable_weights
 
-    for path in weights:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
-            raise PushError(f"{path.name} is not a readable safetensors file ({type(err).__name__}); re-save the model") from None
+    damaged = unreadable_weights(folder)
+    if damaged:
+        raise PushError(f"{damaged} is not a readable safetensors file; re-save the model")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
@@ -158,7 +173,66 @@ def check_files(folder: Path) -> dict:
         if not (folder / f"{module}.py").is_file():
             raise PushError(f"config.json auto_map names {module}.py but {folder} lacks it; re-save the model with "
                             "hf_sparse_attn so the remote code is written")
+    files_to_publish(folder)  # refuses symbolic links before anything (a card refresh included) reads them
+    check_published_paths(folder)
     return config
+
+
+def check_published_paths(folder: Path) -> None:
+    """PushError when a published JSON file names an absolute local path (published files record names)."""
+    from hf_sparse_attn.public_names import absolute_paths_in
+
+    for name in PATH_CHECKED_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            records = ([json.loads(line) for line in text.splitlines() if line.strip()] if name.endswith(".jsonl")
+                       else [json.loads(text)])
+        except (ValueError, UnicodeDecodeError):
+            continue  # the card checks report unreadable files
+        for record in records:
+            found = absolute_paths_in(record)
+            if found:
+                key, value = found[0]
+                raise PushError(f"{name} names the local path {value!r} (at {key}), which would be published; "
+                                "replace it with a name (training and evaluation of this version record names) or "
+                                "leave the file out")
+
+
+def remote_code_problem(folder: Path) -> str | None:
+    """Why loading ``folder`` would run code that hf_sparse_attn did not write, or None when it would not.
+
+    Loading runs the modules ``auto_map`` names (in config.json and tokenizer_config.json) and whatever they
+    import. A folder whose ``auto_map`` names only our remote code, and whose top-level ``*.py`` files are
+    byte-identical to the ones this package writes, runs nothing else."""
+    import hf_sparse_attn.sparse_attn_modeling as ours
+
+    maps = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((folder / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            auto_map = {}
+        if auto_map:
+            maps[name] = auto_map
+    if not maps:
+        return None  # transformers imports no code of the folder's
+    if "tokenizer_config.json" in maps:
+        return "tokenizer_config.json names a tokenizer class in remote code, which hf_sparse_attn never writes"
+    refs = [ref for value in maps["config.json"].values()
+            for ref in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(ref, str)]
+    elsewhere = [ref for ref in refs if "--" in ref]
+    if elsewhere:
+        return f"config.json auto_map loads {elsewhere[0]!r} from another repository"
+    package_dir = Path(ours.__file__).resolve().parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name not in REMOTE_CODE_FILES:
+            return f"{path.name} is not one of the remote-code files hf_sparse_attn writes ({', '.join(REMOTE_CODE_FILES)})"
+        if path.read_bytes() != (package_dir / path.name).read_bytes():
+            return f"{path.name} differs from the one this version of hf_sparse_attn writes"
+    return None
 
 
 def check_card(folder: Path) -> None:
@@ -201,10 +275,16 @@ def check_card(folder: Path) -> None:
             raise CardError(f"README.md shows image {link}, which is not in {folder}; render the card again")
 
 
-def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S) -> dict:
-    """Load + forward in a clean subprocess (see module docstring); PushError with its last error line if it fails."""
+def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S, trust_remote_code: bool = False) -> dict:
+    """Load + forward in a clean subprocess (see module docstring); PushError with its last error line if it fails,
+    and before it starts when the folder's code is not ours and ``trust_remote_code`` is False."""
     from .render import TOKENIZER_FILES
 
+    problem = None if trust_remote_code else remote_code_problem(folder)
+    if problem:
+        raise PushError(f"the load check would run code from {folder} that hf_sparse_attn did not write: {problem}; "
+                        "read the code and pass --trust-remote-code to run it, or re-save the model with this version "
+                        "of hf_sparse_attn")
     with_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
     with tempfile.TemporaryDirectory(prefix="hub_cards-load-") as scratch:
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ}
@@ -212,23 +292,30 @@ def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S) 
                    HF_MODULES_CACHE=str(Path(scratch) / "modules"), TOKENIZERS_PARALLELISM="false",
                    OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         command = [sys.executable, "-I", "-c", _LOAD_SCRIPT, str(folder.resolve()), ",".join(BLOCKED_PACKAGES),
-                   "1" if with_tokenizer else "0"]
+                   "1" if with_tokenizer else "0", "1" if trust_remote_code else "0"]
         try:
-            done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+            # stdin closed: transformers' "trust remote code? [y/N]" prompt must not read the user's terminal.
+            done = subprocess.run(command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PushError(f"loading {folder} with trust_remote_code took over {timeout} s; check the folder loads") from None
     if done.returncode != 0:
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"
         raise PushError(f"{folder} does not load with trust_remote_code=True with torch + transformers alone: {reason}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    reports = [line[len(_RESULT_PREFIX):] for line in done.stdout.splitlines() if line.startswith(_RESULT_PREFIX)]
+    if not reports:
+        raise PushError(f"the load check of {folder} ended without reporting its forward pass; run it again")
+    return json.loads(reports[-1])
 
 
-def validate_folder(folder, *, load_check: bool = True) -> list[str]:
-    """Every pre-upload check (module docstring); returns the files a push would upload. Raises CardError/PushError."""
+def validate_folder(folder, *, load_check: bool = True, trust_remote_code: bool = False) -> list[str]:
+    """Every pre-upload check (module docstring); returns the files a push would upload. Raises CardError/PushError.
+
+    ``trust_remote_code=True`` lets the load check run folder code that hf_sparse_attn did not write."""
     folder = Path(folder)
     check_files(folder)
     check_card(folder)
     if load_check:
-        check_loads_without_package(folder)
+        check_loads_without_package(folder, trust_remote_code=trust_remote_code)
     return files_to_publish(folder)

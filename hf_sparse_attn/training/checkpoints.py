@@ -1,8 +1,15 @@
 """The files of a training run: checkpoints (complete or absent), the evaluation log, and the final model folder.
 
 Every writer stages into a temporary name and renames, so an interrupted run never leaves a half checkpoint or
-final folder. In multi-process runs every process calls these functions; only the main process touches the file
-system outside accelerate's own ``save_state`` / ``save_pretrained``.
+final folder; a new final folder replaces an old one only once it is complete (``replace_folder``), so
+``--overwrite`` loses the previous model only when its successor exists. In multi-process runs every process calls
+these functions; only the main process touches the file system outside accelerate's own ``save_state`` /
+``save_pretrained``.
+
+A checkpoint holds nothing that ``--resume`` unpickles with code execution: accelerate's ``save_state`` files
+(weights as safetensors; optimizer and RNG states, which accelerate loads with ``weights_only=True``) and
+``trainer_state.json`` with the step, the loss sums and the learning-rate scheduler's state as JSON. The scheduler is
+deliberately not registered with accelerate, whose custom-state loader unpickles with ``weights_only=False``.
 """
 
 from __future__ import annotations
@@ -17,14 +24,49 @@ import torch
 from ..constants import (CHECKPOINTS_DIR, FINAL_DIR, FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE,
                          TRAINING_ARGS_FILE)
 from ..files import atomic_write_json, atomic_write_text
+from ..output_dir import replace_folder
+
+STAGING_FINAL_DIR = f".{FINAL_DIR}.tmp"
 
 
 def clear_previous_run(out: Path) -> None:
-    """--overwrite: remove what an earlier run in ``out`` wrote (only our own files and folders)."""
-    for name in (FINAL_DIR, f".{FINAL_DIR}.tmp", CHECKPOINTS_DIR):
+    """--overwrite: remove the live files of an earlier run in ``out`` (only our own files and folders). Its
+    ``final/`` stays until the new run's final folder replaces it."""
+    for name in (STAGING_FINAL_DIR, CHECKPOINTS_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (TRAIN_LOG_FILE, TRAINING_ARGS_FILE):
         (out / name).unlink(missing_ok=True)
+
+
+def published_run_record(run_record: dict) -> dict:
+    """The run record as ``final/training_args.json`` publishes it: local paths reduced to names (public_names)."""
+    from ..data import public_dataset_name
+    from ..public_names import public_name
+
+    published = dict(run_record)
+    for key in ("output_dir", "model", "tokenizer", "from_scratch"):
+        published[key] = public_name(published.get(key))
+    published["dataset"] = public_dataset_name(published["dataset"])
+    return published
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_is_finished(out: Path) -> bool:
+    """Whether ``out/final`` is the finished model of the run ``out/training_args.json`` describes (after an
+    interrupted --overwrite, ``final/`` still holds the previous run's model)."""
+    final = out / FINAL_DIR
+    if not (final / FINAL_METRICS_FILE).is_file():
+        return False
+    live, published = _read_json(out / TRAINING_ARGS_FILE), _read_json(final / TRAINING_ARGS_FILE)
+    if live is None:
+        return True  # only the final folder is left: nothing else to compare it with
+    return published in (live, published_run_record(live))
 
 
 def _step_folders(root: Path) -> list[tuple[int, Path]]:
@@ -41,7 +83,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     return complete[-1][1] if complete else None
 
 
-def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_count: int, keep: int) -> Path:
+def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_count: int, keep: int,
+                    scheduler_state: dict) -> Path:
     """accelerate save_state into checkpoints/step-N.tmp, then rename: a checkpoint folder is complete or absent."""
     root = out / CHECKPOINTS_DIR
     target, staging = root / f"step-{step}", root / f"step-{step}.tmp"
@@ -54,8 +97,8 @@ def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_cou
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(staging / TRAINER_STATE_FILE,
-                          {"step": step, "loss_sum": float(totals[0]), "loss_count": int(totals[1])})
+        atomic_write_json(staging / TRAINER_STATE_FILE, {"step": step, "loss_sum": float(totals[0]),
+                                                         "loss_count": int(totals[1]), "scheduler": scheduler_state})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         for _, old in _step_folders(root)[:-keep]:
@@ -65,8 +108,8 @@ def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_cou
 
 
 def write_final_folder(accelerator, model, tokenizer, out: Path, run_record: dict, metrics: dict) -> Path:
-    """Model + remote code + tokenizer + args + metrics + log, staged beside and renamed into OUTDIR/final."""
-    final, staging = out / FINAL_DIR, out / f".{FINAL_DIR}.tmp"
+    """Model + remote code + tokenizer + args + metrics + log, staged beside and swapped into OUTDIR/final."""
+    final, staging = out / FINAL_DIR, out / STAGING_FINAL_DIR
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -76,11 +119,10 @@ def write_final_folder(accelerator, model, tokenizer, out: Path, run_record: dic
     accelerator.wait_for_everyone()  # every process has finished with the staging folder before it is renamed
     if accelerator.is_main_process:
         tokenizer.save_pretrained(str(staging))
-        atomic_write_json(staging / TRAINING_ARGS_FILE, run_record)
+        atomic_write_json(staging / TRAINING_ARGS_FILE, published_run_record(run_record))
         shutil.copyfile(out / TRAIN_LOG_FILE, staging / TRAIN_LOG_FILE)
         atomic_write_json(staging / FINAL_METRICS_FILE, metrics)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        replace_folder(staging, final)
     accelerator.wait_for_everyone()
     return final
 

@@ -15,12 +15,13 @@ import os
 import sys
 
 from ..data import DataError
+from ..output_dir import OutputDirError
 from ..sparse_attn_modeling import SparseAttnError
 from .config import TrainConfig, TrainError
 from .from_scratch import FromScratchConfigError
 from .metrics import per_layer_sparsity
 
-KNOWN_ERRORS = (TrainError, DataError, FromScratchConfigError, SparseAttnError)
+KNOWN_ERRORS = (TrainError, DataError, FromScratchConfigError, SparseAttnError, OutputDirError)
 
 
 def build_parser():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..assets import embedded_minilm_path
+from ..data import parse_label_map
+from ..output_dir import check_output_dir
 from ..sparse_attn_modeling import parse_attn_impl
 from .from_scratch import PRESETS, load_from_scratch_config
 
@@ -23,8 +26,9 @@ class TrainConfig:
     """Every setting of a fine-tuning or from-scratch run (``python -m hf_sparse_attn.training`` takes the same names).
 
     ``__post_init__`` checks every value that can be wrong before anything is loaded (raising :class:`TrainError`,
-    ``SparseAttnError`` or ``FromScratchConfigError`` with a one-line message), canonicalises ``attn_impl`` and fills
-    ``model`` with the embedded all-MiniLM-L6-v2 when neither ``model`` nor ``from_scratch`` is given.
+    ``SparseAttnError``, ``FromScratchConfigError``, ``DataError`` or ``OutputDirError`` with a one-line message:
+    numbers must be finite, the output folder must be creatable), canonicalises ``attn_impl`` and fills ``model``
+    with the embedded all-MiniLM-L6-v2 when neither ``model`` nor ``from_scratch`` is given.
     """
 
     output_dir: str = _help("folder of the run: train_log.jsonl, training_args.json, checkpoints/, final/")
@@ -41,6 +45,8 @@ class TrainConfig:
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
     text_column: str = _help("text column of a local file or Hub dataset", default="text")
     label_column: str = _help("label column of a local file or Hub dataset", default="label")
+    label_map: str | None = _help("RAW=NAME,RAW=NAME,...: the label values to use, numbered 0..K-1 in this order "
+                                  "(for labels that are not 0..K-1 or not integers)", default=None)
     max_length: int = _help("tokens per text; longer texts are truncated", default=128)
     max_train_examples: int | None = _help("use only the first N training examples", default=None)
     max_eval_examples: int | None = _help("evaluate on the first N validation/test examples", default=None)
@@ -65,7 +71,12 @@ class TrainConfig:
     cpu: bool = _help("train on CPU even when a GPU is present", default=False)
 
     def __post_init__(self) -> None:
+        check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
         self.attn_impl = str(parse_attn_impl(self.attn_impl))  # canonical form; SparseAttnError in one line
+        for name in ("lr", "alpha_lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TrainError(f"--{_flag(name)} must be a finite number, got {value!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "eval_every", "save_every",
                      "from_scratch_vocab_size"):
             if getattr(self, name) < 1:
@@ -77,6 +88,10 @@ class TrainConfig:
             raise TrainError(f"--max-length {self.max_length} leaves no room for text; use at least 4")
         if self.lr <= 0 or self.alpha_lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
             raise TrainError("--lr and --alpha-lr must be > 0, --weight-decay >= 0 and --warmup-ratio in [0, 1)")
+        if self.max_grad_norm < 0:
+            raise TrainError(f"--max-grad-norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
+        if self.label_map is not None:
+            parse_label_map(self.label_map)  # DataError in one line
         if self.save_total_limit < 1:
             raise TrainError("--save-total-limit must be >= 1 so that --resume has a checkpoint to continue from")
         if self.resume and self.overwrite:
@@ -96,10 +111,12 @@ class TrainConfig:
         return asdict(self)
 
 
-# Settings that change what a run computes; --resume refuses to continue a run under different values.
+# Settings that change what a run computes or how its log records are measured; --resume refuses to continue a
+# run under different values.
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
-                 "label_column", "attn_impl", "epochs", "max_steps", "lr", "alpha_lr", "weight_decay", "warmup_ratio",
-                 "batch_size", "max_length", "seed", "max_grad_norm", "max_train_examples")
+                 "label_column", "label_map", "attn_impl", "epochs", "max_steps", "lr", "alpha_lr", "weight_decay",
+                 "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm", "max_train_examples",
+                 "max_eval_examples", "eval_batch_size", "eval_every")
 
 
 def _flag(name: str) -> str:

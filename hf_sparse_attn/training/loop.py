@@ -7,6 +7,11 @@ Output folder (docs/CONTRACTS.md section 3)::
     OUTDIR/checkpoints/step-N/      accelerate save_state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUTDIR/final/                   Hub-ready: model + remote code + tokenizer + training_args.json +
                                     final_metrics.json + train_log.jsonl; appears in one rename when training ends
+                                    (with --overwrite, replaces the previous final/ only then)
+
+One run at a time per output folder: the main process holds ``OUTDIR/.hf-sparse-attn.lock`` (output_dir.py) from
+before anything is loaded until the run ends; a second run exits with the holder's pid. A step whose loss or
+gradient norm is not finite stops the run at once (TrainError naming the step) and no final folder is written.
 
 Determinism: data order comes from a seeded sampler per epoch and every step reseeds torch's RNG from
 (seed, step, process), so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,9 +37,10 @@ from ..constants import CHECKPOINTS_DIR, FINAL_DIR, FINAL_METRICS_FILE, TRAIN_LO
     TRAINING_ARGS_FILE
 from ..data import load_text_classification, tokenize_for_classification
 from ..files import atomic_write_json, first_line
+from ..output_dir import lock_for_processes, recover_interrupted_replace
 from ..sparse_attn_modeling import attention_alphas
-from .checkpoints import (append_log, clear_previous_run, finished_result, latest_checkpoint, save_checkpoint,
-                          truncate_log, write_final_folder)
+from .checkpoints import (append_log, clear_previous_run, finished_result, latest_checkpoint, run_is_finished,
+                          save_checkpoint, truncate_log, write_final_folder)
 from .config import RESULT_FIELDS, TrainConfig, TrainError
 from .from_scratch import build_from_scratch_config, build_word_level_tokenizer, load_from_scratch_config
 from .metrics import accuracy, attention_row_statistics, macro_f1, summarise_attention
@@ -83,16 +90,17 @@ class _Session:
 def prepare_output_dir(config: TrainConfig, num_processes: int) -> Path | None:
     """Check the output folder's state against resume/overwrite. Returns the latest checkpoint to resume."""
     out = Path(config.output_dir)
-    final = out / FINAL_DIR
     if config.overwrite:
-        return None  # cleared by clear_previous_run once data and model have loaded
-    finished = (final / FINAL_METRICS_FILE).is_file()
+        return None  # live files cleared by clear_previous_run once data and model have loaded; final/ kept
+    finished = run_is_finished(out)
     latest = latest_checkpoint(out)
-    if finished and not config.resume:
-        raise TrainError(f"'{out}' already holds a finished run; pass --overwrite to train again or pick another "
-                         "--output-dir")
-    if not config.resume and (latest is not None or (out / TRAIN_LOG_FILE).exists()):
-        raise TrainError(f"'{out}' holds an unfinished run; pass --resume to continue it or --overwrite to start over")
+    if not config.resume:
+        if latest is not None or ((out / TRAIN_LOG_FILE).exists() and not finished):
+            raise TrainError(f"'{out}' holds an unfinished run; pass --resume to continue it or --overwrite to start "
+                             "over")
+        if (out / FINAL_DIR / FINAL_METRICS_FILE).is_file():
+            raise TrainError(f"'{out}' already holds a finished run; pass --overwrite to train again or pick another "
+                             "--output-dir")
     if config.resume and (latest is not None or finished):
         _check_same_run(config, out / TRAINING_ARGS_FILE, num_processes)
     return latest
@@ -134,6 +142,8 @@ def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int,
     except (OSError, ValueError) as error:
         raise TrainError(f"cannot load a tokenizer from '{config.tokenizer or config.model}' ({first_line(error)}); "
                          "pass --tokenizer") from None
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             config.model, num_labels=num_labels, id2label=id2label, label2id=label2id, attn_impl=config.attn_impl,
@@ -142,6 +152,9 @@ def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int,
     except OSError as error:
         raise TrainError(f"cannot load model '{config.model}' ({first_line(error)}); pass a checkpoint folder or "
                          "Hub id") from None
+    except SafetensorError as error:  # a truncated or foreign weights file
+        raise TrainError(f"the weights of '{config.model}' are not a readable safetensors file ({first_line(error)}); "
+                         "download or save the model again") from None
     return tokenizer, model
 
 
@@ -172,7 +185,7 @@ def _step_seed(seed: int, step: int, process_index: int) -> int:
 
 def _load_splits(config: TrainConfig):
     dataset_dict = load_text_classification(config.dataset, text_column=config.text_column,
-                                            label_column=config.label_column)
+                                            label_column=config.label_column, label_map=config.label_map)
     if config.max_train_examples:
         dataset_dict["train"] = dataset_dict["train"].select(range(min(config.max_train_examples,
                                                                        len(dataset_dict["train"]))))
@@ -209,9 +222,9 @@ def _start_session(config: TrainConfig, accelerator, out: Path) -> _Session:
         model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"])
     steps_per_epoch = len(train_loader)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    # Not passed through prepare(): accelerate would step it once per process. Checkpointed all the same.
+    # Not passed through prepare(): accelerate would step it once per process. Not registered for checkpointing
+    # either (accelerate would unpickle it on resume): its state goes into trainer_state.json (checkpoints.py).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    accelerator.register_for_checkpointing(scheduler)
 
     run_record = {**config.to_dict(), "num_processes": accelerator.num_processes, "steps_per_epoch": steps_per_epoch,
                   "total_steps": total_steps, "label_names": label_names}
@@ -251,25 +264,41 @@ def train(config: TrainConfig, callbacks=()) -> TrainResult:
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
     out = Path(config.output_dir)
-    resume_from = prepare_output_dir(config, accelerator.num_processes)  # every process checks; nothing deleted yet
-    accelerator.wait_for_everyone()
-    if config.resume and (out / FINAL_DIR / FINAL_METRICS_FILE).is_file():
-        logger.info("'%s' is already finished; nothing to resume", out)
-        metrics, per_layer_head, final_dir = finished_result(out)
-        return TrainResult(metrics, per_layer_head, final_dir, is_main)
+    lock = lock_for_processes(out, accelerator)  # before anything loads; OutputDirError names the holder
+    try:
+        if is_main:
+            recover_interrupted_replace(out / FINAL_DIR)  # a crash between the two renames of a final/ swap
+        accelerator.wait_for_everyone()
+        resume_from = prepare_output_dir(config, accelerator.num_processes)  # every process checks and agrees
+        accelerator.wait_for_everyone()
+        if config.resume and run_is_finished(out):
+            logger.info("'%s' is already finished; nothing to resume", out)
+            metrics, per_layer_head, final_dir = finished_result(out)
+            return TrainResult(metrics, per_layer_head, final_dir, is_main)
 
-    session = _start_session(config, accelerator, out)
-    progress = _resume(session, resume_from)
-    _train_steps(session, progress, callbacks)
-    return _finish(session, progress)
+        session = _start_session(config, accelerator, out)
+        progress = _resume(session, resume_from)
+        _train_steps(session, progress, callbacks)
+        return _finish(session, progress)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _resume(session: _Session, resume_from: Path | None) -> _Progress:
     accelerator, out = session.accelerator, session.out
     progress = _Progress()
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        if "scheduler" not in state:
+            raise TrainError(f"{resume_from} was written by an older version that kept the scheduler in a pickle, "
+                             "which --resume does not load; start over with --overwrite")
+        try:
+            accelerator.load_state(str(resume_from))  # safetensors, and torch.load(weights_only=True) for the rest
+        except Exception as error:  # noqa: BLE001 - an unpickling refusal, a damaged file: one line, no traceback
+            raise TrainError(f"cannot resume from {resume_from} ({type(error).__name__}: {first_line(error)}); the "
+                             "checkpoint is damaged or was not written by this package: start over with --overwrite") from None
+        session.scheduler.load_state_dict(state["scheduler"])
         progress.step = state["step"]
         if accelerator.is_main_process:  # the checkpoint holds the loss sums of all processes; the others start at 0
             progress.loss_sum, progress.loss_count = state["loss_sum"], state["loss_count"]
@@ -298,47 +327,63 @@ def _train_steps(session: _Session, progress: _Progress, callbacks) -> None:
     config, accelerator, model = session.config, session.accelerator, session.model
     bar = tqdm(total=session.total_steps, initial=progress.step, desc="train",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    model.train()
-    while progress.step < session.total_steps:
-        epoch, batches_done = divmod(progress.step, session.steps_per_epoch)
-        session.train_loader.set_epoch(epoch)
-        batches = (accelerator.skip_first_batches(session.train_loader, batches_done) if batches_done
-                   else session.train_loader)
-        for batch in batches:
-            started = time.perf_counter()
-            torch.manual_seed(_step_seed(config.seed, progress.step, accelerator.process_index))  # dropout masks
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            session.optimizer.step()
-            session.scheduler.step()
-            session.optimizer.zero_grad()
-            progress.step += 1
-            progress.step_seconds += time.perf_counter() - started
-            progress.timed_steps += 1
-            progress.examples_seen += batch["labels"].shape[0]
-            progress.loss_sum += float(loss.detach())
-            progress.loss_count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}")
+    try:
+        model.train()
+        while progress.step < session.total_steps:
+            epoch, batches_done = divmod(progress.step, session.steps_per_epoch)
+            session.train_loader.set_epoch(epoch)
+            batches = (accelerator.skip_first_batches(session.train_loader, batches_done) if batches_done
+                       else session.train_loader)
+            for batch in batches:
+                started = time.perf_counter()
+                torch.manual_seed(_step_seed(config.seed, progress.step, accelerator.process_index))  # dropout masks
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                # With clipping off, max_norm=inf only measures the norm (the gradients are scaled by exactly 1).
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                        config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+                _stop_unless_finite(accelerator, loss, grad_norm, progress.step + 1)
+                session.optimizer.step()
+                session.scheduler.step()
+                session.optimizer.zero_grad()
+                progress.step += 1
+                progress.step_seconds += time.perf_counter() - started
+                progress.timed_steps += 1
+                progress.examples_seen += batch["labels"].shape[0]
+                progress.loss_sum += float(loss.detach())
+                progress.loss_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}")
 
-            step = progress.step
-            if step % config.eval_every == 0 and step < session.total_steps:
-                record = _evaluate(session, progress, "validation")
-                record["train_loss"] = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
-                progress.loss_sum, progress.loss_count = 0.0, 0
-                _log(session, record)
-                bar.write(_one_line(record))
-                model.train()
-            if step % config.save_every == 0 and step < session.total_steps:
-                save_checkpoint(accelerator, session.out, step, progress.loss_sum, progress.loss_count,
-                                config.save_total_limit)
-            for callback in callbacks:
-                callback.on_step_end(step)
-            if step >= session.total_steps:
-                break
-    bar.close()
+                step = progress.step
+                if step % config.eval_every == 0 and step < session.total_steps:
+                    record = _evaluate(session, progress, "validation")
+                    record["train_loss"] = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
+                    progress.loss_sum, progress.loss_count = 0.0, 0
+                    _log(session, record)
+                    bar.write(_one_line(record))
+                    model.train()
+                if step % config.save_every == 0 and step < session.total_steps:
+                    save_checkpoint(accelerator, session.out, step, progress.loss_sum, progress.loss_count,
+                                    config.save_total_limit, session.scheduler.state_dict())
+                for callback in callbacks:
+                    callback.on_step_end(step)
+                if step >= session.total_steps:
+                    break
+    finally:
+        bar.close()  # also when a step stops the run: the error is then the last line printed
+
+
+def _stop_unless_finite(accelerator, loss, grad_norm, step: int) -> None:
+    """TrainError when any process's loss or the gradient norm of ``step`` is not finite (all processes agree)."""
+    health = torch.stack([loss.detach().float().reshape(()), torch.as_tensor(grad_norm).float().reshape(()).to(
+        loss.device)])
+    if accelerator.num_processes > 1:
+        health = accelerator.reduce(health, "sum")  # a NaN or inf anywhere reaches every process
+    if not torch.isfinite(health).all():
+        raise TrainError(f"step {step}: the loss ({float(loss.detach()):.4g}) or the gradient norm ({float(grad_norm):.4g}) is "
+                         "not finite; training stopped and no final folder was written (lower --lr, or check the "
+                         "data)")
 
 
 def _finish(session: _Session, progress: _Progress) -> TrainResult:

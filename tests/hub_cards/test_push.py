@@ -93,12 +93,13 @@ def test_push_uploads_exactly_the_published_files_in_one_commit(carded, hub):
 
 @pytest.mark.slow
 def test_validation_loads_in_a_process_without_our_packages(carded):
-    # The folder's remote code is rewritten to need hf_sparse_attn: the clean process must refuse it.
-    # (The passing case runs, unmocked, in the push test above.)
+    # The folder's remote code is rewritten to need hf_sparse_attn: the clean process must refuse it. The edited
+    # code is not ours, so the load check runs it only when trusted. (The passing case runs, unmocked, in the push
+    # test above.)
     modeling = carded / "sparse_attn_modeling.py"
     modeling.write_text("import hf_sparse_attn\n" + modeling.read_text())
     with pytest.raises(PushError, match="hf_sparse_attn") as info:
-        validate_folder(carded)
+        validate_folder(carded, trust_remote_code=True)
     assert "\n" not in str(info.value)
 
 
@@ -201,13 +202,16 @@ def test_cli_validate_lists_files_and_errors_in_one_line(carded, tmp_path, skip_
 @pytest.mark.slow
 def test_real_minilm_checkpoint_renders_validates_and_publishes_its_tokenizer(minilm_path, tmp_path):
     import hf_sparse_attn
+    from hf_sparse_attn.public_names import public_name
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = tmp_path / "minilm-entmax15"
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2, attn_impl="entmax15")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    (folder / "training_args.json").write_text(json.dumps({"model_name_or_path": minilm_path, "dataset": "mr"}))
+    # What training records for the embedded copy (published files name no local path).
+    (folder / "training_args.json").write_text(json.dumps({"model_name_or_path": public_name(minilm_path),
+                                                           "dataset": "mr"}))
     assert hf_sparse_attn.get_spec(model).attn_impl == "entmax15"
 
     render_card(folder, make_results(folder, tmp_path / "eval", plots=False))
