@@ -16,6 +16,11 @@ FAMILIES = POST_LN + PRE_LN
 MAPPINGS = ["softmax", "sparsemax", "entmax15", "entmax:alpha=1.3", "entmax_learned", "sparsegen_lin:lambda=0.3"]
 
 
+def every_family_and_mapping(test):
+    """Parametrise ``test(family, mapping)`` over every family and every mapping of the core."""
+    return pytest.mark.parametrize("family", FAMILIES)(pytest.mark.parametrize("mapping", MAPPINGS)(test))
+
+
 def build_classifier(family: str, mapping: str, seed: int = 0, dtype=torch.float64) -> Classifier:
     """A random 2-layer, 4-head classifier with spread-out weights (peaky attention, visible zeros under the
     sparse mappings) and non-trivial LayerNorms, wrapped like load_classifier wraps a checkpoint."""

@@ -7,11 +7,10 @@ import torch
 
 from eval_suite.context_mixing import ALTI
 from tests.eval_suite.context_mixing import references as ref
-from tests.eval_suite.context_mixing.conftest import FAMILIES, MAPPINGS
+from tests.eval_suite.context_mixing.conftest import every_family_and_mapping
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_alti_matches_the_loops(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     method = ALTI()

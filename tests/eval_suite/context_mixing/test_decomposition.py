@@ -10,11 +10,10 @@ from eval_suite.attribution import ForwardContext
 from eval_suite.context_mixing.decomposition import decomposition
 from eval_suite.errors import EvalError
 from tests.eval_suite.context_mixing import references as ref
-from tests.eval_suite.context_mixing.conftest import FAMILIES, MAPPINGS, PRE_LN, tiny_batch
+from tests.eval_suite.context_mixing.conftest import PRE_LN, every_family_and_mapping, tiny_batch
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_split_sums_to_the_real_block_output(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     dec = decomposition(ctx)  # raises unless the split reproduces every layer's recorded output

@@ -9,11 +9,10 @@ from eval_suite.attribution import AttentionRollout
 from eval_suite.context_mixing import AttentionFlow
 from eval_suite.context_mixing.base import rollout_rows
 from tests.eval_suite.context_mixing import references as ref
-from tests.eval_suite.context_mixing.conftest import FAMILIES, MAPPINGS
+from tests.eval_suite.context_mixing.conftest import every_family_and_mapping
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_flow_matches_networkx(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     torch.testing.assert_close(AttentionFlow().to_inputs(ctx), ref.attention_flow(ctx.classifier, ctx.batch),

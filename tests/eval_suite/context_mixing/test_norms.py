@@ -7,11 +7,10 @@ import torch
 
 from eval_suite.context_mixing import AttentionNorm, AttentionNormResidualLN
 from tests.eval_suite.context_mixing import references as ref
-from tests.eval_suite.context_mixing.conftest import FAMILIES, MAPPINGS
+from tests.eval_suite.context_mixing.conftest import every_family_and_mapping
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_attention_norm_matches_the_loops(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     heads, layer = ref.attention_norms(ctx.classifier, ctx.batch)
@@ -21,8 +20,7 @@ def test_attention_norm_matches_the_loops(tiny_context, family, mapping):
     torch.testing.assert_close(method.heads(ctx, queries=[0, 2]), heads[:, :, :, [0, 2]], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_residual_layernorm_norm_matches_the_loops(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     torch.testing.assert_close(AttentionNormResidualLN()(ctx), ref.norms_res_ln(ctx.classifier, ctx.batch),

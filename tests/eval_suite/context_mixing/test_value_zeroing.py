@@ -7,11 +7,10 @@ import torch
 
 from eval_suite.context_mixing import ValueZeroing
 from tests.eval_suite.context_mixing import references as ref
-from tests.eval_suite.context_mixing.conftest import FAMILIES, MAPPINGS
+from tests.eval_suite.context_mixing.conftest import every_family_and_mapping
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("family", FAMILIES)
+@every_family_and_mapping
 def test_value_zeroing_matches_reruns(tiny_context, family, mapping):
     ctx = tiny_context(family, mapping)
     method = ValueZeroing()
