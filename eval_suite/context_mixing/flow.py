@@ -9,7 +9,7 @@ from ``(l+1, 0)`` to ``(0, j)``, normalised over ``j`` (as the authors normalise
 Max-flow by ``scipy.sparse.csgraph.maximum_flow`` (Dinic's algorithm, compiled). It takes integer capacities, so
 capacities (all in [0, 1]) are scaled by 2**30 and rounded: every flow is then within (number of edges of the
 minimum cut) x 2**-31 of the exact one, below 1e-7 for a few hundred tokens. networkx gives the same flows in
-float arithmetic 250-2,500 times slower (measured in bench/context_mixing.py); the tests use it as the reference.
+float arithmetic 80-2,900 times slower (measured in bench/context_mixing.py); the tests use it as the reference.
 
 Cost: one max-flow per (example, layer, input token) on a graph of (layers + 1) x n nodes and up to layers x n^2
 edges; see docs/eval_suite.md for where it is affordable.
