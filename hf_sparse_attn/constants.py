@@ -24,6 +24,7 @@ RUN_INFO_FILE = "run_info.json"
 ROWS_DIR = "rows"
 PLAN_FILE = "plan.json"
 PLOTS_DIR = "plots"
+REPORT_FILE = "report.html"  # the interactive page of an evaluation, also published with the card
 
 # What a model card adds to a model folder.
 CARD_FILE = "README.md"
@@ -40,6 +41,7 @@ __all__ = [
     "PLAN_FILE",
     "PLOTS_DIR",
     "REMOTE_CODE_FILES",
+    "REPORT_FILE",
     "RESULTS_FILE",
     "ROWS_DIR",
     "RUN_INFO_FILE",
