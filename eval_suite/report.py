@@ -29,7 +29,7 @@ from hf_sparse_attn.files import atomic_write_text
 
 from .errors import EvalError
 
-PAYLOAD_DIGITS = 4  # significant digits on the page: exact zeros stay 0, small weights stay non-zero
+TOKEN_DIGITS = 4  # significant digits of token weights on the page: exact zeros stay 0, small ones non-zero
 FINGERPRINT_META = "hf-sparse-attn-weights-fingerprint"
 
 
@@ -84,17 +84,19 @@ LAYER_METRICS = (
 )
 
 
-def _round(value):
+def _finite(value):
+    """A number as it is (so the page's numbers are the file's numbers, rounded once); NaN, None -> None."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
-    return float(f"{value:.{PAYLOAD_DIGITS}g}")
+    return float(value)
 
 
 def _rounded(values):
-    """Nested lists of numbers rounded for the page; NaN and None -> None."""
+    """Nested lists of token weights rounded for the page (``TOKEN_DIGITS`` significant digits); NaN -> None."""
     if isinstance(values, (list, tuple)):
         return [_rounded(v) for v in values]
-    return _round(values)
+    value = _finite(values)
+    return None if value is None else float(f"{value:.{TOKEN_DIGITS}g}")
 
 
 def statistic(value, entry: dict | None = None, key: str | None = None) -> list:
@@ -114,12 +116,12 @@ def statistic(value, entry: dict | None = None, key: str | None = None) -> list:
         std = (entry or {}).get(f"{key}_std") if key else None
         n = (entry or {}).get("n_defined")
         defined, reason = value is not None, None
-    mean = _round(mean)
+    mean = _finite(mean)
     defined = bool(defined) and mean is not None
     if not defined and not reason:
         reason = f"defined in {n} examples" if isinstance(n, int) else "not defined for this head"
     lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
-    return [mean, _round(std), n if isinstance(n, int) else None, _round(lo), _round(hi), defined,
+    return [mean, _finite(std), n if isinstance(n, int) else None, _finite(lo), _finite(hi), defined,
             None if defined else str(reason)]
 
 
@@ -183,7 +185,7 @@ def _examples_payload(token_examples: dict | None) -> list[dict]:
         example = token_examples[index]
         examples.append({
             "index": int(index), "tokens": list(example["tokens"]), "label": example.get("label"),
-            "prediction": example.get("prediction"), "probability": _round(example.get("probability")),
+            "prediction": example.get("prediction"), "probability": _finite(example.get("probability")),
             "maps": {name: _rounded(v) for name, v in example.get("maps", {}).items()},
             "heads": _rounded(example.get("heads")), "special_mass": _rounded(example.get("special_mass")),
             "projected": _rounded(example.get("projected")),
@@ -197,8 +199,8 @@ def _meta(results: dict) -> dict:
     return {
         "checkpoint": results.get("checkpoint"), "weights_fingerprint": results.get("weights_fingerprint"),
         "attn_impl": results.get("attn_impl"), "dataset": results.get("dataset"), "split": results.get("split"),
-        "n_examples": results.get("n_examples"), "accuracy": _round(results.get("accuracy")),
-        "macro_f1": _round(results.get("macro_f1")), "label_names": config.get("label_names"),
+        "n_examples": results.get("n_examples"), "accuracy": _finite(results.get("accuracy")),
+        "macro_f1": _finite(results.get("macro_f1")), "label_names": config.get("label_names"),
         "attention_query": config.get("attention_query"),
         "input_methods": results.get("input_methods", []),
         "representation_methods": results.get("representation_methods", []),
@@ -230,8 +232,8 @@ def compare_payload(results_a: dict, results_b: dict, differences: list[dict] | 
     listed = []
     for d in differences or []:
         listed.append({"layer": int(d["layer"]), "head": int(d["head"]), "metric": d["metric"],
-                       "method": d.get("method") or "", "difference": _round(d.get("difference")),
-                       "ci95": _rounded(d.get("ci95")), "p_value": _round(d.get("p_value")),
+                       "method": d.get("method") or "", "difference": _finite(d.get("difference")),
+                       "ci95": [_finite(v) for v in d["ci95"]] if d.get("ci95") else None, "p_value": _finite(d.get("p_value")),
                        "significant": bool(d.get("significant"))})
     return {"kind": "compare", "names": list(names), "meta": [_meta(results_a), _meta(results_b)],
             "grids": [grid_payload(results_a), grid_payload(results_b)], "differences": listed,

@@ -363,11 +363,12 @@
   }
 
   function barChart(title, rows, pick, note) {
-    var W = 460, rowH = 20, left = 170, right = 90, top = 8;
+    var W = 520, rowH = 20, left = 170, right = 120, top = 8;
     var H = top + rows.length * rowH + 24;
     var values = [];
     rows.forEach(function (r) { var s = pick(r); if (s[5] && isNum(s[0])) values.push(s[0], isNum(s[3]) ? s[3] : s[0], isNum(s[4]) ? s[4] : s[0]); });
     var lo = Math.min(0, Math.min.apply(null, values.concat([0]))), hi = Math.max(1e-6, Math.max.apply(null, values.concat([0])));
+    if (lo === 0) lo = 0;  // not -0, which would print as -0.00
     var x = function (v) { return left + (v - lo) / (hi - lo) * (W - left - right); };
     var box = el("div", "chart");
     box.appendChild(el("h3", null, title));
