@@ -17,18 +17,11 @@ from eval_suite.errors import EvalError
 from eval_suite.report import (GRID_METRICS, compare_payload, grid_payload, read_fingerprint, report_payload,
                                statistic, write_compare_report, write_report)
 from tests.helpers.browser import console_errors, headless_chromium, missing_browser
-from tests.helpers.report_data import SPECIAL_REASON, full_results, token_examples, undefined_heads
+from tests.helpers.report_data import SPECIAL_REASON, embedded, full_results, token_examples, undefined_heads
 from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
 
 NO_BROWSER = missing_browser()
 needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no headless browser: {NO_BROWSER}")
-_DATA = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
-
-
-def embedded(path) -> dict:
-    """The JSON payload a report page carries."""
-    (match,) = _DATA.findall(Path(path).read_text(encoding="utf-8"))
-    return json.loads(match)
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -4,6 +4,10 @@ tests, where a real 12 x 12 x 100 evaluation would take far longer than the page
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 
 METHODS = ("grad_norm", "grad_x_input", "integrated_gradients", "loo", "repr_grad_norm", "repr_loo")
@@ -96,3 +100,12 @@ def token_examples(n_layers=12, n_heads=12, n_examples=100, *, seed=0, min_token
             "representation": {m: [_sparse_distribution(rng, n, zero_share=0) for _ in range(n_layers)] for m in REPR},
         }
     return out
+
+
+_PAYLOAD = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
+
+
+def embedded(path) -> dict:
+    """The JSON payload a report page carries."""
+    (match,) = _PAYLOAD.findall(Path(path).read_text(encoding="utf-8"))
+    return json.loads(match)

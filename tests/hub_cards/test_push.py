@@ -26,7 +26,7 @@ PUBLISHED = {
     "README.md", "config.json", "model.safetensors", "results.json", "sparse_attn_mappings.py",
     "sparse_attn_modeling.py", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "training_args.json",
     "final_metrics.json", "train_log.jsonl", "interpretability/plots/sparsity_heatmap.png",
-    "interpretability/plots/kendall_tau_b_grad_norm_heatmap.png",
+    "interpretability/plots/kendall_tau_b_grad_norm_heatmap.png", "report.html",
 }
 
 
