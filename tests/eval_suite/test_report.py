@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval_suite.errors import EvalError
-from eval_suite.report import (GRID_METRICS, compare_payload, grid_payload, read_fingerprint, report_payload,
+from eval_suite.report import (GRID_METRICS, compare_payload, grid_payload, read_fingerprint,
                                statistic, write_compare_report, write_report)
 from tests.helpers.browser import console_errors, headless_chromium, missing_browser
 from tests.helpers.report_data import SPECIAL_REASON, embedded, full_results, token_examples, undefined_heads
