@@ -58,13 +58,10 @@ def save_figure(fig, path: Path, *, dpi: int = DPI) -> None:
 
 def stat_mean(value) -> float | None:
     """The mean of a results statistic: a number, or a ``{"mean", ..., "defined"}`` dict (None when undefined)."""
-    if isinstance(value, dict):
-        if value.get("defined") is False:
-            return None
-        value = value.get("mean")
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    from .report import statistic
+
+    mean, *_, defined, _reason = statistic(value)
+    return mean if defined else None
 
 
 def layer_head_grid(results: dict, getter) -> np.ndarray:
