@@ -298,3 +298,11 @@ def test_compare_view_in_chromium(tmp_path):
         assert len(rows) == 1 + len(marked)
         _not_blank(driver.get_screenshot_as_png())
         assert console_errors(driver) == []
+
+
+def test_same_inputs_give_the_same_bytes(tmp_path):
+    results, examples = full_results(3, 3, 20), token_examples(3, 3, 4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_report(tmp_path / "a", results, examples).read_bytes()
+    assert write_report(tmp_path / "b", results, examples).read_bytes() == first and len(first) > 10_000
