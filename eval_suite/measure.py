@@ -24,6 +24,7 @@ marks undefined values.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -258,6 +259,24 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
             "tokens": classifier.tokenizer.convert_ids_to_tokens(ids),
             "label": int(labels[row]),
             "prediction": int(base.prediction[row]),
+            "probability": float(base.target[row]),
             "maps": {name: [float(v) for v in M.normalise(vec.double()[keep])] for name, vec in maps.items()},
+            # Per head, over the content tokens and renormalised there: exactly the distributions the metrics
+            # compare with importance. special_mass says how much of the head's attention that leaves out.
+            "heads": _token_values(M.normalise(attention[row][..., keep])),
+            "special_mass": _token_values(out["attention.special_mass"][row]),
+            "projected": _token_values(M.normalise(projected[row].double()[..., keep])),
+            "representation": {m: _token_values(M.normalise(representations[m][row].double()[..., keep]))
+                               for m in REPRESENTATION_METHODS},
         }
     return arrays, token_maps
+
+
+def _token_values(values: torch.Tensor) -> list:
+    """Nested lists for JSON at 6 significant digits (exact zeros stay 0, tiny weights stay non-zero); NaN -> None."""
+    def convert(value):
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+
+    return convert(values.detach().double().cpu().tolist())

@@ -484,13 +484,15 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
 
 
 def write_outputs(out_dir: Path, results: dict, token_maps: dict) -> None:
-    """results.json, per_layer_head.csv, token_examples.json and plots/*.png, each written atomically."""
+    """results.json, per_layer_head.csv, token_examples.json, report.html and plots/*.png, each written atomically."""
     from .plots import layer_head_plots, token_plots
+    from .report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir)
+    plots = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir, results["config"].get("label_names"))
     results["plots"] = plots
     atomic_write_text(out_dir / LAYER_HEAD_TABLE_FILE, layer_head_table(results))
     atomic_write_text(out_dir / TOKEN_EXAMPLES_FILE,
                       json.dumps({str(k): v for k, v in sorted(token_maps.items())}, indent=1) + "\n")
+    write_report(out_dir, json.loads(dumps(results)), token_maps)
     atomic_write_text(out_dir / RESULTS_FILE, dumps(results))

@@ -24,8 +24,10 @@ RUN_INFO_FILE = "run_info.json"
 ROWS_DIR = "rows"
 PLAN_FILE = "plan.json"
 PLOTS_DIR = "plots"
+REPORT_FILE = "report.html"  # the interactive page of an evaluation, also published with the card
 # Everything an evaluation writes into its output folder: what --overwrite may replace.
-EVAL_OUTPUT_NAMES = (RESULTS_FILE, LAYER_HEAD_TABLE_FILE, TOKEN_EXAMPLES_FILE, RUN_INFO_FILE, ROWS_DIR, PLOTS_DIR)
+EVAL_OUTPUT_NAMES = (RESULTS_FILE, LAYER_HEAD_TABLE_FILE, TOKEN_EXAMPLES_FILE, RUN_INFO_FILE, ROWS_DIR, PLOTS_DIR,
+                     REPORT_FILE)
 
 # What a model card adds to a model folder.
 CARD_FILE = "README.md"
@@ -43,6 +45,7 @@ __all__ = [
     "PLAN_FILE",
     "PLOTS_DIR",
     "REMOTE_CODE_FILES",
+    "REPORT_FILE",
     "RESULTS_FILE",
     "ROWS_DIR",
     "RUN_INFO_FILE",

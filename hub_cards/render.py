@@ -21,13 +21,15 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, RESULTS_FILE
+from eval_suite.report import write_report
+from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, REPORT_FILE, RESULTS_FILE
 
 from .checkpoint import CheckpointInfo, alpha_of_setting, base_model_from, read_checkpoint
 from .errors import CardError
 from .metadata import (METADATA_KEY, card_data_from, choose_headline, dataset_identity,
                        merge_metadata, our_metadata)
-from .results import GRADIENT_METHOD, CardScores, card_scores, load_results, plot_sources, stat_mean
+from .results import (GRADIENT_METHOD, CardScores, card_scores, load_results, load_token_examples, plot_sources,
+                      stat_mean)
 from .sections import merge_sections, parse_sections
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
@@ -405,12 +407,13 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
     gradient_method = gradient_method or recorded.get("gradient_method") or GRADIENT_METHOD
     repo_id = repo_id or recorded.get("repo_id")
 
-    results = scores = None
+    results = scores = token_examples = None
     plots: list[tuple[str, Path]] = []
     if results_path is not None:
         results = load_results(results_path, gradient_method=gradient_method)
         _check_results_match(results, results_path, info)
         plots = plot_sources(results, results_path)
+        token_examples = load_token_examples(results_path)
         scores = card_scores(results, gradient_method=gradient_method)
     headline = choose_headline(info, results)
 
@@ -426,7 +429,7 @@ def render_card(checkpoint_dir, results_path, *, train_log=None, repo_id: str | 
     if results is not None:
         context.update(_score_context(info, results, scores, gradient_method))
     return _write_card(folder, card_path, card_data, context, old_metadata, old_body, results, image_sources,
-                       gradient_method)
+                       gradient_method, token_examples)
 
 
 def _template_context(folder: Path, info: CheckpointInfo, metadata: dict, headline, repo_id: str | None,
@@ -499,8 +502,10 @@ def _inert(value):
 
 
 def _write_card(folder: Path, card_path: Path, card_data, context: dict, old_metadata: dict, old_body: str,
-                results: dict | None, image_sources: list, gradient_method: str) -> Path:
-    """Stage images, the results copy and the card inside the folder, then rename each into place (card last)."""
+                results: dict | None, image_sources: list, gradient_method: str,
+                token_examples: dict | None = None) -> Path:
+    """Stage images, the results copy, the report and the card inside the folder, then rename each into place
+    (card last)."""
     staging = Path(tempfile.mkdtemp(prefix=".hub_cards-", dir=folder))
     try:
         images = staging / CARD_IMAGES_DIR
@@ -527,11 +532,13 @@ def _write_card(folder: Path, card_path: Path, card_data, context: dict, old_met
             results_copy["plots"] = [dest for dest, _ in image_sources]  # relative to results.json, now in CHECKPOINT
             results_copy["checkpoint"] = "."  # the folder it now sits in (and no local path on the Hub)
             (staging / RESULTS_FILE).write_text(json.dumps(results_copy, indent=2) + "\n", encoding="utf-8")
+            write_report(staging, results_copy, token_examples)  # drawn from the published copy: no local paths
             target = folder / CARD_IMAGES_DIR
             if target.exists():
                 os.replace(target, staging / "previous-images")
             os.replace(images, target)
             os.replace(staging / RESULTS_FILE, folder / RESULTS_FILE)
+            os.replace(staging / REPORT_FILE, folder / REPORT_FILE)
         os.replace(staging / CARD_FILE, card_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_sparse_attn.constants import TOKEN_EXAMPLES_FILE
+
 from .errors import CardError
 
 # The importance method whose agreement with attention the card summarises: gradient feature importance of the
@@ -208,3 +210,18 @@ def plot_sources(results: dict, results_path) -> list[tuple[str, Path]]:
             raise CardError(f"plot {rel!r} is not a .png; the card embeds PNG images only")
         sources.append((source.relative_to(base).as_posix(), source))
     return sources
+
+
+def load_token_examples(results_path) -> dict | None:
+    """The token_examples.json the evaluation wrote beside ``results_path`` (None when there is none), for the
+    report's token view; CardError when it is there but unreadable."""
+    path = Path(results_path).resolve().parent / TOKEN_EXAMPLES_FILE
+    if not path.is_file():
+        return None
+    try:
+        examples = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CardError(f"{path} is not valid JSON ({err}); {_RERUN}") from None
+    if not isinstance(examples, dict) or not all(isinstance(v, dict) and "tokens" in v for v in examples.values()):
+        raise CardError(f"{path.name} should map example indices to their tokens and maps; {_RERUN}")
+    return examples

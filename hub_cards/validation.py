@@ -23,8 +23,8 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, REMOTE_CODE_FILES, RESULTS_FILE,
-                                      TRAIN_LOG_FILE, TRAINING_ARGS_FILE)
+from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, REMOTE_CODE_FILES, REPORT_FILE,
+                                      RESULTS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE)
 
 from .errors import CardError, PushError
 
@@ -33,7 +33,7 @@ PUBLISHED_TOP_LEVEL = (
     "*.safetensors", "*.safetensors.index.json", "config.json", "sparse_attn_*.py",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-    CARD_FILE, RESULTS_FILE, TRAINING_ARGS_FILE, FINAL_METRICS_FILE, TRAIN_LOG_FILE,
+    CARD_FILE, RESULTS_FILE, REPORT_FILE, TRAINING_ARGS_FILE, FINAL_METRICS_FILE, TRAIN_LOG_FILE,
 )
 IMAGE_SUFFIXES = (".png",)
 OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
@@ -268,6 +268,13 @@ def check_card(folder: Path) -> None:
         if recorded != fingerprint:
             raise CardError(f"{name} was not computed on these weights; evaluate this checkpoint and render the card "
                             "again, or delete the stale file")
+    report = folder / REPORT_FILE
+    if report.is_file():
+        from eval_suite.report import read_fingerprint
+
+        if read_fingerprint(report) != fingerprint:
+            raise CardError(f"{REPORT_FILE} was not drawn from these weights' evaluation; render the card again, or "
+                            "delete the stale file")
     for link in _IMAGE_LINK.findall(card.text):
         if "://" in link or link.startswith(("data:", "#", "/")):
             continue

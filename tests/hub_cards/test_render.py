@@ -336,3 +336,38 @@ def test_card_accuracy_is_not_taken_from_a_tiny_subset(tmp_path):
     assert accuracy.metric_value == pytest.approx(subset_accuracy)
     assert "subset of 8 of the" in accuracy.metric_name
     assert "subset of 8 of the" in card.text
+
+
+def test_card_links_the_report_drawn_from_the_published_results(checkpoint, results_path):
+    from eval_suite.report import read_fingerprint
+    from hub_cards.validation import check_card, files_to_publish
+    from tests.helpers.report_data import embedded
+
+    examples = {"4": {"tokens": ["a", "good", "film"], "label": 1, "prediction": 1, "probability": 0.91,
+                      "maps": {"grad_norm": [0.2, 0.5, 0.3]}}}
+    (results_path.parent / "token_examples.json").write_text(json.dumps(examples))
+    text = render_card(checkpoint, results_path).read_text()
+    results = json.loads(results_path.read_text())
+    assert "[report.html](report.html)" in section(text, "scores")
+    report = checkpoint / "report.html"
+    data = embedded(report)
+    assert data["meta"]["checkpoint"] == "."  # the published copy's: no local path goes to the Hub
+    assert str(results_path.parent) not in report.read_text()
+    assert read_fingerprint(report) == results["weights_fingerprint"]
+    assert data["examples"][0]["tokens"] == ["a", "good", "film"]
+    assert len(data["grid"]["values"]["kendall_tau_b"]["grad_norm"]) == results["n_layers"] * results["n_heads"]
+    assert "report.html" in files_to_publish(checkpoint)
+    check_card(checkpoint)
+
+    # A report left from other weights stops the upload, like a stale results.json.
+    report.write_text(report.read_text().replace(results["weights_fingerprint"], "sha256:" + "0" * 64))
+    with pytest.raises(CardError, match="report.html was not drawn from these weights"):
+        check_card(checkpoint)
+
+
+def test_unreadable_token_examples_are_refused_before_any_write(checkpoint, results_path):
+    (results_path.parent / "token_examples.json").write_text("{not json")
+    before = folder_state(checkpoint)
+    with pytest.raises(CardError, match="token_examples.json is not valid JSON"):
+        render_card(checkpoint, results_path)
+    assert folder_state(checkpoint) == before
