@@ -5,7 +5,8 @@
    still describes these weights (fingerprint), its results.json matches them, and its images exist.
 3. The folder loads with ``trust_remote_code=True`` and runs a forward pass in a separate Python process where
    hf_sparse_attn, entmax, eval_suite and hub_cards cannot be imported, offline, with a fresh HF cache: what a
-   Hub user with torch + transformers gets.
+   Hub user with torch + transformers gets. A sparse folder must also be refused there without
+   ``trust_remote_code`` (never load as the stock softmax model).
 """
 
 from __future__ import annotations
@@ -60,8 +61,18 @@ model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
 module = type(model).__module__
 if auto_map and not module.startswith("transformers_modules"):
     raise SystemExit(f"auto_map is set but transformers built {type(model).__name__} from {module}, not from the folder's code")
+if getattr(config, "sparse_attention", None):
+    # No silent fallback: without trust_remote_code transformers must refuse the folder, not build stock softmax.
+    try:
+        fallback = auto_class.from_pretrained(folder)
+    except ValueError:
+        pass
+    else:
+        raise SystemExit(f"without trust_remote_code transformers loads this sparse folder as {type(fallback).__name__} "
+                         "with softmax attention; re-save it with the current hf_sparse_attn (model type sparse_attn_*)")
 if with_tokenizer:
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # AutoTokenizer reads the model config too, which for our model type is remote code
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     batch = tokenizer(["a short test sentence for the checkpoint", "short"], padding=True, return_tensors="pt")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
 else:
@@ -214,7 +225,9 @@ def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S) 
         command = [sys.executable, "-I", "-c", _LOAD_SCRIPT, str(folder.resolve()), ",".join(BLOCKED_PACKAGES),
                    "1" if with_tokenizer else "0"]
         try:
-            done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+            # stdin closed: transformers' remote-code prompt (a refusal the script expects) answers at once
+            done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise PushError(f"loading {folder} with trust_remote_code took over {timeout} s; check the folder loads") from None
     if done.returncode != 0:
