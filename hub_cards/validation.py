@@ -66,7 +66,7 @@ if getattr(config, "sparse_attention", None):
     try:
         fallback = auto_class.from_pretrained(folder)
     except ValueError:
-        pass
+        print()  # transformers' prompt (answered by the closed stdin) ends without a newline
     else:
         raise SystemExit(f"without trust_remote_code transformers loads this sparse folder as {type(fallback).__name__} "
                          "with softmax attention; re-save it with the current hf_sparse_attn (model type sparse_attn_*)")

@@ -37,6 +37,9 @@ class TrainConfig:
     from_scratch_vocab_size: int = _help("vocabulary of the --from-scratch tokenizer", default=8000)
     attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
                            "sparsegen_lin:lambda=L", default="entmax15")
+    attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
+                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer",
+                                    default=None)
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
     text_column: str = _help("text column of a local file or Hub dataset", default="text")
@@ -65,7 +68,10 @@ class TrainConfig:
     cpu: bool = _help("train on CPU even when a GPU is present", default=False)
 
     def __post_init__(self) -> None:
-        self.attn_impl = str(parse_attn_impl(self.attn_impl))  # canonical form; SparseAttnError in one line
+        # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
+        spec = parse_attn_impl(self.attn_impl, layers=self.attn_layers)
+        self.attn_impl = str(spec)
+        self.attn_layers = None if spec.layers is None else "[" + ",".join(map(str, spec.layers)) + "]"
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "eval_every", "save_every",
                      "from_scratch_vocab_size"):
             if getattr(self, name) < 1:
@@ -98,7 +104,7 @@ class TrainConfig:
 
 # Settings that change what a run computes; --resume refuses to continue a run under different values.
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
-                 "label_column", "attn_impl", "epochs", "max_steps", "lr", "alpha_lr", "weight_decay", "warmup_ratio",
+                 "label_column", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr", "weight_decay", "warmup_ratio",
                  "batch_size", "max_length", "seed", "max_grad_norm", "max_train_examples")
 
 
