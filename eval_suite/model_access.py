@@ -343,7 +343,8 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
     limits = [tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512]
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
-        limits.append(int(positions) - (2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0))
+        family = getattr(config, "base_model_type", config.model_type)  # "roberta" for a saved sparse_attn_roberta
+        limits.append(int(positions) - (2 if family in ("roberta", "xlm-roberta", "camembert") else 0))
     id2label = getattr(config, "id2label", None) or {}
     tap = AttentionTap(model)
     probe = tokenizer(["a b c d", "a"], padding=True, return_tensors="pt").to(model.device)

@@ -1,100 +1,230 @@
-"""Teach transformers' Auto classes the ``attn_impl=`` keyword.
+"""Teach transformers' Auto classes our folders and the ``attn_impl=`` keyword.
+
+A saved sparse folder's config.json has model_type ``sparse_attn_<stock type>`` (``Sparse<StockConfig>``). Importing
+hf_sparse_attn registers each such config class with ``AutoConfig`` and every Auto model class (to
+``Sparse<StockClass>``) the first time it is met, so every stock loading path (``from_pretrained`` with any
+dtype/device arguments, ``pipeline``, the Trainer) resolves our folders through transformers' own code. Folders
+saved before the model type existed (model_type of the stock family plus ``sparse_attention``) are converted when
+their config is read.
 
 ``AutoModelFor*.from_pretrained`` is a per-class copy made when transformers builds its Auto classes, so patching
-the shared base class changes nothing: we wrap ``from_pretrained`` and ``from_config`` on
-every Auto model class. The wrapper resolves the sparse setting (the keyword, else the one a saved config records),
-then loads through ``Sparse<StockClass>``, whose ``__init__`` creates the learned-alpha parameters before the
-weights are read, so a checkpoint's alphas load like any other weight.
+the shared base class changes nothing: we wrap ``from_pretrained`` and ``from_config`` on every Auto model class,
+and ``AutoConfig.from_pretrained``. With ``attn_impl=`` (or one of our names as ``attn_implementation=``) the
+wrapper loads the config the way transformers does, records the spec in a converted copy, and hands it to
+transformers, which then builds ``Sparse<StockClass>``; its ``__init__`` creates the learned-alpha parameters before
+the weights are read, so a checkpoint's alphas load like any other weight.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import transformers
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.auto_factory import _BaseAutoModelClass, _get_model_class
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .sparse_attn_modeling import SparseAttnError, parse_attn_impl, sparse_model_class, spec_from_config
+from .sparse_attn_modeling import (ATTN_IMPLS, CONFIG_KEY, MODEL_TYPE_PREFIX, NEW_CONFIG_CLASS_HOOKS, SparseAttnError,
+                                   parse_attn_impl, sparse_config_class, sparse_model_class, spec_from_config,
+                                   stock_class)
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 _PATCHED_FLAG = "_hf_sparse_attn_patched"
 
 
-def _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init):
+def _auto_model_classes() -> list[type]:
+    found = []
+    for name in dir(transformers):
+        if name.startswith("AutoModel"):
+            auto_cls = getattr(transformers, name, None)
+            if isinstance(auto_cls, type) and issubclass(auto_cls, _BaseAutoModelClass):
+                found.append(auto_cls)
+    return found
+
+
+def register_sparse_config(config_cls: type) -> None:
+    """Register a ``Sparse<StockConfig>`` with AutoConfig and with every Auto model class that knows its stock config."""
+    if config_cls.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    base = stock_class(config_cls)
+    for auto_cls in _auto_model_classes():
+        mapping = auto_cls._model_mapping
+        if config_cls in mapping._extra_content or base not in mapping:
+            continue
+        stock = mapping[base]
+        stock = stock[0] if isinstance(stock, (list, tuple)) else stock
+        if getattr(stock, "_supports_attention_backend", False):
+            auto_cls.register(config_cls, sparse_model_class(stock), exist_ok=True)
+
+
+def _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs):
+    """The spec the caller asks for (None: none asked); takes our names out of ``attn_implementation``."""
+    implementation = kwargs.get("attn_implementation")
+    if isinstance(implementation, str) and implementation in ATTN_IMPLS:
+        kwargs.pop("attn_implementation")
+        if attn_impl is not None and parse_attn_impl(attn_impl).attn_impl != implementation:
+            raise SparseAttnError(f"attn_impl={attn_impl!r} and attn_implementation={implementation!r} disagree; pass "
+                                  "one of them")
+        attn_impl = implementation if attn_impl is None else attn_impl
+    elif implementation is not None and attn_impl is not None:
+        raise SparseAttnError("pass either attn_impl (sparse mappings) or attn_implementation (stock), not both")
     if attn_impl is None:
-        given = [n for n, v in (("attn_alpha", attn_alpha), ("attn_lambda", attn_lambda), ("attn_alpha_init", attn_alpha_init)) if v is not None]
+        given = [n for n, v in (("attn_alpha", attn_alpha), ("attn_lambda", attn_lambda),
+                                ("attn_alpha_init", attn_alpha_init), ("attn_layers", attn_layers)) if v is not None]
         if given:
             raise SparseAttnError(f"{', '.join(given)} needs attn_impl=..., e.g. attn_impl='entmax', attn_alpha=1.3")
         return None
-    return parse_attn_impl(attn_impl, alpha=attn_alpha, lambda_=attn_lambda, alpha_init=attn_alpha_init)
+    return parse_attn_impl(attn_impl, alpha=attn_alpha, lambda_=attn_lambda, alpha_init=attn_alpha_init,
+                           layers=attn_layers)
 
 
-def _stock_class(auto_cls, config):
-    if type(config) not in auto_cls._model_mapping:
+def _refuse_stock_implementation_for_sparse(kwargs, recorded, where: str) -> None:
+    implementation = kwargs.get("attn_implementation")
+    if implementation is not None and recorded is not None:
+        raise SparseAttnError(
+            f"{where} records sparse attention ({recorded}), which attn_implementation={implementation!r} would "
+            "silently replace or be ignored by; pass attn_impl='softmax' to run these weights with softmax, or "
+            f"attn_impl={str(recorded)!r} to keep them as saved")
+
+
+def _check_supported(auto_cls, config) -> None:
+    base = stock_class(type(config))
+    if base not in auto_cls._model_mapping:
         raise ValueError(
-            f"{auto_cls.__name__} has no model for config type {type(config).__name__}; "
-            f"pick the Auto class that matches the checkpoint's model_type ({config.model_type!r})"
+            f"{auto_cls.__name__} has no model for config type {base.__name__}; pick the Auto class that matches the "
+            f"checkpoint's model_type ({config.model_type!r})"
         )
-    stock = _get_model_class(config, auto_cls._model_mapping)
+    stock = auto_cls._model_mapping[base]
+    stock = stock[0] if isinstance(stock, (list, tuple)) else stock
     if not getattr(stock, "_supports_attention_backend", False):
         raise SparseAttnError(
             f"{stock.__name__} does not route its attention through transformers' AttentionInterface, so its attention "
             "cannot be replaced; use BERT, RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa, ModernBERT or another model with "
             "_supports_attention_backend=True"
         )
-    return stock
+
+
+def as_sparse_config(config, spec=None):
+    """A ``Sparse<StockConfig>`` copy of ``config`` with ``spec`` recorded (default: the spec it records); the config
+    itself when nothing changes. Never modifies ``config``."""
+    if spec is None:
+        spec = spec_from_config(config)
+        if spec is None or type(config).__dict__.get("_is_sparse_attn_config", False):
+            return config
+    converted = copy.deepcopy(config)
+    converted.__class__ = sparse_config_class(type(config))
+    converted.sparse_attention = spec.to_dict()
+    converted._attn_implementation_internal = None  # set by the model from the spec
+    return converted
+
+
+def _load_config(path, kwargs):
+    """(config, remaining kwargs) as ``AutoModel*.from_pretrained`` reads them: config attributes (num_labels, ...)
+    go into the config, model arguments (dtype, device_map, ...) stay for the model."""
+    kwargs = dict(kwargs)
+    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+    for_config = {k: v for k, v in kwargs.items()
+                  if not (k in ("dtype", "torch_dtype") and v == "auto") and k != "quantization_config"}
+    config, remaining = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **hub, **for_config)
+    for key in ("dtype", "torch_dtype", "quantization_config"):  # what transformers hands the model itself
+        if kwargs.get(key) is not None:
+            remaining[key] = kwargs[key]
+    remaining.update(hub)
+    return config, remaining
+
+
+def _recorded_spec_of(path, kwargs):
+    """The spec a folder or Hub id records, read from its config.json only (None for stock or unreadable)."""
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    except Exception:  # noqa: BLE001 - the load itself reports a missing or broken folder in transformers' words
+        return None
+    d = config_dict.get(CONFIG_KEY)
+    return parse_attn_impl(d["attn_impl"]) if d else None
 
 
 def _wrap_from_pretrained(auto_cls, original):
     @functools.wraps(original)
     def from_pretrained(pretrained_model_name_or_path, *model_args, attn_impl=None, attn_alpha=None, attn_lambda=None,
-                        attn_alpha_init=None, **kwargs):
-        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init)
-        if kwargs.get("attn_implementation") is not None:
-            if spec is not None:
-                raise SparseAttnError("pass either attn_impl (sparse mappings) or attn_implementation (stock), not both")
-            return original(pretrained_model_name_or_path, *model_args, **kwargs)  # the user asked for stock attention
+                        attn_alpha_init=None, attn_layers=None, **kwargs):
+        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs)
         config = kwargs.pop("config", None)
-        trust_remote_code = kwargs.pop("trust_remote_code", None)
-        if not isinstance(config, PretrainedConfig):
-            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-            config, kwargs = AutoConfig.from_pretrained(
-                pretrained_model_name_or_path, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
-            )
-            kwargs.update(hub_kwargs)
+        given_config = isinstance(config, PretrainedConfig)
         if spec is None:
-            spec = spec_from_config(config)
-        if spec is None:  # a stock checkpoint loaded without attn_impl: untouched transformers behaviour
-            return original(pretrained_model_name_or_path, *model_args, config=config, trust_remote_code=trust_remote_code, **kwargs)
-        config.sparse_attention = spec.to_dict()
-        model_cls = sparse_model_class(_stock_class(auto_cls, config))
-        return model_cls.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            recorded = spec_from_config(config) if given_config else (
+                _recorded_spec_of(pretrained_model_name_or_path, kwargs) if "attn_implementation" in kwargs else None)
+            _refuse_stock_implementation_for_sparse(kwargs, recorded, str(pretrained_model_name_or_path))
+            if given_config:
+                kwargs["config"] = as_sparse_config(config)  # a config saved before our model type existed
+            elif config is not None:
+                kwargs["config"] = config
+            return original(pretrained_model_name_or_path, *model_args, **kwargs)
+        if given_config:
+            kwargs.pop("trust_remote_code", None)
+        else:
+            config, kwargs = _load_config(pretrained_model_name_or_path, kwargs)
+        _check_supported(auto_cls, config)
+        config = as_sparse_config(config, spec)
+        return original(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     return from_pretrained
 
 
 def _wrap_from_config(auto_cls, original):
     @functools.wraps(original)
-    def from_config(config, *, attn_impl=None, attn_alpha=None, attn_lambda=None, attn_alpha_init=None, **kwargs):
-        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init) or spec_from_config(config)
-        if spec is None or kwargs.get("attn_implementation") is not None:
-            return original(config, **kwargs)
-        config.sparse_attention = spec.to_dict()
+    def from_config(config, *, attn_impl=None, attn_alpha=None, attn_lambda=None, attn_alpha_init=None,
+                    attn_layers=None, **kwargs):
+        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs)
+        if spec is None:
+            _refuse_stock_implementation_for_sparse(kwargs, spec_from_config(config), "this config")
+            return original(as_sparse_config(config), **kwargs)
+        _check_supported(auto_cls, config)
         kwargs.pop("trust_remote_code", None)
-        return sparse_model_class(_stock_class(auto_cls, config))._from_config(config, **kwargs)
+        return original(as_sparse_config(config, spec), **kwargs)
 
     return from_config
 
 
+def _wrap_config_from_pretrained(original):
+    @functools.wraps(original)
+    def from_pretrained(pretrained_model_name_or_path, *args, **kwargs):
+        _register_model_type_of(pretrained_model_name_or_path, kwargs)  # before transformers looks the type up
+        result = original(pretrained_model_name_or_path, *args, **kwargs)
+        config, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, None)
+        if spec_from_config(config) is not None and not type(config).__dict__.get("_is_sparse_attn_config", False) \
+                and not type(config).__module__.startswith("transformers_modules"):
+            config.__class__ = sparse_config_class(type(config))  # an older folder: the object is fresh, ours alone
+        return (config, *rest) if rest is not None else config
+
+    return from_pretrained
+
+
+def _register_model_type_of(path, kwargs) -> None:
+    """Register the Sparse<StockConfig> a folder names (model_type sparse_attn_<type>) before transformers reads it."""
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    except Exception:  # noqa: BLE001 - transformers reports a missing or broken config in its own words
+        return
+    model_type = config_dict.get("model_type") or ""
+    base_type = model_type[len(MODEL_TYPE_PREFIX):]
+    if model_type.startswith(MODEL_TYPE_PREFIX) and model_type not in CONFIG_MAPPING and base_type in CONFIG_MAPPING:
+        sparse_config_class(CONFIG_MAPPING[base_type])  # the hook registers it
+
+
 def patch_auto_classes() -> None:
-    """Wrap from_pretrained / from_config on every ``transformers.AutoModel*`` class (idempotent)."""
-    for name in dir(transformers):
-        if not name.startswith("AutoModel"):
-            continue
-        auto_cls = getattr(transformers, name, None)
-        if not (isinstance(auto_cls, type) and issubclass(auto_cls, _BaseAutoModelClass)):
-            continue
+    """Wrap from_pretrained / from_config on every ``transformers.AutoModel*`` class and AutoConfig.from_pretrained,
+    and register every Sparse<StockConfig> made so far and from now on (idempotent)."""
+    if register_sparse_config not in NEW_CONFIG_CLASS_HOOKS:
+        NEW_CONFIG_CLASS_HOOKS.append(register_sparse_config)
+    from .sparse_attn_modeling import _SPARSE_CONFIGS
+
+    for config_cls in list(_SPARSE_CONFIGS.values()):
+        register_sparse_config(config_cls)
+    if not AutoConfig.__dict__.get(_PATCHED_FLAG):
+        AutoConfig.from_pretrained = staticmethod(_wrap_config_from_pretrained(AutoConfig.from_pretrained))
+        setattr(AutoConfig, _PATCHED_FLAG, True)
+    for auto_cls in _auto_model_classes():
         if auto_cls.__dict__.get(_PATCHED_FLAG):
             continue
         auto_cls.from_pretrained = staticmethod(_wrap_from_pretrained(auto_cls, auto_cls.from_pretrained))

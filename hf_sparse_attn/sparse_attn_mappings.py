@@ -50,8 +50,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``[..., d]`` as ``[rows, d]`` (copying only if the layout demands it)."""
-    return t.reshape(-1, t.shape[-1])
+    """``[..., d]`` as contiguous ``[rows, d]`` (a view when the layout allows): the solver's scratch buffers are
+    made with ``empty_like`` and viewed row by row, which needs the standard layout."""
+    return t.reshape(-1, t.shape[-1]).contiguous()
 
 
 def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
@@ -172,12 +173,86 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     return p.div_(p.sum(dim=-1, keepdim=True))
 
 
+def _tracing() -> bool:
+    """Inside torch.compile or torch.export: no data-dependent Python control flow, no data-dependent shapes."""
+    return torch.compiler.is_compiling()
+
+
+def _entmax_rows_traced(z: torch.Tensor, n, scale) -> torch.Tensor:
+    """:func:`_entmax_rows` for traced graphs (torch.compile(fullgraph=True), torch.export): the same bracketed
+    Newton steps on every row, inside one ``torch.while_loop`` instead of a Python loop that drops converged rows.
+
+    A row stops moving under the same test as in eager mode and keeps its threshold from then on, so both paths
+    agree to rounding. There is no compaction (it changes shapes) and no early exit by Python ``if``; the loop
+    ends when no row moves or after ``_MAX_NEWTON_STEPS``.
+    """
+    rows, d = z.shape
+    eps = torch.finfo(z.dtype).eps
+    per_row = torch.is_tensor(n)
+    z_max = z.amax(dim=-1, keepdim=True)
+    inv_scale = 1 / scale
+    lo = z_max - inv_scale
+    hi = z_max - (torch.pow(float(d), -1.0 / n) if per_row else float(d) ** (-1.0 / n)) * inv_scale
+    t_tol = eps * torch.maximum(z_max.abs(), torch.as_tensor(inv_scale, dtype=z.dtype, device=z.device))
+    mass_tol = 8 * eps
+    w_exponent = n - 1 if per_row else float(n) - 1.0
+
+    def mass_terms(t):
+        r = (z - t).clamp_min(0)
+        if not per_row and w_exponent == 0.0:  # sparsemax
+            s_n = r.sum(dim=-1, keepdim=True)
+            return r.sign().sum(dim=-1, keepdim=True), s_n, s_n * scale
+        if not per_row and w_exponent == 1.0:  # entmax15
+            l2 = torch.linalg.vector_norm(r, 2, dim=-1, keepdim=True)
+            return r.sum(dim=-1, keepdim=True), l2 * l2, l2 * scale
+        w = torch.pow(r, w_exponent)
+        if per_row:  # alpha = 2 rows: 0 ** 0 == 1 off the support
+            w = w * torch.sign(r)
+        s_n = (w * r).sum(dim=-1, keepdim=True)
+        return w.sum(dim=-1, keepdim=True), s_n, torch.pow(s_n, 1.0 / n) * scale
+
+    def keep_going(step, t, lo, hi, moving):
+        return (step < _MAX_NEWTON_STEPS) & moving.any()
+
+    def newton_step(step, t, lo, hi, moving):
+        s_nm1, s_n, norm = mass_terms(t)
+        delta = (1 - 1 / norm) * s_n / s_nm1
+        left_of_root = norm >= 1
+        new_lo = torch.where(left_of_root, t, lo)
+        new_hi = torch.where(left_of_root, hi, t)
+        still = (delta.abs() > t_tol) & ((norm - 1).abs() > mass_tol) & (new_hi - new_lo > t_tol)
+        proposal = t + delta
+        outside = (proposal <= new_lo) | (proposal >= new_hi)
+        proposal = torch.where(still & outside, (new_lo + new_hi) / 2, proposal)
+        new_t = torch.where(torch.isfinite(proposal), proposal, t)
+        # rows that stopped earlier keep everything (eager mode has dropped them from the working set)
+        return (step + 1, torch.where(moving, new_t, t), torch.where(moving, new_lo, lo),
+                torch.where(moving, new_hi, hi), moving & still)
+
+    # separate tensors: while_loop refuses carried values that alias each other
+    start = (torch.zeros((), dtype=torch.int64, device=z.device), lo.clone(), lo, hi,
+             torch.ones(rows, 1, dtype=torch.bool, device=z.device))
+    t = torch.while_loop(keep_going, newton_step, start)[1]
+    r = (z - t).clamp_min(0)
+    if not per_row and w_exponent == 0.0:
+        p = r
+    elif not per_row and w_exponent == 1.0:
+        p = r * r
+    else:
+        p = torch.pow(r, n)
+    return p / p.sum(dim=-1, keepdim=True)
+
+
+def _solve_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
+    return _entmax_rows_traced(z, n, scale) if _tracing() else _entmax_rows(z, n, scale)
+
+
 class SparsemaxFunction(torch.autograd.Function):
     """p = [z - tau]_+ with tau chosen so that p sums to one."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        p = _entmax_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 1, 1.0).view(z.shape).to(z.dtype)
+        p = _solve_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 1, 1.0).view(z.shape).to(z.dtype)
         ctx.save_for_backward(p)
         return p
 
@@ -202,7 +277,7 @@ class Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        p = _entmax_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 2, 0.5).view(z.shape).to(z.dtype)
+        p = _solve_rows(_as_rows(z.to(_compute_dtype(z.dtype))), 2, 0.5).view(z.shape).to(z.dtype)
         ctx.save_for_backward(p)
         return p
 
@@ -220,44 +295,54 @@ class Entmax15Function(torch.autograd.Function):
 class EntmaxNewtonFunction(torch.autograd.Function):
     """alpha-entmax: p = [(alpha - 1) z - tau]_+^(1 / (alpha - 1)).
 
-    ``alpha`` is a tensor broadcastable to ``z[..., :1]``; its gradient is returned with alpha's own shape.
+    ``alpha`` is a Python float or a tensor broadcastable to ``z[..., :1]``; a tensor's gradient is returned with
+    its own shape.
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, z: torch.Tensor, alpha) -> torch.Tensor:
         shape, in_dtype, dtype = z.shape, z.dtype, _compute_dtype(z.dtype)
-        alpha_shape, alpha_dtype = alpha.shape, alpha.dtype
-        alpha = alpha.detach().to(dtype)
-        row_shape = (*z.shape[:-1], 1)
         z = _as_rows(z.to(dtype))
-        am1 = float(alpha) - 1.0 if alpha.numel() == 1 else _as_rows(alpha.expand(row_shape) - 1)
-        n = 1 / am1
-        largest_n = n if alpha.numel() == 1 else float(n.max())
-        if largest_n <= _MAX_UNSCALED_N:
-            p = _entmax_rows(z, n, am1)
-        else:  # r^(n - 1) of raw scores would overflow: solve on (alpha - 1) * z, where r <= 1
-            p = _entmax_rows(z * am1, n, 1.0)
+        ctx.alpha_is_tensor = torch.is_tensor(alpha)
+        if ctx.alpha_is_tensor:
+            ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
+            alpha = alpha.detach().to(dtype)
+            am1 = _as_rows(alpha.expand(*shape[:-1], 1) - 1)  # [rows, 1]
+            n = 1 / am1
+            # The largest n decides whether raw scores are safe (below); a traced graph cannot read it, so it
+            # always takes the scaled form, which gives the same answer to rounding.
+            unscaled = not _tracing() and float(n.max()) <= _MAX_UNSCALED_N
+        else:
+            ctx.alpha_float = float(alpha)
+            am1 = ctx.alpha_float - 1.0
+            n = 1 / am1
+            unscaled = n <= _MAX_UNSCALED_N
+        # r^(n - 1) of raw scores would overflow for large n: then solve on (alpha - 1) * z, where r <= 1
+        p = _solve_rows(z, n, am1) if unscaled else _solve_rows(z * am1, n, 1.0)
         p = p.view(shape).to(in_dtype)
-        ctx.save_for_backward(p, alpha)
-        ctx.alpha_shape, ctx.alpha_dtype = alpha_shape, alpha_dtype
+        if ctx.alpha_is_tensor:
+            ctx.save_for_backward(p, alpha)
+        else:
+            ctx.save_for_backward(p)
         return p
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
-        p, alpha = ctx.saved_tensors
+        p, *alpha = ctx.saved_tensors
         out_dtype = p.dtype
         dtype = _compute_dtype(out_dtype)
         p = p.to(dtype)
         grad_p = grad_p.to(dtype)
-        need_alpha = ctx.needs_input_grad[1]
-        two_minus_alpha = 2 - alpha if alpha.numel() > 1 else 2.0 - float(alpha)
+        need_alpha = ctx.alpha_is_tensor and ctx.needs_input_grad[1]
+        two_minus_alpha = 2 - alpha[0] if ctx.alpha_is_tensor else 2.0 - ctx.alpha_float
         # ds/dz for entmax: diag(s) - s s^T / sum(s) with s = p^(2 - alpha) on the support (pow(0, e > 0) = 0).
-        if not torch.is_tensor(two_minus_alpha) and two_minus_alpha == 0.5:  # alpha = 1.5 given as a number: pow(p, 0.5) takes the slow sqrt(0) path
+        if not ctx.alpha_is_tensor and two_minus_alpha == 0.5:  # pow(p, 0.5) takes the slow sqrt(0) path
             s = _sqrt_keeping_zeros(p)
         else:
             s = torch.pow(p, two_minus_alpha)
-            if bool((torch.as_tensor(two_minus_alpha) == 0).any()):  # alpha = 2: p^0 would be 1 off the support
-                s.mul_(torch.sign(p))
+            # alpha = 2: p^0 would be 1 off the support (a traced graph cannot ask, so it always masks)
+            if _tracing() or (bool((two_minus_alpha == 0).any()) if ctx.alpha_is_tensor else two_minus_alpha == 0):
+                s = s * torch.sign(p)
         s_sum = s.sum(dim=-1, keepdim=True)
         grad_z = grad_p * s
         grad_dot_s = grad_z.sum(dim=-1, keepdim=True)
@@ -302,9 +387,19 @@ def entmax15(z: torch.Tensor) -> torch.Tensor:
 
 
 def entmax_newton(z: torch.Tensor, alpha) -> torch.Tensor:
-    """alpha-entmax for alpha in (1, 2]; alpha a float or a tensor broadcastable to ``z[..., :1]``."""
-    if not torch.is_tensor(alpha):
-        alpha = torch.tensor(float(alpha), dtype=_compute_dtype(z.dtype), device=z.device)
+    """alpha-entmax for alpha in (1, 2]; alpha a float or a tensor broadcastable to ``z[..., :1]``.
+
+    ValueError for an alpha outside (1, 2] (alpha = 1 is softmax: use ``softmax``). A traced graph cannot read a
+    tensor alpha, so there the check is left to the caller.
+    """
+    if torch.is_tensor(alpha):
+        if not _tracing() and not bool(((alpha > 1) & (alpha <= 2)).all()):
+            bad = alpha[~((alpha > 1) & (alpha <= 2))].flatten()[0].item()
+            raise ValueError(f"entmax_newton needs every alpha in (1, 2], got {bad:g}; use softmax for alpha = 1")
+    else:
+        alpha = float(alpha)
+        if not 1.0 < alpha <= 2.0:
+            raise ValueError(f"entmax_newton needs alpha in (1, 2], got {alpha:g}; use softmax for alpha = 1")
     return EntmaxNewtonFunction.apply(z, alpha)
 
 

@@ -14,11 +14,13 @@ parameter per head; the registered attention function reads it from the module i
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +28,21 @@ import torch
 from torch import nn
 
 import transformers
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax
 
 REMOTE_CODE_FILES = ("sparse_attn_modeling.py", "sparse_attn_mappings.py")
 CONFIG_KEY = "sparse_attention"
+# A saved sparse folder's config.json has model_type "sparse_attn_<stock type>": plain transformers does not know it,
+# so without hf_sparse_attn it loads the folder only through its remote code (trust_remote_code=True) and never
+# silently as the stock softmax model.
+MODEL_TYPE_PREFIX = "sparse_attn_"
+# Learned alpha is 1 + sigmoid(logit) but never below 1 + this: float32 cannot tell 1 + sigmoid(logit) from 1 once
+# the logit falls below about -16.6 (alpha = 1 has no entmax threshold), and at 1 + 1e-3 float32 entmax still sits
+# within 1e-5 of the float64 answer.
+ALPHA_MINUS_ONE_FLOOR = 1e-3
 
 # name -> parameters it takes. The same names are registered in transformers' attention interfaces.
 ATTN_IMPLS = {
@@ -45,7 +55,7 @@ ATTN_IMPLS = {
 }
 _CHOICES = (
     "softmax, sparsemax, entmax15, entmax:alpha=A (1 < A <= 2), entmax_learned[:alpha_init=A] (1 < A < 2), "
-    "sparsegen_lin:lambda=L (L < 1)"
+    "sparsegen_lin:lambda=L (L < 1); any of them with layers=[i,j,...] to make only those layers sparse"
 )
 
 
@@ -55,12 +65,14 @@ class SparseAttnError(ValueError):
 
 @dataclass(frozen=True)
 class SparseAttnSpec:
-    """Which mapping a model's attention uses, and its parameters. Recorded in ``config.sparse_attention``."""
+    """Which mapping a model's attention uses, its parameters, and which layers use it (None: every layer; the
+    others keep transformers' eager softmax). Recorded in ``config.sparse_attention``."""
 
     attn_impl: str
     alpha: float | None = None
     lambda_: float | None = None
     alpha_init: float | None = None
+    layers: tuple[int, ...] | None = None
 
     @property
     def learnable(self) -> bool:
@@ -73,65 +85,154 @@ class SparseAttnSpec:
             "lambda": self.lambda_,
             "alpha_init": self.alpha_init,
             "learnable": self.learnable,
+            "layers": None if self.layers is None else list(self.layers),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "SparseAttnSpec":
-        return parse_attn_impl(d["attn_impl"], alpha=d.get("alpha"), lambda_=d.get("lambda"), alpha_init=d.get("alpha_init"))
+        return parse_attn_impl(d["attn_impl"], alpha=d.get("alpha"), lambda_=d.get("lambda"),
+                               alpha_init=d.get("alpha_init"), layers=d.get("layers"))
 
     def __str__(self) -> str:
         params = {"alpha": self.alpha, "lambda": self.lambda_, "alpha_init": self.alpha_init}
         shown = [f"{k}={v:g}" for k, v in params.items() if v is not None and k in ATTN_IMPLS[self.attn_impl]]
+        if self.layers is not None:
+            shown.append("layers=[" + ",".join(str(i) for i in self.layers) + "]")
         return self.attn_impl + (":" + ",".join(shown) if shown else "")
 
 
-def parse_attn_impl(attn_impl, *, alpha=None, lambda_=None, alpha_init=None) -> SparseAttnSpec:
-    """Parse ``"entmax:alpha=1.3"``-style names (or a name plus companion values) into a validated spec."""
+def _split_params(text: str) -> list[str]:
+    """``"alpha=1.3,layers=[0,2]"`` -> ``["alpha=1.3", "layers=[0,2]"]``: commas inside brackets stay."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in items + [current] if item.strip()]
+
+
+def _number(key: str, value, where: str) -> float:
+    if isinstance(value, bool):
+        raise SparseAttnError(f"{key} must be a number, got {value!r}{where}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SparseAttnError(f"{key} must be a number, got {str(value).strip()!r}{where}; e.g. {key}=1.3") from None
+
+
+def parse_layers(value) -> tuple[int, ...] | None:
+    """Which layers are sparse: None or "all" (every layer), an int, "3", "-1", "0,2,-1", "[0,2]" or a sequence of
+    ints (negative indices count from the end) -> a tuple of ints, or None for every layer."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("all", "")):
+        return None
+    hint = "write layers as integers, e.g. layers=[-1] (the last layer) or layers=[0,2]"
+    if isinstance(value, str):
+        parts = [p for p in value.strip().strip("[]").replace(" ", ",").split(",") if p]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise SparseAttnError(f"cannot read layers={value!r}; {hint}")
+    layers = []
+    for part in parts:
+        if isinstance(part, bool) or isinstance(part, float):
+            raise SparseAttnError(f"cannot read layer {part!r} in layers={value!r}; {hint}")
+        try:
+            layers.append(int(str(part).strip()))
+        except ValueError:
+            raise SparseAttnError(f"cannot read layer {part!r} in layers={value!r}; {hint}") from None
+    if not layers:
+        raise SparseAttnError(f"layers={value!r} names no layer; {hint}, or leave it out for every layer")
+    if len(set(layers)) != len(layers):
+        raise SparseAttnError(f"layers={value!r} names a layer twice; list each layer once")
+    return tuple(layers)
+
+
+def parse_attn_impl(attn_impl, *, alpha=None, lambda_=None, alpha_init=None, layers=None) -> SparseAttnSpec:
+    """Parse ``"entmax:alpha=1.3"``-style names (or a name plus companion values) into a validated spec.
+
+    A value given both in the name and as a companion must agree; a key given twice in the name is an error.
+    """
     if isinstance(attn_impl, SparseAttnSpec):
-        return attn_impl
+        if alpha is None and lambda_ is None and alpha_init is None and layers is None:
+            return attn_impl
+        attn_impl = str(attn_impl)
     if not isinstance(attn_impl, str) or not attn_impl.strip():
         raise SparseAttnError(f"attn_impl must be a string; choose one of: {_CHOICES}")
     name, _, param_text = attn_impl.strip().partition(":")
     name = name.strip()
     if name not in ATTN_IMPLS:
         raise SparseAttnError(f"unknown attn_impl {name!r}; choose one of: {_CHOICES}")
-    given = {"alpha": alpha, "lambda": lambda_, "alpha_init": alpha_init}
-    for item in filter(None, (s.strip() for s in param_text.split(","))):
+    where = f" in attn_impl {attn_impl!r}"
+    in_name = {}
+    for item in _split_params(param_text):
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or key not in given:
-            raise SparseAttnError(f"cannot read {item!r} in attn_impl {attn_impl!r}; write name:key=value, e.g. entmax:alpha=1.3")
-        try:
-            given[key] = float(value)
-        except ValueError:
-            raise SparseAttnError(f"{key} must be a number, got {value.strip()!r} in attn_impl {attn_impl!r}") from None
+        if not eq or key not in ("alpha", "lambda", "alpha_init", "layers"):
+            raise SparseAttnError(f"cannot read {item!r}{where}; write name:key=value, e.g. entmax:alpha=1.3")
+        if key in in_name:
+            raise SparseAttnError(f"{key} is given twice{where}; write it once")
+        in_name[key] = parse_layers(value) if key == "layers" else _number(key, value.strip(), where)
+    companions = {"alpha": alpha, "lambda": lambda_, "alpha_init": alpha_init}
+    given = {}
+    for key, value in companions.items():
+        if value is not None:
+            value = _number(key, value, "")
+            if key in in_name and in_name[key] != value:
+                raise SparseAttnError(f"{key} is {in_name[key]:g}{where} but {value:g} as a separate value; give it once")
+            given[key] = value
+    if layers is not None:
+        layers = parse_layers(layers)
+        if "layers" in in_name and in_name["layers"] != layers:
+            raise SparseAttnError(f"layers are {list(in_name['layers'])}{where} but {list(layers)} as a separate value; "
+                                  "give them once")
+        given["layers"] = layers
+    given = {**in_name, **given}
     takes = ATTN_IMPLS[name]
-    extra = [k for k, v in given.items() if v is not None and k not in takes]
+    extra = [k for k in ("alpha", "lambda", "alpha_init") if k in given and k not in takes]
     if extra:
         raise SparseAttnError(f"{name} takes {', '.join(takes) or 'no parameters'}, not {', '.join(extra)}; choose one of: {_CHOICES}")
-    alpha, lam, alpha_init = given["alpha"], given["lambda"], given["alpha_init"]
+    alpha, lam, alpha_init = given.get("alpha"), given.get("lambda"), given.get("alpha_init")
     if name == "entmax":
         if alpha is None:
             raise SparseAttnError("entmax needs alpha in (1, 2]: write attn_impl='entmax:alpha=1.3' or pass attn_alpha=1.3")
-        alpha = float(alpha)
         if not 1.0 < alpha <= 2.0:
             raise SparseAttnError(f"alpha must lie in (1, 2], got {alpha:g}; use attn_impl='softmax' for alpha=1")
     if name == "entmax_learned":
-        alpha_init = 1.5 if alpha_init is None else float(alpha_init)
-        if not 1.0 < alpha_init < 2.0:
-            raise SparseAttnError(f"alpha_init must lie in (1, 2) for learned alpha, got {alpha_init:g}")
+        alpha_init = 1.5 if alpha_init is None else alpha_init
+        if not 1.0 + ALPHA_MINUS_ONE_FLOOR <= alpha_init < 2.0:
+            raise SparseAttnError(f"alpha_init must lie in [{1 + ALPHA_MINUS_ONE_FLOOR:g}, 2) for learned alpha, got {alpha_init:g}")
     if name == "sparsegen_lin":
         if lam is None:
             raise SparseAttnError("sparsegen_lin needs lambda < 1: write attn_impl='sparsegen_lin:lambda=0.5' or pass attn_lambda=0.5")
-        lam = float(lam)
         if not (lam < 1.0 and math.isfinite(lam)):
             raise SparseAttnError(f"sparsegen_lin needs a finite lambda < 1, got {lam:g}")
-    return SparseAttnSpec(name, alpha=alpha, lambda_=lam, alpha_init=alpha_init)
+    return SparseAttnSpec(name, alpha=alpha, lambda_=lam, alpha_init=alpha_init, layers=given.get("layers"))
 
 
 def spec_from_config(config) -> SparseAttnSpec | None:
     d = getattr(config, CONFIG_KEY, None)
     return SparseAttnSpec.from_dict(d) if d else None
+
+
+def resolve_layers(layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
+    """Absolute, sorted layer indices of a selection (None: all ``n_layers``); SparseAttnError when out of range."""
+    if layers is None:
+        return tuple(range(n_layers))
+    resolved = []
+    for index in layers:
+        if not -n_layers <= index < n_layers:
+            raise SparseAttnError(f"layer {index} does not exist in a model with {n_layers} attention layers; use 0.."
+                                  f"{n_layers - 1} or -{n_layers}..-1")
+        resolved.append(index % n_layers)
+    if len(set(resolved)) != len(resolved):
+        raise SparseAttnError(f"layers {list(layers)} name the same layer twice in a {n_layers}-layer model; list each "
+                              "layer once")
+    return tuple(sorted(resolved))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,7 +245,11 @@ def _alpha_logit(alpha: float) -> float:
 
 
 class SparseAttnMapping(nn.Module):
-    """Maps attention scores ``[B, H, Lq, Lk]`` to probabilities; learned alpha = 1 + sigmoid(alpha_logit)."""
+    """Maps attention scores ``[B, H, Lq, Lk]`` to probabilities.
+
+    Learned alpha = 1 + max(sigmoid(alpha_logit), ALPHA_MINUS_ONE_FLOOR); below the floor the gradient still
+    reaches the logit as if unclamped (straight through), so a head pushed towards softmax can come back.
+    """
 
     def __init__(self, spec: SparseAttnSpec, num_heads: int):
         super().__init__()
@@ -159,10 +264,15 @@ class SparseAttnMapping(nn.Module):
         if self.spec.learnable:
             self.alpha_logit.fill_(_alpha_logit(self.spec.alpha_init))
 
+    def _learned_alpha(self, dtype: torch.dtype) -> torch.Tensor:
+        above_one = torch.sigmoid(self.alpha_logit.to(dtype))
+        floored = above_one.clamp_min(ALPHA_MINUS_ONE_FLOOR)
+        return 1.0 + above_one + (floored - above_one).detach()
+
     def alpha(self) -> torch.Tensor:
         """The alpha used by each head, shape ``[num_heads]`` (1 = softmax, 2 = sparsemax)."""
         if self.spec.learnable:
-            return 1.0 + torch.sigmoid(self.alpha_logit.float())
+            return self._learned_alpha(torch.float32)
         fixed = {"softmax": 1.0, "sparsemax": 2.0, "entmax15": 1.5, "entmax": self.spec.alpha, "sparsegen_lin": 2.0}
         return torch.full((self.num_heads,), float(fixed[self.spec.attn_impl]))
 
@@ -178,11 +288,32 @@ class SparseAttnMapping(nn.Module):
             return entmax_newton(scores, self.spec.alpha)
         if impl == "sparsegen_lin":
             return sparsegen_lin(scores, self.spec.lambda_)
-        alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
-        return entmax_newton(scores, alpha.view(1, -1, 1, 1))
+        return entmax_newton(scores, self._learned_alpha(scores.dtype).view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.spec}, num_heads={self.num_heads}"
+
+
+class StockSoftmax(nn.Module):
+    """Stands in the attention modules a layer selection leaves out: they run the model file's own eager softmax
+    (``eager_attention_forward``), so their outputs are bitwise those of the stock model with
+    ``attn_implementation="eager"``, and they report alpha = 1."""
+
+    def __init__(self, num_heads: int, eager_function):
+        super().__init__()
+        self.num_heads = num_heads
+        self.eager_function = eager_function
+
+    def alpha(self) -> torch.Tensor:
+        return torch.ones(self.num_heads)
+
+    def extra_repr(self) -> str:
+        return f"stock eager softmax, num_heads={self.num_heads}"
+
+
+def _eager_function_of(module: nn.Module):
+    """The stock eager attention of the file that defines ``module`` (None if that file has none)."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
 
 
 def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor | None, *,
@@ -205,7 +336,8 @@ def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor |
     keep = keep[..., : scores.shape[-1]]
     additive = additive[..., : scores.shape[-1]]
     empty_rows = ~keep.any(dim=-1, keepdim=True)
-    has_empty = bool(empty_rows.any())
+    # A traced graph cannot ask whether any row is empty: it always takes the guarded path (same result).
+    has_empty = torch.compiler.is_compiling() or bool(empty_rows.any())
     if has_empty:  # an all -inf row has no distribution; compute on raw scores and zero it afterwards
         additive = additive.masked_fill(empty_rows, 0.0)
     probs = mapping(scores.add_(additive) if scores_writable else scores + additive)
@@ -216,6 +348,8 @@ def masked_mapping(mapping, scores: torch.Tensor, attention_mask: torch.Tensor |
 
 def _default_mapping(attn_impl: str, num_heads: int) -> SparseAttnMapping:
     spec = parse_attn_impl(attn_impl)  # raises for parametric names used without hf_sparse_attn's injection
+    if spec.learnable:  # a learned alpha without its parameters would silently run alpha_init forever
+        raise SparseAttnError("entmax_learned has one learnable alpha per head")
     return SparseAttnMapping(spec, num_heads)
 
 
@@ -224,14 +358,19 @@ def make_attention_forward(registered_name: str):
 
     def sparse_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         mapping = getattr(module, "sparse_attn", None)
+        if isinstance(mapping, StockSoftmax) and mapping.eager_function is not None:
+            return mapping.eager_function(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                          **kwargs)
         if mapping is None:  # a stock model set to attn_implementation="sparsemax" by hand: parameter-free names work
             try:
                 mapping = _default_mapping(registered_name, query.shape[1])
-            except SparseAttnError:
+            except SparseAttnError as error:
                 raise SparseAttnError(
-                    f"attn_implementation={registered_name!r} needs parameters: load with "
+                    f"attn_implementation={registered_name!r} cannot run on a stock model ({error}): load with "
                     f"from_pretrained(..., attn_impl=...) or call hf_sparse_attn.sparsify(model, attn_impl=...)"
                 ) from None
+        elif isinstance(mapping, StockSoftmax):  # a model file without eager_attention_forward: our softmax
+            mapping = SparseAttnMapping(parse_attn_impl("softmax"), mapping.num_heads)
         if key.shape[1] != query.shape[1]:  # grouped-query attention: share each key/value head
             groups = query.shape[1] // key.shape[1]
             key = key.repeat_interleave(groups, dim=1)
@@ -294,41 +433,63 @@ def _num_heads(module: nn.Module, config) -> int:
     return int(config.num_attention_heads)
 
 
-def install(model: PreTrainedModel, spec: SparseAttnSpec) -> PreTrainedModel:
-    """Attach the mapping to every attention module and switch the model's attention implementation to it."""
+def _unsupported(model) -> SparseAttnError:
+    return SparseAttnError(
+        f"{type(model).__name__} does not route its attention through transformers' AttentionInterface, so its "
+        "attention cannot be replaced; use BERT, RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa, ModernBERT or another "
+        "model with _supports_attention_backend=True"
+    )
+
+
+def install(model: PreTrainedModel, spec: SparseAttnSpec, *, own_config: bool = False) -> PreTrainedModel:
+    """Attach the mapping to the chosen attention modules (StockSoftmax to the others), switch the model's attention
+    implementation to it and record the spec (layers resolved) in a sparse config class.
+
+    ``own_config=False`` gives the model a converted copy of its config (every module that held the old one gets the
+    copy), so a config object the caller still holds is never changed; ``True`` converts the model's config in place
+    (for a model being constructed from a config that already asks for sparse attention).
+    """
     modules = attention_modules(model)
     if not modules or not getattr(model, "_supports_attention_backend", False):
-        raise SparseAttnError(
-            f"{type(model).__name__} does not route its attention through transformers' AttentionInterface, so its "
-            "attention cannot be replaced; use BERT, RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa, ModernBERT or another "
-            "model with _supports_attention_backend=True"
-        )
+        raise _unsupported(model)
+    chosen = resolve_layers(spec.layers, len(modules))
+    if spec.layers is not None:
+        spec = SparseAttnSpec(spec.attn_impl, spec.alpha, spec.lambda_, spec.alpha_init, chosen)
     reference = next(iter(model.parameters()), None)
-    for module in modules:
-        mapping = SparseAttnMapping(spec, _num_heads(module, model.config))
+    for index, module in enumerate(modules):
+        heads = _num_heads(module, model.config)
+        mapping = SparseAttnMapping(spec, heads) if index in chosen else StockSoftmax(heads, _eager_function_of(module))
         if reference is not None and reference.device.type != "meta":
             mapping.to(reference.device)
         module.sparse_attn = mapping
+    old = model.config
+    config = old if own_config else copy.deepcopy(old)
+    config.__class__ = sparse_config_class(type(old))
+    if config is not old:
+        for sub in model.modules():
+            if getattr(sub, "config", None) is old:
+                sub.config = config
     # Set the implementation on every (sub)config directly: PreTrainedModel.set_attn_implementation inspects the
     # class's module source, which for our generated subclasses is this file.
     configs = {id(model.config): model.config}
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
             configs[id(sub.config)] = sub.config
-    for config in configs.values():
-        config._attn_implementation_internal = spec.attn_impl
+    for sub_config in configs.values():
+        sub_config._attn_implementation_internal = spec.attn_impl
     model.config.sparse_attention = spec.to_dict()
     return model
 
 
 def get_spec(model: nn.Module) -> SparseAttnSpec | None:
-    """The sparse setting of a model, or None for a stock model."""
+    """The sparse setting of a model (layers as absolute indices), or None for a stock model."""
     config = getattr(model, "config", None)
     return spec_from_config(config) if config is not None else None
 
 
 def attention_alphas(model: nn.Module) -> torch.Tensor:
-    """alpha per attention layer and head, ``[n_layers, n_heads]`` (1 = softmax, 2 = sparsemax and sparsegen)."""
+    """alpha per attention layer and head, ``[n_layers, n_heads]`` (1 = softmax, including the layers a selection
+    leaves out; 2 = sparsemax and sparsegen)."""
     mappings = [m.sparse_attn for m in attention_modules(model) if isinstance(getattr(m, "sparse_attn", None), nn.Module)]
     if not mappings:
         raise SparseAttnError("this model has no sparse attention; load it with attn_impl=... or call hf_sparse_attn.sparsify")
@@ -337,10 +498,14 @@ def attention_alphas(model: nn.Module) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Model classes: Sparse<StockClass>, built on demand, with Hub-ready saving
+# Config and model classes: Sparse<StockClass>, built on demand, with Hub-ready saving
 # --------------------------------------------------------------------------------------------------------------
 
 _SPARSE_CLASSES: dict[type, type] = {}
+_SPARSE_CONFIGS: dict[type, type] = {}
+# Called with every new Sparse<Config> class; hf_sparse_attn registers it with the Auto classes here (the remote
+# code alone leaves registering to transformers).
+NEW_CONFIG_CLASS_HOOKS: list = []
 
 # The Auto classes written into auto_map when the stock model type maps to a class in them.
 AUTO_CLASS_NAMES = (
@@ -355,6 +520,61 @@ AUTO_CLASS_NAMES = (
 )
 
 
+def stock_class(cls: type) -> type:
+    """The stock transformers class under a Sparse<...> config or model class (the class itself otherwise)."""
+    return next(c for c in cls.__mro__ if not (getattr(c, "_is_sparse_attn_class", False)
+                                               or c.__dict__.get("_is_sparse_attn_config", False)))
+
+
+def _output_attentions_getter(self):
+    return self._output_attentions
+
+
+def _output_attentions_setter(self, value):
+    # transformers allows config.output_attentions only with "eager"; our functions return probabilities as well
+    if self._attn_implementation in ATTN_IMPLS:
+        self._output_attentions = value
+    else:
+        PretrainedConfig.output_attentions.fset(self, value)
+
+
+def _validate_output_attentions(self):
+    if self._attn_implementation not in ATTN_IMPLS:
+        PretrainedConfig.validate_output_attentions(self)
+
+
+def sparse_config_class(base: type) -> type:
+    """``Sparse<BaseConfig>``: the stock config class with model_type ``sparse_attn_<type>`` (see MODEL_TYPE_PREFIX)."""
+    if base.__dict__.get("_is_sparse_attn_config", False):
+        return base
+    base = stock_class(base)
+    if base not in _SPARSE_CONFIGS:
+        name = "Sparse" + base.__name__
+        cls = type(name, (base,), {
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": f"{base.__name__} of a model with sparse attention (config.{CONFIG_KEY}).",
+            "model_type": MODEL_TYPE_PREFIX + base.model_type,
+            "base_model_type": base.model_type,
+            "_is_sparse_attn_config": True,
+            "output_attentions": property(_output_attentions_getter, _output_attentions_setter),
+            "validate_output_attentions": _validate_output_attentions,
+        })
+        _SPARSE_CONFIGS[base] = cls
+        for hook in NEW_CONFIG_CLASS_HOOKS:
+            hook(cls)
+    return _SPARSE_CONFIGS[base]
+
+
+def _refuse_stock_implementation(cls, kwargs) -> None:
+    requested = kwargs.get("attn_implementation")
+    if requested is not None and requested not in ATTN_IMPLS:
+        raise SparseAttnError(
+            f"{cls.__name__} runs sparse attention, so attn_implementation={requested!r} would be ignored; to run "
+            f"these weights with softmax pass attn_impl='softmax' to an Auto class, or load them with "
+            f"{stock_class(cls).__name__}")
+
+
 def sparse_model_class(base: type) -> type:
     """``Sparse<base>``: a subclass of the stock class whose instances carry sparse attention."""
     if getattr(base, "_is_sparse_attn_class", False):
@@ -364,16 +584,22 @@ def sparse_model_class(base: type) -> type:
 
     class SparseModel(base):
         _is_sparse_attn_class = True
+        config_class = sparse_config_class(base.config_class)
 
         def __init__(self, config, *args, **kwargs):
-            super().__init__(config, *args, **kwargs)
             spec = spec_from_config(config)
             if spec is None:
                 raise SparseAttnError(f"{type(self).__name__} needs config.{CONFIG_KEY}; pass attn_impl=... when loading")
-            install(self, spec)
+            requested = getattr(config, "_attn_implementation_internal", None)
+            if requested in ATTN_IMPLS and requested != spec.attn_impl:
+                raise SparseAttnError(f"attn_implementation={requested!r} disagrees with the recorded mapping "
+                                      f"{spec.attn_impl!r}; pass attn_impl={requested!r} to an Auto class instead")
+            super().__init__(config, *args, **kwargs)
+            install(self, spec, own_config=True)
 
         @classmethod
         def from_pretrained(cls, *args, **kwargs):
+            _refuse_stock_implementation(cls, kwargs)
             wants_info = kwargs.pop("output_loading_info", False)
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
             # A checkpoint without learned alphas (e.g. a stock BERT) leaves them uninitialised: start them at alpha_init.
@@ -383,7 +609,14 @@ def sparse_model_class(base: type) -> type:
                     module.reset_parameters()
             return (model, info) if wants_info else model
 
+        @classmethod
+        def _from_config(cls, config, **kwargs):
+            _refuse_stock_implementation(cls, kwargs)
+            return super()._from_config(config, **kwargs)
+
         def save_pretrained(self, save_directory, *args, **kwargs):
+            if not type(self.config).__dict__.get("_is_sparse_attn_config", False):
+                self.config.__class__ = sparse_config_class(type(self.config))
             self.config.sparse_attention = get_spec(self).to_dict()
             self.config.auto_map = auto_map_for(self)
             super().save_pretrained(save_directory, *args, **kwargs)
@@ -398,28 +631,33 @@ def sparse_model_class(base: type) -> type:
 
 
 def __getattr__(name: str):
-    """``Sparse<StockClass>`` on demand: what ``auto_map`` entries name when the folder is loaded as remote code."""
-    if name.startswith("Sparse") and hasattr(transformers, name[len("Sparse"):]):
-        cls = sparse_model_class(getattr(transformers, name[len("Sparse"):]))
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """``Sparse<StockClass>`` / ``Sparse<StockConfig>`` on demand: what ``auto_map`` names for the remote code."""
+    stock = getattr(transformers, name[len("Sparse"):], None) if name.startswith("Sparse") else None
+    if isinstance(stock, type) and issubclass(stock, PretrainedConfig):
+        cls = sparse_config_class(stock)
+    elif isinstance(stock, type) and issubclass(stock, PreTrainedModel):
+        cls = sparse_model_class(stock)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = cls
+    return cls
 
 
 def auto_map_for(model: PreTrainedModel) -> dict:
-    """auto_map entries for every Auto class that maps this model's config type to a stock class."""
+    """auto_map entries: AutoConfig, and every Auto class that maps this model's stock config type to a stock class."""
     module_name = Path(REMOTE_CODE_FILES[0]).stem
-    stock_base = next(c for c in type(model).__mro__ if not getattr(c, "_is_sparse_attn_class", False))
-    auto_map = {}
+    stock_base = stock_class(type(model))
+    stock_config = stock_class(type(model.config))
+    auto_map = {"AutoConfig": f"{module_name}.Sparse{stock_config.__name__}"}
     for auto_name in AUTO_CLASS_NAMES:
         auto_cls = getattr(transformers, auto_name, None)
         mapping = getattr(auto_cls, "_model_mapping", None)
-        if mapping is None or type(model.config) not in mapping:
+        if mapping is None or stock_config not in mapping:
             continue
-        stock = mapping[type(model.config)]
+        stock = mapping[stock_config]
         if isinstance(stock, (list, tuple)):
             stock = stock[0]
-        auto_map[auto_name] = f"{module_name}.Sparse{stock.__name__}"
+        auto_map[auto_name] = f"{module_name}.Sparse{stock_class(stock).__name__}"
     # The loaded class itself may not be the Auto default for its head (e.g. a subclass): make sure it is reachable.
     auto_map.setdefault("AutoModel", f"{module_name}.Sparse{stock_base.__name__}")
     return auto_map
@@ -436,11 +674,27 @@ def write_remote_code(save_directory) -> None:
             os.replace(tmp, target)
 
 
-def sparsify(model: PreTrainedModel, attn_impl="entmax15", *, alpha=None, lambda_=None, alpha_init=None) -> PreTrainedModel:
-    """Switch a loaded model's attention to a sparse mapping, in place (its weights stay as they are)."""
-    spec = parse_attn_impl(attn_impl, alpha=alpha, lambda_=lambda_, alpha_init=alpha_init)
+def _register_output_capture(model: PreTrainedModel) -> None:
+    """transformers records which outputs a model can capture per class name when the model is built; a model whose
+    class changed afterwards must be recorded again, or output_attentions / output_hidden_states return None."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # transformers without the registry reads _can_record_outputs from the class
+        return
+    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+
+
+def sparsify(model: PreTrainedModel, attn_impl="entmax15", *, alpha=None, lambda_=None, alpha_init=None,
+             layers=None) -> PreTrainedModel:
+    """Switch a loaded model's attention to a sparse mapping, in place (its weights stay as they are); returns it.
+
+    ``layers`` chooses the sparse layers (e.g. ``[-1]`` for the last; default every layer). The model gets a
+    converted copy of its config, so a config object the caller holds is left as it was.
+    """
+    spec = parse_attn_impl(attn_impl, alpha=alpha, lambda_=lambda_, alpha_init=alpha_init, layers=layers)
     install(model, spec)
     model.__class__ = sparse_model_class(type(model))
+    _register_output_capture(model)
     return model
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
+from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, MODEL_TYPE_PREFIX
 
 from .errors import CardError
 
@@ -34,7 +35,8 @@ class CheckpointInfo:
     n_layers: int | None
     n_heads: int | None
     sparse_attention: dict | None  # config.sparse_attention, None for a stock checkpoint
-    learned_alphas: list[list[float]] | None  # [layer][head], only for learnable mappings
+    # [layer][head] where alpha varies: learned alphas, or a layer selection (softmax layers have alpha 1)
+    learned_alphas: list[list[float]] | None
     training_args: dict | None = None
     final_metrics: dict | None = None
     train_log: list[dict] = field(default_factory=list)
@@ -43,6 +45,13 @@ class CheckpointInfo:
     @property
     def attn_impl(self) -> str:
         return (self.sparse_attention or {}).get("attn_impl") or "softmax"
+
+    @property
+    def model_type(self) -> str | None:
+        """The stock family (``bert`` for a saved ``sparse_attn_bert``)."""
+        model_type = self.config.get("model_type")
+        return model_type[len(MODEL_TYPE_PREFIX):] if isinstance(model_type, str) and model_type.startswith(
+            MODEL_TYPE_PREFIX) else model_type
 
     @property
     def label_names(self) -> list[str]:
@@ -89,7 +98,8 @@ def unreadable_weights(folder) -> str | None:
 
 
 def read_learned_alphas(folder) -> list[list[float]] | None:
-    """alpha per layer x head from the ``*.sparse_attn.alpha_logit`` tensors, layers in the order of their index."""
+    """alpha per sparse layer x head from the ``*.sparse_attn.alpha_logit`` tensors, layers in the order of their index
+    (alpha = 1 + max(sigmoid(logit), the core's floor): what the model uses)."""
     from safetensors import safe_open
 
     found: list[tuple[tuple[int, ...], list[float]]] = []
@@ -99,10 +109,26 @@ def read_learned_alphas(folder) -> list[list[float]] | None:
                 if key.endswith(ALPHA_LOGIT_SUFFIX):
                     logits = f.get_tensor(key).float().flatten().tolist()
                     order = tuple(int(n) for n in re.findall(r"\.(\d+)\.", key))  # e.g. encoder.layer.3.attention...
-                    found.append((order, [1.0 + 1.0 / (1.0 + math.exp(-v)) for v in logits]))
+                    found.append((order, [1.0 + max(1.0 / (1.0 + math.exp(-v)), ALPHA_MINUS_ONE_FLOOR)
+                                          for v in logits]))
     if not found:
         return None
     return [alphas for _, alphas in sorted(found, key=lambda item: item[0])]
+
+
+def layer_head_alphas(folder, sparse_attention: dict | None, n_layers: int | None, n_heads: int | None):
+    """[layer][head] alphas when they vary: learned alphas, and/or a layer selection (the layers it leaves out run
+    softmax, alpha 1); None when every head uses the same fixed mapping."""
+    spec = sparse_attention or {}
+    layers = spec.get("layers")
+    sparse_rows = read_learned_alphas(folder) if spec.get("learnable") else None
+    if layers is None or n_layers is None or n_heads is None:
+        return sparse_rows
+    fixed = alpha_of_setting({**spec, "layers": None})
+    if sparse_rows is None:
+        sparse_rows = [[fixed] * n_heads for _ in layers]
+    by_layer = dict(zip(sorted(layers), sparse_rows))
+    return [by_layer.get(layer, [1.0] * n_heads) for layer in range(n_layers)]
 
 
 def read_train_log(path: Path) -> list[dict]:
@@ -134,16 +160,17 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
     if damaged:
         raise CardError(f"{damaged} in {folder} is not a readable safetensors file; re-save the model")
     sparse_attention = config.get("sparse_attention") or None
-    learned = read_learned_alphas(folder) if (sparse_attention or {}).get("learnable") else None
+    n_layers = _first_int(config, "num_hidden_layers", "n_layers", "num_layers")
+    n_heads = _first_int(config, "num_attention_heads", "n_heads")
 
     info = CheckpointInfo(
         folder=folder,
         config=config,
         fingerprint=fingerprint,
-        n_layers=_first_int(config, "num_hidden_layers", "n_layers", "num_layers"),
-        n_heads=_first_int(config, "num_attention_heads", "n_heads"),
+        n_layers=n_layers,
+        n_heads=n_heads,
         sparse_attention=sparse_attention,
-        learned_alphas=learned,
+        learned_alphas=layer_head_alphas(folder, sparse_attention, n_layers, n_heads),
     )
     if (folder / TRAINING_ARGS_FILE).is_file():
         info.training_args = _read_json(folder / TRAINING_ARGS_FILE, "fix or remove it")
@@ -159,7 +186,10 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
 
 
 def alpha_of_setting(sparse_attention: dict | None) -> float | None:
-    """The single alpha a fixed mapping uses (None for learned alphas, which vary per head)."""
+    """The single alpha a fixed mapping uses (None for learned alphas, which vary per head, and for a layer
+    selection, whose other layers run softmax)."""
+    if (sparse_attention or {}).get("layers") is not None:
+        return None
     impl = (sparse_attention or {}).get("attn_impl") or "softmax"
     if impl == "entmax":
         return sparse_attention.get("alpha")

@@ -95,6 +95,8 @@ def _setting_rows(info: CheckpointInfo) -> list[list[str]]:
         if spec.get(key) is not None:
             rows.append([key, _cell(spec[key])])
     rows.append(["learned alpha per layer x head", "yes" if spec.get("learnable") else "no"])
+    if spec.get("layers") is not None:
+        rows.append(["sparse layers (the others: softmax)", ", ".join(str(i) for i in spec["layers"])])
     if not spec:
         rows.append(["note", "stock checkpoint: no `sparse_attention` in config.json"])
     return rows
@@ -441,7 +443,7 @@ def _template_context(folder: Path, info: CheckpointInfo, metadata: dict, headli
     return dict(
         has_results=False,
         model_title=model_name,
-        model_type=MODEL_TYPE_NAMES.get(info.config.get("model_type"), info.config.get("model_type") or "Transformer"),
+        model_type=MODEL_TYPE_NAMES.get(info.model_type, info.model_type or "Transformer"),
         attn_label=_attn_label(info),
         headline=headline,
         dataset_name=dataset_identity(headline.dataset).name if headline else None,
@@ -456,6 +458,8 @@ def _template_context(folder: Path, info: CheckpointInfo, metadata: dict, headli
         has_remote_code=bool(remote_code),
         setting_rows=_setting_rows(info),
         alpha_table=_alpha_table(info.learned_alphas),
+        alpha_learned=bool((info.sparse_attention or {}).get("learnable")),
+        sparse_layers=", ".join(str(i) for i in (info.sparse_attention or {}).get("layers") or []),
         fixed_alpha=_num(alpha_of_setting(info.sparse_attention), 2) if not info.learned_alphas else None,
         folder_name=folder.name,
         **_training_context(info),

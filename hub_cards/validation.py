@@ -9,7 +9,8 @@
    hf_sparse_attn, entmax, eval_suite and hub_cards cannot be imported, offline, with a fresh HF cache and stdin
    closed: what a Hub user with torch + transformers gets. That process imports the folder's code, so it only
    starts when that code is byte-identical to the remote-code files hf_sparse_attn writes, or when the caller
-   passes ``trust_remote_code=True`` (``--trust-remote-code``) after reading it.
+   passes ``trust_remote_code=True`` (``--trust-remote-code``) after reading it. A sparse folder must also be
+   refused there without ``trust_remote_code`` (never load as the stock softmax model).
 """
 
 from __future__ import annotations
@@ -67,8 +68,18 @@ model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
 module = type(model).__module__
 if auto_map and not module.startswith("transformers_modules"):
     raise SystemExit(f"auto_map is set but transformers built {type(model).__name__} from {module}, not from the folder's code")
+if getattr(config, "sparse_attention", None):
+    # No silent fallback: without trust_remote_code transformers must refuse the folder, not build stock softmax.
+    try:
+        fallback = auto_class.from_pretrained(folder)
+    except ValueError:
+        print()  # transformers' prompt (answered by the closed stdin) ends without a newline
+    else:
+        raise SystemExit(f"without trust_remote_code transformers loads this sparse folder as {type(fallback).__name__} "
+                         "with softmax attention; re-save it with the current hf_sparse_attn (model type sparse_attn_*)")
 if with_tokenizer:
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_tokenizer)
+    # The config already read (remote code, ours): a tokenizer auto_map still needs the caller's consent.
+    tokenizer = AutoTokenizer.from_pretrained(folder, config=config, trust_remote_code=trust_tokenizer)
     batch = tokenizer(["a short test sentence for the checkpoint", "short"], padding=True, return_tensors="pt")
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
 else:

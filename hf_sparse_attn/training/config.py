@@ -41,6 +41,9 @@ class TrainConfig:
     from_scratch_vocab_size: int = _help("vocabulary of the --from-scratch tokenizer", default=8000)
     attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
                            "sparsegen_lin:lambda=L", default="entmax15")
+    attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
+                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer",
+                                    default=None)
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
     text_column: str = _help("text column of a local file or Hub dataset", default="text")
@@ -72,7 +75,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
-        self.attn_impl = str(parse_attn_impl(self.attn_impl))  # canonical form; SparseAttnError in one line
+        # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
+        spec = parse_attn_impl(self.attn_impl, layers=self.attn_layers)
+        self.attn_impl = str(spec)
+        self.attn_layers = None if spec.layers is None else "[" + ",".join(map(str, spec.layers)) + "]"
         for name in ("lr", "alpha_lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -114,9 +120,9 @@ class TrainConfig:
 # Settings that change what a run computes or how its log records are measured; --resume refuses to continue a
 # run under different values.
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
-                 "label_column", "label_map", "attn_impl", "epochs", "max_steps", "lr", "alpha_lr", "weight_decay",
-                 "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm", "max_train_examples",
-                 "max_eval_examples", "eval_batch_size", "eval_every")
+                 "label_column", "label_map", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr",
+                 "weight_decay", "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm",
+                 "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every")
 
 
 def _flag(name: str) -> str:

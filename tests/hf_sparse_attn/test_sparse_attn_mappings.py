@@ -94,3 +94,23 @@ def test_sparsegen_lambda_makes_outputs_sparser():
     z = scores(20, 30, scale=1.0)
     support = [(sparsegen_lin(z, lam) > 0).sum().item() for lam in (-3.0, -1.0, 0.0, 0.5, 0.9)]
     assert support == sorted(support, reverse=True) and support[0] > support[-1]
+
+
+@pytest.mark.parametrize("name", OURS_VS_PACKAGE)
+def test_non_contiguous_input_gives_the_contiguous_answer(name):
+    ours, _ = OURS_VS_PACKAGE[name]
+    z = scores(5, 7).t()  # [7, 5] with transposed strides
+    assert not z.is_contiguous()
+    torch.testing.assert_close(ours(z), ours(z.contiguous()), rtol=0, atol=0)
+    zg = z.detach().clone().requires_grad_()
+    ours(zg).pow(2).sum().backward()
+    assert torch.isfinite(zg.grad).all()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.5, float("nan"), -1.0])
+def test_entmax_newton_refuses_alpha_outside_one_to_two(alpha):
+    with pytest.raises(ValueError, match=r"\(1, 2\]") as err:
+        entmax_newton(scores(2, 4), alpha)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"\(1, 2\]"):
+        entmax_newton(scores(2, 3, 4), torch.tensor([1.5, alpha], dtype=torch.float64).view(1, 2, 1))

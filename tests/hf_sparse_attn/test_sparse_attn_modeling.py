@@ -314,3 +314,186 @@ def test_real_minilm_with_entmax15(minilm_path, tmp_path):
     assert torch.equal(again(**batch).logits, out.logits)
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base).__name__ == "SparseBertModel"
+
+
+# ---------------------------------------------------------------- requests that used to be read silently
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, fragment",
+    [
+        (dict(attn_impl="entmax", attn_alpha="abc"), "alpha must be a number"),
+        (dict(attn_impl="entmax:alpha=1.3", attn_alpha=1.7), "give it once"),
+        (dict(attn_impl="entmax:alpha=1.3,alpha=1.4"), "given twice"),
+        (dict(attn_impl="entmax:alpha=1.3,alpha=1.3"), "given twice"),
+        (dict(attn_impl="entmax_learned", attn_alpha_init="x"), "alpha_init must be a number"),
+        (dict(attn_impl="sparsegen_lin", attn_lambda=True), "lambda must be a number"),
+        (dict(attn_impl="sparsemax", attn_implementation="eager"), "not both"),
+        (dict(attn_impl="sparsemax", attn_implementation="entmax15"), "disagree"),
+        (dict(attn_impl="sparsemax:layers=[0]", attn_layers=[1]), "give them once"),
+        (dict(attn_impl="sparsemax", attn_layers="first"), "cannot read layer"),
+        (dict(attn_impl="sparsemax", attn_layers=[0, 0]), "twice"),
+        (dict(attn_impl="sparsemax", attn_layers=[5]), "does not exist"),
+        (dict(attn_impl="sparsemax", attn_layers=[1, -1]), "same layer twice"),
+        (dict(attn_layers=[0]), "needs attn_impl"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["from_config", "from_pretrained", "sparsify"])
+def test_conflicting_or_unreadable_requests_fail_in_one_line(request_kwargs, fragment, entry, tmp_path):
+    if entry == "sparsify":
+        if "attn_implementation" in request_kwargs or "attn_impl" not in request_kwargs:
+            pytest.skip("sparsify takes no attn_implementation and needs attn_impl")
+        names = {"attn_alpha": "alpha", "attn_lambda": "lambda_", "attn_alpha_init": "alpha_init", "attn_layers": "layers"}
+        kwargs = {names.get(k, k): v for k, v in request_kwargs.items()}
+        model = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
+        call = lambda: hf_sparse_attn.sparsify(model, **kwargs)  # noqa: E731
+    elif entry == "from_config":
+        call = lambda: AutoModelForSequenceClassification.from_config(tiny_config("bert"), **request_kwargs)  # noqa: E731
+    else:
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_config(tiny_config("bert")).save_pretrained(tmp_path)
+        call = lambda: AutoModelForSequenceClassification.from_pretrained(tmp_path, **request_kwargs)  # noqa: E731
+    with pytest.raises(SparseAttnError) as err:
+        call()
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_companion_value_equal_to_the_named_one_is_accepted():
+    assert parse_attn_impl("entmax:alpha=1.3", alpha=1.3).alpha == 1.3
+    assert parse_attn_impl("sparsemax:layers=[0,-1]", layers=[0, -1]).layers == (0, -1)
+
+
+def test_from_config_leaves_the_callers_config_alone(tmp_path):
+    config = tiny_config("bert")
+    before = config.to_dict()
+    sparse = AutoModelForSequenceClassification.from_config(config, attn_impl="sparsemax")
+    assert hf_sparse_attn.get_spec(sparse).attn_impl == "sparsemax"
+    assert config.to_dict() == before and not hasattr(config, "sparse_attention") and type(config).__name__ == "BertConfig"
+    stock = AutoModelForSequenceClassification.from_config(config)
+    assert hf_sparse_attn.get_spec(stock) is None and type(stock).__name__ == "BertForSequenceClassification"
+    stock.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert hf_sparse_attn.get_spec(reloaded) is None and type(reloaded).__name__ == "BertForSequenceClassification"
+
+
+def test_sparsify_leaves_the_callers_config_alone():
+    config = tiny_config("bert")
+    model = transformers.BertForSequenceClassification(config)
+    hf_sparse_attn.sparsify(model, "sparsemax")
+    assert not hasattr(config, "sparse_attention") and config._attn_implementation != "sparsemax"
+    assert model.config is not config and model.bert.encoder.layer[0].attention.self.config is model.config
+    assert hf_sparse_attn.get_spec(transformers.BertForSequenceClassification(config)) is None
+
+
+def test_a_sparse_config_reused_with_another_mapping():
+    first = AutoModelForSequenceClassification.from_config(tiny_config("bert"), attn_impl="sparsemax")
+    second = AutoModelForSequenceClassification.from_config(first.config, attn_impl="entmax15")
+    assert hf_sparse_attn.get_spec(second).attn_impl == "entmax15"
+    assert hf_sparse_attn.get_spec(first).attn_impl == "sparsemax"
+    again = AutoModelForSequenceClassification.from_config(first.config)
+    assert hf_sparse_attn.get_spec(again).attn_impl == "sparsemax"
+
+
+def test_stock_implementation_on_a_sparse_model_is_refused(tmp_path):
+    model = build("bert", "sparsemax")
+    model.save_pretrained(tmp_path)
+    for call in (lambda: AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa"),
+                 lambda: type(model).from_pretrained(tmp_path, attn_implementation="sdpa"),
+                 lambda: AutoModelForSequenceClassification.from_config(model.config, attn_implementation="eager")):
+        with pytest.raises(SparseAttnError, match="attn_impl='softmax'") as err:
+            call()
+        assert "\n" not in str(err.value)
+    softmax = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_impl="softmax")
+    assert hf_sparse_attn.get_spec(softmax).attn_impl == "softmax"
+
+
+def test_our_names_as_attn_implementation_build_the_real_mapping():
+    model = AutoModelForSequenceClassification.from_config(tiny_config("bert"), attn_implementation="entmax_learned")
+    assert hf_sparse_attn.get_spec(model).learnable
+    assert sum(1 for n, _ in model.named_parameters() if n.endswith("alpha_logit")) == 2
+
+
+def test_learned_alpha_on_a_stock_model_without_parameters_is_refused():
+    model = transformers.BertForSequenceClassification(tiny_config("bert")).eval()
+    model.set_attn_implementation("entmax_learned")
+    ids, mask = random_batch()
+    with pytest.raises(SparseAttnError, match="sparsify") as err:
+        model(input_ids=ids, attention_mask=mask)
+    assert "\n" not in str(err.value)
+
+
+def test_learned_alpha_stays_above_one_with_a_finite_gradient():
+    model = build("bert", "entmax_learned")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha_logit"):
+                p.fill_(-40.0)  # sigmoid underflows: float32 1 + sigmoid is exactly 1
+    alphas = hf_sparse_attn.attention_alphas(model)
+    assert (alphas > 1).all()
+    torch.manual_seed(0)
+    stock = AutoModelForSequenceClassification.from_config(tiny_config("bert"), attn_implementation="eager").eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    ids, mask = random_batch()
+    out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    reference = stock(input_ids=ids, attention_mask=mask, output_attentions=True)
+    for probs, ref in zip(out.attentions, reference.attentions):  # alpha -> 1 is softmax
+        torch.testing.assert_close(probs, ref, atol=0.02, rtol=0)
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.endswith("alpha_logit")]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# ---------------------------------------------------------------- transformers' own switches on our models
+
+
+@pytest.mark.parametrize("attn_impl", SPARSE_IMPLS)
+def test_sparsify_a_base_model_keeps_output_capture(attn_impl):
+    torch.manual_seed(0)
+    model = transformers.BertModel(tiny_config("bert")).eval()
+    hf_sparse_attn.sparsify(model, attn_impl)
+    ids, mask = random_batch()
+    out = model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+    assert out.attentions is not None and len(out.attentions) == 2
+    assert out.hidden_states is not None and len(out.hidden_states) == 3
+
+
+@pytest.mark.parametrize("attn_impl", SPARSE_IMPLS + ["softmax"])
+def test_config_output_attentions_switch(attn_impl):
+    model = build("bert", attn_impl)
+    model.config.output_attentions = True
+    ids, mask = random_batch()
+    out = model(input_ids=ids, attention_mask=mask)
+    assert out.attentions is not None and len(out.attentions) == 2
+    if attn_impl != "softmax":
+        assert all((a == 0).any() for a in out.attentions)
+
+
+def _save_like_the_previous_version(model, folder):
+    """What save_pretrained wrote before sparse folders had a model type of their own: model_type of the stock
+    family, sparse_attention without layers, auto_map without AutoConfig (and the remote code files)."""
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = config["model_type"][len("sparse_attn_"):]
+    config["sparse_attention"].pop("layers")
+    config["auto_map"].pop("AutoConfig")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_folders_saved_by_the_previous_version_keep_loading(model_type, tmp_path):
+    model = build(model_type, "entmax_learned")
+    spread_learned_alphas(model)
+    _save_like_the_previous_version(model, tmp_path)
+    ids, mask = random_batch()
+    expected = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    for reload in (lambda: AutoModelForSequenceClassification.from_pretrained(tmp_path),
+                   lambda: AutoModelForSequenceClassification.from_pretrained(
+                       tmp_path, config=transformers.AutoConfig.from_pretrained(tmp_path)),
+                   lambda: AutoModelForSequenceClassification.from_pretrained(tmp_path, dtype="auto")):
+        again = reload().eval()
+        assert type(again).__name__.startswith("Sparse")
+        got = again(input_ids=ids, attention_mask=mask, output_attentions=True)
+        assert torch.equal(got.logits, expected.logits)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base).__name__.startswith("Sparse")

@@ -218,6 +218,9 @@ def test_two_processes_train_one_model(tmp_path):
         (["--dataset", "mr", "--max-steps", "0"], "--max-steps must be >= 1"),
         (["--dataset", "mr", "--resume", "--overwrite"], "contradict"),
         (["--dataset", "mr", "--from-scratch", "no-such-preset"], "neither a preset"),
+        (["--dataset", "mr", "--attn-impl", "sparsemax", "--attn-layers", "5"], "does not exist"),
+        (["--dataset", "mr", "--attn-impl", "sparsemax:layers=[0]", "--attn-layers", "1"], "give them once"),
+        (["--dataset", "mr", "--attn-impl", "sparsemax", "--attn-layers", "last"], "cannot read layer"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, capsys, argv, message):
@@ -290,3 +293,21 @@ def test_minilm_short_run_is_sparse(tmp_path):
     assert record["sparsity"] > 0.5  # pretrained scores are peaky: entmax15 zeroes most keys
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["sparse_attention"]["attn_impl"] == "entmax15" and config["id2label"] == {"0": "rotten", "1": "fresh"}
+
+
+def test_attn_layers_trains_only_the_chosen_layer_sparse(tmp_path):
+    out = tmp_path / "last-layer"
+    run_main("--dataset", "trec", "--attn-impl", "sparsemax", "--attn-layers=-1", "--max-train-examples", "24",
+             "--max-steps", "2", "--eval-every", "2", "--save-every", "2", "--output-dir", out)
+    final = out / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["sparse_attention"]["layers"] == [1] and config["model_type"] == "sparse_attn_bert"
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["attn_impl"] == "sparsemax:layers=[-1]" and args["attn_layers"] == "[-1]"
+    record = read_log(out / "train_log.jsonl")[-1]
+    alphas = {(r["layer"], r["head"]): r["alpha"] for r in record["per_layer_head"]}
+    assert {a for (layer, _), a in alphas.items() if layer == 0} == {1.0}
+    assert {a for (layer, _), a in alphas.items() if layer == 1} == {2.0}
+    from transformers import AutoModelForSequenceClassification
+
+    assert hf_sparse_attn.get_spec(AutoModelForSequenceClassification.from_pretrained(final)).layers == (1,)
