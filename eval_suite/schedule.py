@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import EvalError
-from .forecast import Forecast, Machine, batch_shapes, cheaper_options, describe, format_seconds, stage_shares
+from .forecast import STAGE_LABELS, Forecast, Machine, batch_shapes, cheaper_options, describe, format_seconds, stage_shares
 from .measures import ModelShape
 
 
@@ -86,6 +86,8 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
         def advance(stage, share, members=members, stage_seconds=stage_seconds, batch_total=batch_total,
                     done_shares=done_shares, base=base):
             nonlocal position
+            if stage not in done_shares:
+                bar.set_postfix_str(STAGE_LABELS.get(stage, stage), refresh=False)
             done_shares[stage] = max(done_shares.get(stage, 0.0), share)
             weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
             target = base + len(members) * scale * min(1.0, weight)
