@@ -28,8 +28,8 @@ import numpy as np
 
 from . import metrics as M
 from .errors import EvalError
-from .measure import ALL_POSITIONS_METHODS, COMPARISON_METRICS, IMPORTANCE_METHODS, INPUT_METHODS, \
-    REPRESENTATION_METHODS
+from .measure import COMPARISON_METRICS
+from .measures import REGISTRY, MethodLists
 
 # The agreement figures pooled per layer and over the whole model (docs/eval_suite.md explains each).
 POOLED_AGREEMENT = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", "kendall_tau_b_null",
@@ -145,8 +145,10 @@ def concatenate_rows(shards: list[dict]) -> dict[str, np.ndarray]:
 class _Aggregator:
     """The rows of one evaluation and what every part of the results dict shares (bootstrap, minimum n)."""
 
-    def __init__(self, rows: dict, n_layers: int, n_heads: int, config: AggregateConfig):
+    def __init__(self, rows: dict, n_layers: int, n_heads: int, config: AggregateConfig, measures):
         self.rows, self.n_layers, self.n_heads, self.config = rows, n_layers, n_heads, config
+        self.measures = tuple(measures)
+        self.methods = MethodLists.of(self.measures)
         self.n = int(rows["example.label"].shape[0])
         self.min_n = min(config.min_examples, self.n)
         self.bootstrap = Bootstrap(self.n, config)
@@ -183,38 +185,53 @@ class _Aggregator:
 
 
 def aggregate(rows: dict[str, np.ndarray], *, n_layers: int, n_heads: int, ranking_names: list[str],
-              fractions: list[float], config: AggregateConfig | None = None) -> dict:
-    """The metric part of results.json: task quality, per_layer_head, per_layer, faithfulness, summary."""
-    agg = _Aggregator(rows, n_layers, n_heads, config or AggregateConfig())
+              fractions: list[float], config: AggregateConfig | None = None, measures=None) -> dict:
+    """The metric part of results.json: task quality, per_layer_head, per_layer, faithfulness, summary.
+
+    ``measures`` names what the rows hold (default: every registered measurement); a measurement that was not
+    run has no key in the result, never a placeholder value.
+    """
+    measures = tuple(REGISTRY) if measures is None else tuple(measures)
+    agg = _Aggregator(rows, n_layers, n_heads, config or AggregateConfig(), measures)
     labels = rows["example.label"].astype(np.int64)
     predictions = rows["example.prediction"].astype(np.int64)
     correct = (predictions == labels).astype(np.float64)[:, None]
     low, high = agg.bootstrap.interval(correct, np.ones_like(correct))
+    methods = agg.methods
     results = {
         "n_examples": agg.n,
         "accuracy": M.accuracy(predictions, labels),
         "accuracy_ci95": [float(low[0]), float(high[0])],
         "macro_f1": M.macro_f1(predictions, labels),
-        "importance_methods": list(IMPORTANCE_METHODS),
-        "input_methods": list(INPUT_METHODS),
-        "representation_methods": list(REPRESENTATION_METHODS),
-        "all_positions_methods": list(ALL_POSITIONS_METHODS),
+        "measures": list(measures),
+        "importance_methods": methods.importance,
+        "input_methods": methods.input,
+        "representation_methods": methods.representation,
+        "all_positions_methods": methods.all_positions,
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         results["per_layer_head"] = [_layer_head(agg, layer, head) for layer in range(n_layers)
                                      for head in range(n_heads)]
         results["per_layer"] = [_layer(agg, layer) for layer in range(n_layers)]
-        results["faithfulness"] = _faithfulness(agg, ranking_names, fractions)
-        results["integrated_gradients"] = _integrated_gradients(agg)
+        if "faithfulness" in measures:
+            results["faithfulness"] = _faithfulness(agg, ranking_names, fractions)
+        if "integrated_gradients" in measures:
+            results["integrated_gradients"] = _integrated_gradients(agg)
         results["summary"] = _summary(agg, results)
     return results
+
+
+def _maps(agg: _Aggregator) -> list[str]:
+    """The attention-to-input maps that were measured (rollout, projected)."""
+    return [m for m in ("rollout", "projected") if m in agg.measures]
 
 
 def _layer_head(agg: _Aggregator, layer: int, head: int) -> dict:
     reason = agg.reason(layer, head)
     attention = agg.summaries("attention", layer, head, reason)
     entropy = attention["entropy"]
+    methods = agg.methods
     entry = {
         "layer": layer,
         "head": head,
@@ -227,30 +244,51 @@ def _layer_head(agg: _Aggregator, layer: int, head: int) -> dict:
         "attention_entropy": entropy,
         "special_mass": agg.stats("attention.special_mass").at(layer, head),
     }
-    entry.update(agg.metric_block("attention", IMPORTANCE_METHODS, layer, head, reason))
-    entry["importance_entropy"] = {m: agg.stats("importance.entropy").at(layer, i)
-                                   for i, m in enumerate(IMPORTANCE_METHODS)}
+    if methods.importance:
+        entry.update(agg.metric_block("attention", methods.importance, layer, head, reason))
+        entry["importance_entropy"] = {m: agg.stats("importance.entropy").at(layer, i)
+                                       for i, m in enumerate(methods.importance)}
     everywhere = agg.summaries("all_positions", layer, head, None)
     entry["all_positions"] = {"attention_sparsity": everywhere["sparsity"],
                               "attention_support_size": everywhere["support_size"],
-                              "attention_entropy": everywhere["entropy"],
-                              **agg.metric_block("all_positions", ALL_POSITIONS_METHODS, layer, head, None)}
-    for source in ("rollout", "projected"):
-        entry[source] = {**agg.summaries(source, layer, head, reason),
-                         **agg.metric_block(source, INPUT_METHODS, layer, head, reason)}
+                              "attention_entropy": everywhere["entropy"]}
+    if methods.all_positions:
+        entry["all_positions"].update(agg.metric_block("all_positions", methods.all_positions, layer, head, None))
+    for source in _maps(agg):
+        entry[source] = agg.summaries(source, layer, head, reason)
+        if methods.input:
+            entry[source].update(agg.metric_block(source, methods.input, layer, head, reason))
     return entry
+
+
+def _sampling(agg: _Aggregator, layer_select) -> dict | None:
+    """The eq. 5 estimator's own error when its summaries come from sampled positions: the standard error of the
+    mean over examples that position sampling alone adds, sqrt(sum of per-example squared errors) / n."""
+    if "input_to_repr.positions" not in agg.rows:
+        return None
+    out = {"positions_per_example": _finite(np.nanmax(agg.rows["input_to_repr.positions"])),
+           "estimator": "mean over a seeded uniform sample of content positions per example (unbiased); "
+                        "standard error with the finite-population correction"}
+    for key in ("entropy", "coindexed_share"):
+        se = agg.rows[f"input_to_repr.{key}_se"][:, layer_select].astype(np.float64)
+        values = agg.rows[f"input_to_repr.{key}"][:, layer_select]
+        finite = np.isfinite(se) & np.isfinite(values)
+        out[f"{key}_standard_error"] = _finite(np.sqrt((se[finite] ** 2).sum()) / finite.sum()) if finite.any() \
+            else None
+    return out
 
 
 def _layer(agg: _Aggregator, layer: int) -> dict:
     in_layer = np.zeros((agg.n_layers, agg.n_heads), dtype=bool)
     in_layer[layer] = True
     heads_defined = int(agg.defined("attention.entropy").reshape(agg.n_layers, agg.n_heads)[layer].sum())
+    methods = agg.methods
     agreement = {}
-    for i, m in enumerate(IMPORTANCE_METHODS):
-        select = np.zeros((agg.n_layers, agg.n_heads, len(IMPORTANCE_METHODS)), dtype=bool)
+    for i, m in enumerate(methods.importance):
+        select = np.zeros((agg.n_layers, agg.n_heads, len(methods.importance)), dtype=bool)
         select[layer, :, i] = True
         agreement[m] = {metric: agg.pooled(f"attention.{metric}", select) for metric in POOLED_AGREEMENT}
-    return {
+    out = {
         "layer": layer,
         "n_heads": agg.n_heads,
         "n_heads_defined": heads_defined,
@@ -258,13 +296,19 @@ def _layer(agg: _Aggregator, layer: int) -> dict:
         "attention_sparsity": agg.pooled("attention.sparsity", in_layer),
         "attention_entropy": agg.pooled("attention.entropy", in_layer),
         "special_mass": agg.pooled("attention.special_mass", in_layer),
-        "rollout_entropy": agg.pooled("rollout.entropy", in_layer),
-        "projected_entropy": agg.pooled("projected.entropy", in_layer),
-        "input_to_repr_entropy": agg.stats("input_to_repr.entropy").at(layer),
-        "coindexed_share": agg.stats("input_to_repr.coindexed_share").at(layer),
-        "importance_entropy": {m: agg.stats("importance.entropy").at(layer, i)
-                               for i, m in enumerate(IMPORTANCE_METHODS)},
     }
+    for source in _maps(agg):
+        out[f"{source}_entropy"] = agg.pooled(f"{source}.entropy", in_layer)
+    if "input_to_repr" in agg.measures:
+        out["input_to_repr_entropy"] = agg.stats("input_to_repr.entropy").at(layer)
+        out["coindexed_share"] = agg.stats("input_to_repr.coindexed_share").at(layer)
+        sampling = _sampling(agg, [layer])
+        if sampling is not None:
+            out["input_to_repr_sampling"] = sampling
+    if methods.importance:
+        out["importance_entropy"] = {m: agg.stats("importance.entropy").at(layer, i)
+                                     for i, m in enumerate(methods.importance)}
+    return out
 
 
 def _faithfulness(agg: _Aggregator, ranking_names: list[str], fractions: list[float]) -> dict:
@@ -321,28 +365,26 @@ def _integrated_gradients(agg: _Aggregator) -> dict:
     }
 
 
+def _pooled_per_method(agg: _Aggregator, prefix: str, methods: list[str], metrics) -> dict:
+    out = {}
+    for i, m in enumerate(methods):
+        select = np.zeros((agg.n_layers, agg.n_heads, len(methods)), dtype=bool)
+        select[:, :, i] = True
+        out[m] = {metric: agg.pooled(f"{prefix}.{metric}", select) for metric in metrics}
+    return out
+
+
 def _summary(agg: _Aggregator, results: dict) -> dict:
     n_cells = agg.n_layers * agg.n_heads
     deep = np.zeros(agg.n_layers, dtype=bool)
     deep[1:] = True  # layer 0 attends over the embeddings: its input-to-representation entropy is 0 by construction
-    agreement = {}
-    for i, m in enumerate(IMPORTANCE_METHODS):
-        select = np.zeros((agg.n_layers, agg.n_heads, len(IMPORTANCE_METHODS)), dtype=bool)
-        select[:, :, i] = True
-        agreement[m] = {metric: agg.pooled(f"attention.{metric}", select) for metric in POOLED_AGREEMENT}
-    everywhere = {}
-    for i, m in enumerate(ALL_POSITIONS_METHODS):
-        select = np.zeros((agg.n_layers, agg.n_heads, len(ALL_POSITIONS_METHODS)), dtype=bool)
-        select[:, :, i] = True
-        everywhere[m] = {metric: agg.pooled(f"all_positions.{metric}", select) for metric in POOLED_AGREEMENT}
+    methods = agg.methods
+    agreement = _pooled_per_method(agg, "attention", methods.importance, POOLED_AGREEMENT)
+    everywhere = _pooled_per_method(agg, "all_positions", methods.all_positions, POOLED_AGREEMENT)
     sources = {}
-    for source in ("rollout", "projected"):
-        sources[source] = {"entropy": agg.pooled(f"{source}.entropy")}
-        for i, m in enumerate(INPUT_METHODS):
-            select = np.zeros((agg.n_layers, agg.n_heads, len(INPUT_METHODS)), dtype=bool)
-            select[:, :, i] = True
-            sources[source][m] = {metric: agg.pooled(f"{source}.{metric}", select)
-                                  for metric in ("kendall_tau_b", HEADLINE_METRIC)}
+    for source in _maps(agg):
+        sources[source] = {"entropy": agg.pooled(f"{source}.entropy"),
+                           **_pooled_per_method(agg, source, methods.input, ("kendall_tau_b", HEADLINE_METRIC))}
     heads_defined = int(agg.defined("attention.entropy").sum())
     summary = {
         "n_examples": agg.n,
@@ -357,24 +399,31 @@ def _summary(agg: _Aggregator, results: dict) -> dict:
         "attention_entropy": agg.pooled("attention.entropy"),
         "special_mass": agg.pooled("attention.special_mass"),
         **sources,
-        "importance_entropy": {m: agg.pooled("importance.entropy", _method_cells(agg, i))
-                               for i, m in enumerate(IMPORTANCE_METHODS)},
-        "input_to_repr_entropy": agg.pooled("input_to_repr.entropy", deep),
-        "coindexed_share": agg.pooled("input_to_repr.coindexed_share", deep),
-        "input_to_repr_layers": "layers 1..n-1 (layer 0 attends over the embeddings themselves)",
     }
-    faith = results["faithfulness"]["rankings"]
-    scored = [(v["comprehensiveness_minus_random"]["mean"], k) for k, v in faith.items()
-              if k != "random" and v["comprehensiveness_minus_random"]["mean"] is not None]
-    summary["most_comprehensive_ranking"] = max(scored)[1] if scored else None
+    if methods.importance:
+        summary["importance_entropy"] = {m: agg.pooled("importance.entropy", _method_cells(agg, i))
+                                         for i, m in enumerate(methods.importance)}
+    if "input_to_repr" in agg.measures:
+        summary["input_to_repr_entropy"] = agg.pooled("input_to_repr.entropy", deep)
+        summary["coindexed_share"] = agg.pooled("input_to_repr.coindexed_share", deep)
+        summary["input_to_repr_layers"] = "layers 1..n-1 (layer 0 attends over the embeddings themselves)"
+        sampling = _sampling(agg, deep)
+        if sampling is not None:
+            summary["input_to_repr_sampling"] = sampling
+    if "faithfulness" in results:
+        faith = results["faithfulness"]["rankings"]
+        scored = [(v["comprehensiveness_minus_random"]["mean"], k) for k, v in faith.items()
+                  if k != "random" and v["comprehensiveness_minus_random"]["mean"] is not None]
+        summary["most_comprehensive_ranking"] = max(scored)[1] if scored else None
     summary["warnings"] = _warnings(agg, results)
-    summary["text"] = _summary_text(summary, results)
+    summary["text"] = _summary_text(summary, results, methods)
     return summary
 
 
 def _method_cells(agg: _Aggregator, method_index: int) -> np.ndarray:
-    select = np.zeros((agg.n_layers, len(IMPORTANCE_METHODS)), dtype=bool)
-    if IMPORTANCE_METHODS[method_index] in INPUT_METHODS:
+    methods = agg.methods
+    select = np.zeros((agg.n_layers, len(methods.importance)), dtype=bool)
+    if methods.importance[method_index] in methods.input:
         select[0, method_index] = True  # input importance is the same vector for every layer: count it once
     else:
         select[:, method_index] = True
@@ -383,8 +432,8 @@ def _method_cells(agg: _Aggregator, method_index: int) -> np.ndarray:
 
 def _warnings(agg: _Aggregator, results: dict) -> list[str]:
     out = []
-    gap = results["integrated_gradients"]["completeness_gap"]
-    if gap["median"] is not None and gap["median"] > 0.05:
+    gap = (results.get("integrated_gradients") or {}).get("completeness_gap") or {}
+    if gap.get("median") is not None and gap["median"] > 0.05:
         out.append(f"integrated gradients: median completeness gap {gap['median']:.1%} (> 5%); raise --ig-steps "
                    "or --ig-max-steps")
     defined = agg.defined("attention.entropy").sum()
@@ -404,24 +453,33 @@ def _fmt(stat) -> str:
     return f"{stat['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def _summary_text(s: dict, results: dict) -> list[str]:
+def _summary_text(s: dict, results: dict, methods: MethodLists) -> list[str]:
     a = s["agreement"]
     lines = [
         f"{s['n_examples']} examples; {s['heads_defined']['n']} of {s['heads_defined']['of']} heads defined; means "
-        f"pool defined heads, [95% bootstrap interval]",
-        "tau-b(attention, input importance), excess over the shared-zeros null (raw): "
-        + ", ".join(f"{m} {_fmt(a[m]['kendall_tau_b_excess'])} ({_fmt(a[m]['kendall_tau_b'])})" for m in INPUT_METHODS),
-        "tau-b(attention, representation importance), excess (raw): "
-        + ", ".join(f"{m} {_fmt(a[m]['kendall_tau_b_excess'])} ({_fmt(a[m]['kendall_tau_b'])})"
-                    for m in REPRESENTATION_METHODS),
-        f"attention over content tokens: sparsity {_fmt(s['attention_sparsity'])}, normalised entropy "
-        f"{_fmt(s['attention_entropy'])}; mass on special tokens {_fmt(s['special_mass'])}",
-        f"input-to-representation (layers >= 1): entropy {_fmt(s['input_to_repr_entropy'])}, co-indexed share "
-        f"{_fmt(s['coindexed_share'])}",
-        f"integrated gradients: median completeness gap "
-        f"{_fmt({'mean': results['integrated_gradients']['completeness_gap']['median']})}",
-        f"most comprehensive ranking (AOPC minus random): {s['most_comprehensive_ranking']}",
+        f"pool defined heads, [95% bootstrap interval]; measured: {', '.join(results['measures'])}",
     ]
+    if methods.input:
+        lines.append("tau-b(attention, input importance), excess over the shared-zeros null (raw): "
+                     + ", ".join(f"{m} {_fmt(a[m]['kendall_tau_b_excess'])} ({_fmt(a[m]['kendall_tau_b'])})"
+                                 for m in methods.input))
+    if methods.representation:
+        lines.append("tau-b(attention, representation importance), excess (raw): "
+                     + ", ".join(f"{m} {_fmt(a[m]['kendall_tau_b_excess'])} ({_fmt(a[m]['kendall_tau_b'])})"
+                                 for m in methods.representation))
+    lines.append(f"attention over content tokens: sparsity {_fmt(s['attention_sparsity'])}, normalised entropy "
+                 f"{_fmt(s['attention_entropy'])}; mass on special tokens {_fmt(s['special_mass'])}")
+    if "input_to_repr_entropy" in s:
+        sampled = s.get("input_to_repr_sampling")
+        note = (f" (estimated from {sampled['positions_per_example']:g} sampled positions per example; sampling "
+                f"standard error {_fmt({'mean': sampled['entropy_standard_error']})})" if sampled else "")
+        lines.append(f"input-to-representation (layers >= 1): entropy {_fmt(s['input_to_repr_entropy'])}, co-indexed "
+                     f"share {_fmt(s['coindexed_share'])}{note}")
+    if "integrated_gradients" in results:
+        lines.append(f"integrated gradients: median completeness gap "
+                     f"{_fmt({'mean': results['integrated_gradients']['completeness_gap']['median']})}")
+    if "most_comprehensive_ranking" in s:
+        lines.append(f"most comprehensive ranking (AOPC minus random): {s['most_comprehensive_ranking']}")
     return lines + [f"warning: {w}" for w in s["warnings"]]
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "RepresentationGradientNorm",
     "RepresentationLeaveOneOut",
     "attention_rows",
+    "sample_positions",
 ]
 
 
@@ -68,6 +69,15 @@ class ForwardContext:
         self.max_tokens = max_tokens
         self.max_grad_tokens = max_grad_tokens
         self._graph_alive = True
+        # p(y_hat | example row with exactly these tokens kept): leave-one-out and faithfulness delete tokens, and a
+        # comprehensiveness variant that removes one token is a leave-one-out variant; it runs once.
+        self._kept_probability: dict[tuple[int, bytes], torch.Tensor] = {}
+        self.on_progress = None  # called with the share of the current stage done (0..1), when set
+
+    def tick(self, share: float) -> None:
+        """Report that ``share`` of the current stage's work is done (for progress bars)."""
+        if self.on_progress is not None:
+            self.on_progress(min(1.0, max(0.0, float(share))))
 
     # ------------------------------------------------------------------------------------------- base pass
 
@@ -145,7 +155,25 @@ class ForwardContext:
             probs = torch.softmax(self.model(**sub.model_inputs()).logits.float(), dim=-1)
             out[pick] = probs.gather(1, targets[pick, None]).squeeze(1)
             start = stop
+            self.tick(start / len(sorted_lengths))
         return out
+
+    def kept_probability(self, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """p(y_hat of example ``rows[v]`` | its tokens where ``keep[v]``) for every v, each distinct (row, keep)
+        computed once per batch and remembered (leave-one-out and faithfulness share variants)."""
+        keep = keep & self.batch.attention_mask[rows].bool()
+        keys = [(int(r), k.tobytes()) for r, k in zip(rows.tolist(), keep.cpu().numpy())]
+        first: dict[tuple[int, bytes], int] = {}
+        for v, key in enumerate(keys):
+            if key not in self._kept_probability:
+                first.setdefault(key, v)
+        if first:
+            pick = torch.tensor(list(first.values()), dtype=torch.long, device=rows.device)
+            probs = self.target_probability(self.batch.keep_tokens(rows[pick], keep[pick]), rows[pick])
+            self._kept_probability.update(zip(first, probs))
+        if not keys:
+            return torch.empty(0, dtype=torch.float32, device=self.classifier.device)
+        return torch.stack([self._kept_probability[key] for key in keys])
 
     def content_variants(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(example row, position) for every content token of every example, example-major."""
@@ -306,7 +334,7 @@ class LeaveOneOut(Attribution):
         rows, positions = ctx.content_variants()
         keep = batch.attention_mask[rows].bool().clone()
         keep[torch.arange(rows.numel()), positions] = False
-        reduced = ctx.target_probability(batch.keep_tokens(rows, keep), rows)
+        reduced = ctx.kept_probability(rows, keep)
         out = torch.zeros(batch.size, batch.length, dtype=torch.float32, device=reduced.device)
         out[rows, positions] = (ctx.base.target.detach()[rows] - reduced).abs()
         return out
@@ -372,6 +400,10 @@ class InputToRepresentation(Attribution):
     fixes it up to its gain and bias), so the norm's gradient measures little there; the Frobenius norm counts every
     direction in which x_i moves h_p. It costs one vector-Jacobian product per hidden dimension instead of one per
     position: d_model times the default (384x for MiniLM).
+
+    Only the rows a caller needs are computed (``positions``): eq. 5's summaries need the content positions,
+    projected attention the positions some head attends to, and the sampled estimator a seeded sample of them
+    (:func:`sample_positions`).
     """
 
     name = "input_to_repr"
@@ -387,56 +419,91 @@ class InputToRepresentation(Attribution):
         self.vectorize = vectorize
         self.mode = mode
 
-    def __call__(self, ctx):
+    def __call__(self, ctx, positions: torch.Tensor | None = None):
+        """Rows G[b, l, p, :] for the positions ``positions[b, l, p]`` (bool ``[B, n_layers, L]``; default: every
+        non-padding position); the other rows are 0. Each backward pass serves one position of every example at
+        once (examples are independent), so a batch needs as many passes per layer as its example with the most
+        positions."""
         ctx._check_graph()
         base, batch = ctx.base, ctx.batch
         n_layers = len(base.attentions)
         B, L = batch.size, batch.length
-        out = torch.zeros(B, n_layers, L, L, dtype=torch.float32, device=batch.input_ids.device)
-        # Positions to differentiate: every non-padding position of some example.
-        positions = torch.nonzero(batch.attention_mask.bool().any(dim=0)).squeeze(-1)
-        for layer in range(n_layers):
-            if self.mode == "jacobian":
-                out[:, layer] = self._jacobian_norms(base.hidden_states[layer], base.embeddings, positions)
-                continue
-            norms = base.hidden_states[layer].norm(dim=-1)  # [B, L]
-            per_chunk = max(1, ctx.max_grad_tokens * 4 // max(1, B * L))
-            for start in range(0, positions.numel(), per_chunk):
-                chunk = positions[start:start + per_chunk]
-                out[:, layer, chunk, :] = self._vjp_norms(norms, base.embeddings, chunk)
         keep = batch.attention_mask.bool()
+        wanted_all = keep[:, None, :].expand(B, n_layers, L) if positions is None else positions & keep[:, None, :]
+        out = torch.zeros(B, n_layers, L, L, dtype=torch.float32, device=batch.input_ids.device)
+        work = [max(layer, 0.1) for layer in range(n_layers)]  # a backward pass through the l layers below
+        for layer in range(n_layers):
+            wanted = wanted_all[:, layer]
+            counts = wanted.sum(dim=1)
+            n_rows = int(counts.max()) if B else 0
+            if n_rows:
+                # order[b, j]: example b's j-th wanted position (wanted ones first, in position order)
+                order = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :n_rows]
+                valid = torch.arange(n_rows, device=order.device)[None, :] < counts[:, None]
+                if self.mode == "jacobian":
+                    rows = self._jacobian_rows(base.hidden_states[layer], base.embeddings, order, valid)
+                else:
+                    rows = self._vjp_rows(base.hidden_states[layer].norm(dim=-1), base.embeddings, order, valid,
+                                          ctx.max_grad_tokens)
+                out[:, layer].scatter_(1, order[:, :, None].expand(B, n_rows, L), rows * valid[:, :, None])
+            ctx.tick(sum(work[:layer + 1]) / sum(work))
         out = out * keep[:, None, :, None] * keep[:, None, None, :]
         totals = out.sum(dim=-1, keepdim=True)
         return torch.where(totals > 0, out / torch.where(totals > 0, totals, torch.ones_like(totals)), out)
 
     @staticmethod
-    def _jacobian_norms(hidden, embeddings, positions) -> torch.Tensor:
-        """[B, L(p), L(i)]: ||d hidden[:, p] / d embeddings[:, i]||_F, one backward pass per (p, hidden unit)."""
+    def _jacobian_rows(hidden, embeddings, order, valid) -> torch.Tensor:
+        """[B, J, L(i)]: ||d hidden[b, order[b, j]] / d embeddings[b, i]||_F, one backward pass per (j, hidden unit)."""
         B, L, d = hidden.shape
-        squares = torch.zeros(B, L, L, dtype=torch.float64, device=hidden.device)
-        for p in positions.tolist():
+        examples = torch.arange(B, device=hidden.device)
+        squares = torch.zeros(B, order.shape[1], L, dtype=torch.float64, device=hidden.device)
+        for j in range(order.shape[1]):
+            selected = hidden[examples, order[:, j]]  # [B, d]
+            weight = valid[:, j].to(hidden.dtype)
             for k in range(d):
-                (grad,) = torch.autograd.grad(hidden[:, p, k].sum(), embeddings, retain_graph=True)
-                squares[:, p, :] += grad.double().pow(2).sum(dim=-1)
+                (grad,) = torch.autograd.grad((selected[:, k] * weight).sum(), embeddings, retain_graph=True)
+                squares[:, j, :] += grad.double().pow(2).sum(dim=-1)
         return squares.sqrt().float()
 
-    def _vjp_norms(self, norms, embeddings, chunk) -> torch.Tensor:
-        """[B, len(chunk), L]: ||d norms[:, p] / d embeddings|| for p in chunk (each example its own gradient)."""
+    def _vjp_rows(self, norms, embeddings, order, valid, max_grad_tokens: int) -> torch.Tensor:
+        """[B, J, L]: ||d norms[b, order[b, j]] / d embeddings[b]|| (each example its own gradient)."""
         B, L = norms.shape
+        n_rows = order.shape[1]
+        weights = valid.to(norms.dtype)
         if self.vectorize:
             try:
-                selector = torch.zeros(chunk.numel(), B, L, dtype=norms.dtype, device=norms.device)
-                selector[torch.arange(chunk.numel()), :, chunk] = 1.0
-                (grads,) = torch.autograd.grad(norms, embeddings, grad_outputs=selector, is_grads_batched=True,
-                                               retain_graph=True)
-                return grads.norm(dim=-1).permute(1, 0, 2)
+                result = []
+                per_chunk = max(1, max_grad_tokens * 4 // max(1, B * L))
+                for start in range(0, n_rows, per_chunk):
+                    stop = min(n_rows, start + per_chunk)
+                    selector = torch.zeros(stop - start, B, L, dtype=norms.dtype, device=norms.device)
+                    j = torch.arange(start, stop, device=norms.device)
+                    selector[(j - start)[:, None], torch.arange(B, device=norms.device)[None, :], order[:, j].T] = \
+                        weights[:, j].T
+                    (grads,) = torch.autograd.grad(norms, embeddings, grad_outputs=selector, is_grads_batched=True,
+                                                   retain_graph=True)
+                    result.append(grads.norm(dim=-1).permute(1, 0, 2))
+                return torch.cat(result, dim=1)
             except RuntimeError:  # e.g. a custom autograd.Function without vmap support
                 self.vectorize = False
         result = []
-        for p in chunk.tolist():
-            (grad,) = torch.autograd.grad(norms[:, p].sum(), embeddings, retain_graph=True)
+        for j in range(n_rows):
+            selected = norms.gather(1, order[:, j:j + 1]).squeeze(1)
+            (grad,) = torch.autograd.grad((selected * weights[:, j]).sum(), embeddings, retain_graph=True)
             result.append(grad.norm(dim=-1))
         return torch.stack(result, dim=1)
+
+
+def sample_positions(indices: list[int], content: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """[B, L] bool: ``min(k, n_content)`` content positions of each example, uniformly without replacement, from
+    (seed, its dataset index) alone -- not from its batch, so a run split over processes samples the same ones."""
+    sampled = torch.zeros_like(content, dtype=torch.bool)
+    for row, index in enumerate(indices):
+        where = torch.nonzero(content[row]).squeeze(-1).cpu().numpy()
+        if where.size:
+            chosen = np.random.default_rng([seed, index, 2]).choice(where, size=min(k, where.size), replace=False)
+            sampled[row, torch.as_tensor(chosen, device=content.device)] = True
+    return sampled
 
 
 # ----------------------------------------------------------------------------------------------- attention -> inputs

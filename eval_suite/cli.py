@@ -29,6 +29,32 @@ def _tolerance(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--ig-tolerance takes a number or 'none', got {text!r}") from None
 
 
+def _duration(text: str) -> float:
+    """Seconds from "90s", "10m", "1.5h" or a bare number of minutes."""
+    value = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix):
+            number, scale = value[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = value, 60.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget takes a duration such as 90s, 10m or 1.5h, got {text!r}") from None
+    return seconds
+
+
+def _tier_help() -> str:
+    from .measures import DEFAULT_SPEC, REGISTRY, tiers
+
+    listed = "; ".join(f"{name}: {', '.join(members)}" for name, members in tiers().items())
+    return (f"what to measure: tiers and/or measurement names, comma-separated, '-NAME' removes one (default "
+            f"{DEFAULT_SPEC}). Tiers: {listed}. Measurements: {', '.join(REGISTRY)}. docs/eval_suite.md gives "
+            "each tier's question and cost")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m eval_suite",
@@ -71,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-to-repr", choices=("norm", "jacobian"), default=MeasureConfig.input_to_repr,
                    help="eq. 5 as the paper ('norm': gradient of ||h_p||) or the Frobenius norm of the Jacobian block "
                         "dh_p/dx_i ('jacobian': d_model times the cost)")
+    p.add_argument("--measures", default=None, help=_tier_help())
+    p.add_argument("--budget", type=_duration, default=None,
+                   help="refuse (before writing anything) when the forecast measuring time exceeds this, e.g. 10m, "
+                        "90s, 1.5h; the error names a cheaper command")
+    p.add_argument("--input-to-repr-sample", type=int, default=None, metavar="K",
+                   help="estimate eq. 5's per-layer summaries from K seeded content positions per example (with "
+                        "their standard error) instead of all of them; for long documents")
+    p.add_argument("--max-batch-tokens", type=int, default=4096,
+                   help="at most this many padded tokens per batch (long documents: fewer examples per batch)")
     p.add_argument("--min-examples", type=int, default=AggregateConfig.min_examples,
                    help="a value is defined when it rests on at least min(this, N) examples (default 10)")
     p.add_argument("--bootstrap-resamples", type=int, default=AggregateConfig.bootstrap_resamples,
@@ -83,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "complete before the old ones go)")
     p.add_argument("--plot-examples", type=int, default=3, help="token-level heatmaps for this many examples")
     p.add_argument("--card", action="store_true", help="render the model card into the checkpoint folder (hub_cards)")
-    p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available")
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU when one is visible), cpu, cuda or cuda:N (one process)")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is available (= --device cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     try:
         from hub_cards.cli import add_push_arguments
@@ -94,29 +131,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace) -> EvalRequest:
+    from .measures import DEFAULT_SPEC
+
     measure = MeasureConfig(attention_query=args.attention_query, ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
                             ig_tolerance=args.ig_tolerance, ig_max_steps=args.ig_max_steps,
                             fractions=tuple(args.fractions), faithfulness_attention=args.faithfulness_attention,
-                            aopc_bounds=args.aopc_bounds, input_to_repr=args.input_to_repr, seed=args.seed)
+                            aopc_bounds=args.aopc_bounds, input_to_repr=args.input_to_repr, seed=args.seed,
+                            measures=args.measures or DEFAULT_SPEC, input_to_repr_sample=args.input_to_repr_sample)
     aggregation = AggregateConfig(min_examples=args.min_examples, bootstrap_resamples=args.bootstrap_resamples,
                                   bootstrap_seed=args.seed)
     return EvalRequest(checkpoint=args.checkpoint, output_dir=args.output_dir, dataset=args.dataset, split=args.split,
                        limit=args.limit, attn_impl=args.attn_impl, text_column=args.text_column,
                        label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
                        resume=args.resume, overwrite=args.overwrite, label_map=args.label_map,
-                       plot_examples=args.plot_examples, cpu=args.cpu, measure=measure, aggregation=aggregation)
+                       plot_examples=args.plot_examples, cpu=args.cpu, measure=measure, aggregation=aggregation,
+                       device=args.device, budget_seconds=args.budget, max_batch_tokens=args.max_batch_tokens)
 
 
-def _check_publishing(args) -> None:
-    """--card / --push: the checkpoint must be a local folder, and a push needs a valid repo id and a token."""
+def _check_publishing(args, request: EvalRequest) -> None:
+    """--card / --push: the checkpoint must be a local folder, the card's gradient importance must be measured, and
+    a push needs a valid repo id and a token."""
     import os
 
     from hub_cards.cli import check_push_args
+    from hub_cards.results import GRADIENT_METHOD
 
     if (args.card or args.push_repo_id) and not os.path.isdir(args.checkpoint):
         raise EvalError(f"--card/--push write into the checkpoint folder, but {args.checkpoint!r} is not a local "
                         "folder; download it first (hf download ... --local-dir DIR)")
+    if GRADIENT_METHOD not in request.measure.measures:
+        raise EvalError(f"--card/--push summarise attention against {GRADIENT_METHOD}, which --measures leaves out; "
+                        f"add it (--measures {','.join(request.measure.measures)},{GRADIENT_METHOD})")
     check_push_args(args)
+
+
+def _cheaper_command(argv: list[str], cheaper) -> str:
+    """The command line ``argv`` with each cheaper option set in turn, joined by "or"."""
+    import shlex
+
+    def with_option(option: str, value: str) -> list[str]:
+        out, skip = [], False
+        for item in argv:
+            if skip:
+                skip = False
+                continue
+            if item == option:
+                skip = True
+                continue
+            if item.startswith(option + "="):
+                continue
+            out.append(item)
+        return out + [option, value]
+
+    commands = [f"python -m eval_suite {shlex.join(with_option(option, value))} ({note})"
+                for option, value, note in cheaper.options()]
+    return " or ".join(commands) if commands else "nothing smaller fits: raise --budget"
 
 
 def _publish(args, results_path) -> None:
@@ -132,6 +201,7 @@ def _publish(args, results_path) -> None:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.push_repo_id = getattr(args, "push_repo_id", None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -148,19 +218,25 @@ def main(argv=None) -> int:
     from hf_sparse_attn.constants import RESULTS_FILE
     from hf_sparse_attn.data import DataError
 
+    from .schedule import BudgetExceeded
+
     known: tuple = (EvalError, DataError, SparseAttnError)
     publishing = args.card or args.push_repo_id
     try:
+        request = request_from_args(args)
         if publishing:
             from hub_cards.errors import HubCardsError
 
             known += (HubCardsError,)
-            _check_publishing(args)
-        results = run_evaluation(request_from_args(args))
+            _check_publishing(args, request)
+        results = run_evaluation(request)
         if results is not None and publishing:
             from pathlib import Path
 
             _publish(args, Path(args.output_dir) / RESULTS_FILE)
+    except BudgetExceeded as error:
+        print(f"error: {error.reason}; run instead: {_cheaper_command(argv, error.cheaper)}", file=sys.stderr)
+        return 2
     except known as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

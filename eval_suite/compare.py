@@ -3,8 +3,9 @@
     python -m eval_suite.compare OUT_A OUT_B --output-dir OUT_COMPARE
 
 ``OUT_A`` and ``OUT_B`` are evaluation folders (``results.json`` plus the per-example rows in ``rows/``) made on
-the same dataset, split and examples (same ``--limit`` and ``--seed``). For every layer x head x metric x method
-that both define, the per-example differences ``b - a`` on the examples defined in both are tested with the
+the same dataset, split and examples (same ``--limit`` and ``--seed``); when they measured different methods
+(``--measures``), the methods both measured are compared and the others listed. For every layer x head x metric x
+method that both define, the per-example differences ``b - a`` on the examples defined in both are tested with the
 Wilcoxon signed-rank test (scipy; paired, no normality assumed), with a seeded bootstrap interval of the mean
 difference; p-values are adjusted over all tests of the comparison with Benjamini-Hochberg (scipy's
 ``false_discovery_control``), and a difference is significant when the adjusted p-value is below ``alpha``.
@@ -71,7 +72,7 @@ def load_evaluation(folder) -> Evaluation:
 
 
 def _check_like_for_like(a: Evaluation, b: Evaluation) -> None:
-    for key in ("dataset", "split", "n_layers", "n_heads", "importance_methods"):
+    for key in ("dataset", "split", "n_layers", "n_heads"):
         if a.results.get(key) != b.results.get(key):
             raise EvalError(f"the two evaluations differ in {key} ({a.results.get(key)!r} vs {b.results.get(key)!r}); "
                             "compare evaluations of the same data with models of the same shape")
@@ -104,20 +105,23 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
     _check_like_for_like(a, b)
     config = config or AggregateConfig()
     bootstrap = Bootstrap(len(a.rows["example.index"]), config)
-    methods = a.results["importance_methods"]
+    # Only what both measured is compared; each evaluation's rows index its own methods list.
+    methods_a, methods_b = a.results["importance_methods"], b.results["importance_methods"]
+    methods = [m for m in methods_a if m in methods_b]
     n_layers, n_heads = a.results["n_layers"], a.results["n_heads"]
     tests = []
     for layer in range(n_layers):
-        for metric in HEAD_METRICS:
+        for metric in HEAD_METRICS if methods else ():
             va, vb = a.rows[f"attention.{metric}"], b.rows[f"attention.{metric}"]
-            for i, method in enumerate(methods):
+            for method in methods:
+                i, j = methods_a.index(method), methods_b.index(method)
                 for head in range(n_heads):
-                    found = _paired(va[:, layer, head, i], vb[:, layer, head, i], bootstrap)
+                    found = _paired(va[:, layer, head, i], vb[:, layer, head, j], bootstrap)
                     if found:
                         tests.append({"layer": layer, "head": head, "metric": metric, "method": method, **found})
                 with warnings.catch_warnings():  # an example with no defined head in the layer: NaN, left out
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    layer_a, layer_b = np.nanmean(va[:, layer, :, i], axis=1), np.nanmean(vb[:, layer, :, i], axis=1)
+                    layer_a, layer_b = np.nanmean(va[:, layer, :, i], axis=1), np.nanmean(vb[:, layer, :, j], axis=1)
                 found = _paired(layer_a, layer_b, bootstrap)
                 if found:
                     tests.append({"layer": layer, "head": None, "metric": metric, "method": method, **found})
@@ -143,6 +147,9 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
         "b": {"folder": b.folder.name, "attn_impl": b.results.get("attn_impl"),
               "weights_fingerprint": b.results.get("weights_fingerprint")},
         "dataset": a.results["dataset"], "split": a.results["split"], "n_examples": int(len(correct_a)),
+        "methods_compared": methods,
+        "methods_only_in_a": [m for m in methods_a if m not in methods_b],
+        "methods_only_in_b": [m for m in methods_b if m not in methods_a],
         "accuracy": {"a": float(correct_a.mean()), "b": float(correct_b.mean()), "only_a_correct": only_a,
                      "only_b_correct": only_b, "p_value": float(mcnemar)},
         "alpha": alpha,
@@ -184,6 +191,9 @@ def main(argv=None) -> int:
     print(f"{result['n_examples']} paired examples; accuracy {acc['a']:.3f} -> {acc['b']:.3f} (McNemar p = "
           f"{acc['p_value']:.3g}); {result['n_significant']} of {result['n_tests']} differences significant at FDR "
           f"{result['alpha']}")
+    for side in ("a", "b"):
+        if result[f"methods_only_in_{side}"]:
+            print(f"  not compared (measured in {side} only): {', '.join(result[f'methods_only_in_{side}'])}")
     for t in sorted((t for t in result["tests"] if t["significant"]), key=lambda t: t["p_adjusted"])[:20]:
         where = f"layer {t['layer']}" + (f" head {t['head']}" if t["head"] is not None else " (pooled)")
         what = t["metric"] + (f" vs {t['method']}" if t["method"] else "")

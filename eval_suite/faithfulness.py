@@ -7,7 +7,8 @@ k top-ranked tokens. Then (DeYoung et al. 2020, ERASER):
 * sufficiency_f       = p(y_hat | x) - p(y_hat | only R_k)          (low: those tokens suffice)
 
 and each is averaged over the fractions (AOPC). Special tokens are always kept; removed tokens are deleted from
-the sequence (see :mod:`eval_suite.batching`). Identical reduced inputs of one example are run once.
+the sequence (see :mod:`eval_suite.batching`). Identical reduced inputs of one example are run once, and so are
+those leave-one-out already ran (removing the single top token is a leave-one-out variant).
 
 Ties: a sparse ranking gives many tokens the same score (exact zeros). They are ordered by a seeded random key per
 example (:func:`tie_break_keys`), the same for every ranking of that example, so that past a ranking's support the
@@ -95,7 +96,7 @@ def _drops(ctx: ForwardContext, keep_all: torch.Tensor) -> torch.Tensor:
         variant_rows.extend([b] * unique.shape[0])
         variant_keeps.append(unique)
     rows = torch.tensor(variant_rows, dtype=torch.long, device=batch.input_ids.device)
-    probs = ctx.target_probability(batch.keep_tokens(rows, torch.cat(variant_keeps, dim=0)), rows)
+    probs = ctx.kept_probability(rows, torch.cat(variant_keeps, dim=0))
     full = ctx.base.target.detach()
     return full[:, None] - probs[slot_of.to(probs.device)]
 
@@ -121,7 +122,7 @@ def greedy_comprehensiveness_bounds(ctx: ForwardContext, fractions=DEFAULT_FRACT
                 continue
             keep = (real & ~removed)[rows].clone()
             keep[torch.arange(rows.numel()), positions] = False
-            drops = full[rows] - ctx.target_probability(batch.keep_tokens(rows, keep), rows)
+            drops = full[rows] - ctx.kept_probability(rows, keep)
             score = torch.full((batch.size, batch.length), -torch.inf, dtype=torch.float32, device=full.device)
             score[rows, positions] = sign * drops
             best = score.argmax(dim=1)

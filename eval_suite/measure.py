@@ -14,12 +14,15 @@ compared with attention, ``M_in`` input methods, ``M_all`` methods defined at ev
   ([B, n, H] and [B, n, H, M_in])
 * ``importance.entropy``: normalised entropy of each method's importance (input methods repeated per layer) [B, n, M]
 * ``input_to_repr.{entropy,coindexed_share}``: eq. 5 per layer, mean over content positions p      [B, n]
+  (with ``input_to_repr_sample``: the mean over a seeded sample of them, and ``input_to_repr.*_se``, its standard
+  error, and ``input_to_repr.positions``, the sample's size)                                          [B, n]
 * ``integrated_gradients.{completeness_gap,steps}``: quadrature error and steps used               [B]
 * ``faithfulness.{comprehensiveness,sufficiency}``                                                 [B, R, F]
 * ``faithfulness.comprehensiveness_{upper,lower}`` (with ``aopc_bounds="greedy"``)                 [B, F]
 
 Distributions are over content tokens (see :mod:`eval_suite.batching`) unless the key says all positions; NaN
-marks undefined values.
+marks undefined values. Only the measurements in ``MeasureConfig.measures`` (see :mod:`eval_suite.measures`) are
+computed, and only their keys are present; the method axes ``M`` hold the measured methods, in registry order.
 """
 
 from __future__ import annotations
@@ -36,29 +39,32 @@ from . import metrics as M
 from .attribution import (
     AttentionRollout,
     ForwardContext,
-    GradientNorm,
-    GradientXInput,
     InputToRepresentation,
     IntegratedGradients,
-    LeaveOneOut,
     ProjectedAttention,
-    RepresentationGradientNorm,
-    RepresentationLeaveOneOut,
     attention_rows,
+    sample_positions,
 )
 from .batching import TokenBatch
 from .faithfulness import DEFAULT_FRACTIONS, faithfulness_curves, greedy_comprehensiveness_bounds, tie_break_keys
+from .measures import DEFAULT_SPEC, REGISTRY, MethodLists, resolve_measures
 
-INPUT_METHODS = ("grad_norm", "grad_x_input", "integrated_gradients", "loo")
-REPRESENTATION_METHODS = ("repr_grad_norm", "repr_loo")
+# Every method the suite knows, in results order (a run measures the subset its selection names).
+_ALL = MethodLists.of(tuple(REGISTRY))
+INPUT_METHODS = tuple(_ALL.input)
+REPRESENTATION_METHODS = tuple(_ALL.representation)
 IMPORTANCE_METHODS = INPUT_METHODS + REPRESENTATION_METHODS
 # Methods with a value at special-token positions too: leave-one-out deletes content tokens only, and integrated
 # gradients' baseline keeps special tokens' embeddings, so their importance there is 0 by construction.
-ALL_POSITIONS_METHODS = ("grad_norm", "grad_x_input", "repr_grad_norm")
+ALL_POSITIONS_METHODS = tuple(_ALL.all_positions)
 COMPARISON_METRICS = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", "kendall_tau_b_null",
                       "kendall_tau_b_excess", "jensen_shannon", "support_mass", "topk_mass", "support_coverage")
 SOURCE_SUMMARIES = ("entropy", "sparsity", "support_size")
 AOPC_BOUNDS = ("none", "greedy")
+DEFAULT_MEASURES = resolve_measures(DEFAULT_SPEC)
+# Elements of the largest [examples, layers, heads, L, L] block the agreement metrics hold at once: longer
+# documents are scored a few examples at a time (each example's metrics are its own, so the values are the same).
+METRIC_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -78,16 +84,35 @@ class MeasureConfig:
     max_tokens: int = 16384
     max_grad_tokens: int = 4096
     token_map_indices: frozenset = field(default_factory=frozenset)  # examples whose token-level maps to keep
+    measures: tuple = DEFAULT_MEASURES  # names or a --measures string; resolved to names in registry order
+    input_to_repr_sample: int | None = None  # eq. 5 summaries from this many sampled content positions per example
+    left_out: dict = field(default_factory=dict, compare=False)  # measurement -> why a tier's member was dropped
+
+    def __post_init__(self) -> None:
+        spec = self.measures
+        measures = resolve_measures(spec)
+        named = {str(p).strip() for p in (spec.split(",") if isinstance(spec, str) else spec)}
+        if self.input_to_repr_sample and "projected" in measures and "projected" not in named:
+            # A projection needs every attended row of eq. 5, which sampling is there to avoid.
+            measures = tuple(m for m in measures if m != "projected")
+            self.left_out = {**self.left_out, "projected": "needs every attended row of eq. 5, not a sample "
+                                                          "(--input-to-repr-sample); name it in --measures to add it"}
+        self.measures = measures
+
+    @property
+    def methods(self) -> MethodLists:
+        return MethodLists.of(self.measures)
 
     def ranking_names(self, n_layers: int) -> list[str]:
         names = [f"attention_layer_{l}" for l in range(n_layers)] if self.faithfulness_attention == "layers" else []
-        return names + ["rollout", *INPUT_METHODS, "random"]
+        return names + (["rollout"] if "rollout" in self.measures else []) + [*self.methods.input, "random"]
 
     def to_dict(self) -> dict:
         return {"attention_query": self.attention_query, "ig_steps": self.ig_steps, "ig_baseline": self.ig_baseline,
                 "ig_tolerance": self.ig_tolerance, "ig_max_steps": self.ig_max_steps,
                 "fractions": list(self.fractions), "faithfulness_attention": self.faithfulness_attention,
-                "aopc_bounds": self.aopc_bounds, "input_to_repr": self.input_to_repr, "seed": self.seed}
+                "aopc_bounds": self.aopc_bounds, "input_to_repr": self.input_to_repr, "seed": self.seed,
+                "measures": list(self.measures), "input_to_repr_sample": self.input_to_repr_sample}
 
 
 def _compare(source: torch.Tensor, importance: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict) -> None:
@@ -117,39 +142,77 @@ def _summarise(source: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict)
     out[f"{prefix}.support_size"] = M.support_size(source, mask)
 
 
-def _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real) -> dict:
-    """Every per-example metric of the module docstring except faithfulness, IG's gap and the example facts."""
+def _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
+                 methods: MethodLists, sampled=None) -> dict:
+    """Every per-example metric of the module docstring except faithfulness, IG's gap and the example facts, for
+    the measured methods (``inputs`` / ``representations`` hold exactly ``methods``; absent maps are None)."""
     n_layers = attention.shape[1]
 
     out: dict[str, torch.Tensor] = {}
-    input_stack = torch.stack([inputs[m] for m in INPUT_METHODS], dim=1).double()  # [B, M_in, L]
-    per_layer_inputs = input_stack[:, None].expand(-1, n_layers, -1, -1)
-    representation_stack = torch.stack([representations[m] for m in REPRESENTATION_METHODS], dim=2).double()
-    all_methods = torch.cat([per_layer_inputs, representation_stack], dim=2)  # [B, n, M, L]
-
     _summarise(attention, content, "attention", out)
     content_mass = (attention * content[:, None, None, :]).sum(dim=-1)
     out["attention.special_mass"] = 1 - content_mass / attention.sum(dim=-1)
-    _compare(attention, all_methods, content, "attention", out)
-
-    everywhere = torch.stack([all_methods[:, :, IMPORTANCE_METHODS.index(m)] for m in ALL_POSITIONS_METHODS], dim=2)
     _summarise(attention, real, "all_positions", out)
-    _compare(attention, everywhere, real, "all_positions", out)
 
-    for name, source in (("rollout", rolled.double()), ("projected", projected.double())):
+    per_layer_inputs = None
+    stacks = []
+    if methods.input:
+        input_stack = torch.stack([inputs[m] for m in methods.input], dim=1).double()  # [B, M_in, L]
+        per_layer_inputs = input_stack[:, None].expand(-1, n_layers, -1, -1)
+        stacks.append(per_layer_inputs)
+    if methods.representation:
+        stacks.append(torch.stack([representations[m] for m in methods.representation], dim=2).double())
+    if stacks:
+        all_methods = torch.cat(stacks, dim=2)  # [B, n, M, L]
+        _compare(attention, all_methods, content, "attention", out)
+        if methods.all_positions:
+            everywhere = torch.stack([all_methods[:, :, methods.importance.index(m)] for m in methods.all_positions],
+                                     dim=2)
+            _compare(attention, everywhere, real, "all_positions", out)
+        out["importance.entropy"] = M.normalised_entropy(all_methods, content[:, None, None, :])
+
+    for name, source in (("rollout", rolled), ("projected", projected)):
+        if source is None:
+            continue
+        source = source.double()
         _summarise(source, content, name, out)
-        _compare(source, per_layer_inputs, content, name, out)
-    out["importance.entropy"] = M.normalised_entropy(all_methods, content[:, None, None, :])
+        if per_layer_inputs is not None:
+            _compare(source, per_layer_inputs, content, name, out)
 
-    # Eq. 5 restricted to content inputs i, summarised over content positions p.
-    g = M.normalise(input_to_repr.double(), content[:, None, None, :])  # [B, n, L(p), L(i)]
-    entropy_p = M.normalised_entropy(g, content[:, None, None, :])  # [B, n, L]
-    share_p = torch.diagonal(g, dim1=-2, dim2=-1)  # [B, n, L]
-    weights = content[:, None, :].double()
-    denominator = weights.sum(dim=-1)
-    out["input_to_repr.entropy"] = torch.nansum(entropy_p * weights, dim=-1) / denominator
-    out["input_to_repr.coindexed_share"] = torch.nansum(share_p * weights, dim=-1) / denominator
+    if input_to_repr is not None:
+        # Eq. 5 restricted to content inputs i, summarised over content positions p (or a sample of them).
+        g = M.normalise(input_to_repr.double(), content[:, None, None, :])  # [B, n, L(p), L(i)]
+        entropy_p = M.normalised_entropy(g, content[:, None, None, :])  # [B, n, L]
+        share_p = torch.diagonal(g, dim1=-2, dim2=-1)  # [B, n, L]
+        positions = content if sampled is None else sampled
+        weights = positions[:, None, :].double()
+        denominator = weights.sum(dim=-1)
+        for key, values in (("entropy", entropy_p), ("coindexed_share", share_p)):
+            out[f"input_to_repr.{key}"] = torch.nansum(values * weights, dim=-1) / denominator
+            if sampled is not None:
+                out[f"input_to_repr.{key}_se"] = M.sampled_mean_standard_error(
+                    torch.nan_to_num(values, nan=0.0), weights, content.sum(dim=-1)[:, None].double())
+        if sampled is not None:
+            out["input_to_repr.positions"] = denominator
     return out
+
+
+def _metric_rows_chunked(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
+                         methods: MethodLists, sampled=None) -> dict:
+    """:func:`_metric_rows` a few examples at a time, so that long documents fit in memory (same values)."""
+    B, n_layers, n_heads, L = attention.shape
+    step = max(1, METRIC_ELEMENTS // max(1, n_layers * n_heads * L * L))
+    if step >= B:
+        return _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
+                            methods, sampled)
+    parts = []
+    for start in range(0, B, step):
+        sl = slice(start, start + step)
+        pick = lambda value: None if value is None else value[sl]  # noqa: E731
+        parts.append(_metric_rows(attention[sl], {k: v[sl] for k, v in inputs.items()},
+                                  {k: v[sl] for k, v in representations.items()}, pick(rolled), pick(projected),
+                                  pick(input_to_repr), content[sl], real[sl], methods, pick(sampled)))
+    return {key: torch.cat([part[key] for part in parts], dim=0) for key in parts[0]}
 
 
 def _random_scores(indices: list[int], lengths: list[int], padded_length: int, seed: int) -> torch.Tensor:
@@ -187,54 +250,95 @@ def _faithfulness_rows(ctx, config: MeasureConfig, rankings: dict, indices: list
 
 
 def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: list[int], config: MeasureConfig,
-                  timings: dict | None = None):
-    """Run every measurement on one batch; return (arrays, token_maps).
+                  timings: dict | None = None, progress=None):
+    """Run the measurements of ``config.measures`` on one batch; return (arrays, token_maps).
 
     ``arrays`` maps keys (module docstring) to numpy arrays with the examples first (metrics float32);
     ``token_maps`` maps an example index in ``config.token_map_indices`` to its token-level attention and
-    importance vectors. ``timings``, if given, accumulates seconds per stage.
+    importance vectors. ``timings``, if given, accumulates seconds per stage; ``progress(stage, share)``, if given,
+    is told as each stage advances (``share`` of that stage done, 0..1).
     """
+    measures, methods = config.measures, config.methods
     ctx = ForwardContext(classifier, batch, max_tokens=config.max_tokens, max_grad_tokens=config.max_grad_tokens)
-    with _timed(timings, "forward_and_gradients"):
+
+    @contextmanager
+    def stage(name):
+        ctx.on_progress = (lambda share: progress(name, share)) if progress is not None else None
+        with _timed(timings, name):
+            yield
+        if progress is not None:
+            progress(name, 1.0)
+        ctx.on_progress = None
+
+    inputs: dict[str, torch.Tensor] = {}
+    representations: dict[str, torch.Tensor] = {}
+
+    def store(name, value):
+        (inputs if REGISTRY[name].role == "input" else representations)[name] = value
+
+    with stage("base"):
         base = ctx.base
         content = ctx.batch.content_mask
         real = ctx.batch.attention_mask.bool()
         n_layers = len(base.attentions)
         # Everything that needs the base pass's graph first, then free it.
-        inputs = {"grad_norm": GradientNorm()(ctx), "grad_x_input": GradientXInput()(ctx)}
-        representations = {"repr_grad_norm": RepresentationGradientNorm()(ctx)}
-    with _timed(timings, "input_to_repr"):
-        input_to_repr = InputToRepresentation(mode=config.input_to_repr)(ctx)
+        for name in measures:
+            if REGISTRY[name].needs_graph and REGISTRY[name].compute is not None:
+                store(name, REGISTRY[name].compute(ctx, config))
+    input_to_repr = sampled = None
+    if "input_to_repr" in measures or "projected" in measures:
+        with stage("input_to_repr"):
+            wanted = torch.zeros(ctx.batch.size, n_layers, ctx.batch.length, dtype=torch.bool, device=content.device)
+            if "input_to_repr" in measures:
+                if config.input_to_repr_sample:
+                    sampled = sample_positions(indices, content, config.input_to_repr_sample, config.seed)
+                wanted |= (content if sampled is None else sampled)[:, None, :]
+            if "projected" in measures:  # the rows a projection multiplies by a non-zero attention weight
+                queries = attention_rows(base.attentions, ctx.batch.attention_mask, config.attention_query)
+                wanted |= (queries != 0).any(dim=2)
+            input_to_repr = InputToRepresentation(mode=config.input_to_repr)(ctx, wanted)
     ctx.release()
-    with _timed(timings, "integrated_gradients"):
-        ig = IntegratedGradients(config.ig_steps, config.ig_baseline, config.ig_tolerance, config.ig_max_steps)
-        signed, ig_gap, ig_steps = ig.attribute(ctx)
-        inputs["integrated_gradients"] = signed.abs()
-    with _timed(timings, "loo"):
-        inputs["loo"] = LeaveOneOut()(ctx)
-    with _timed(timings, "repr_loo"):
-        representations["repr_loo"] = RepresentationLeaveOneOut()(ctx)
-    with _timed(timings, "rollout_projection"):
-        rollout_method = AttentionRollout(config.attention_query)
-        rolled = rollout_method(ctx)
-        projected = ProjectedAttention(config.attention_query)(ctx, input_to_repr)
+    ig_gap = ig_steps = None
+    if "integrated_gradients" in measures:
+        with stage("integrated_gradients"):
+            ig = IntegratedGradients(config.ig_steps, config.ig_baseline, config.ig_tolerance, config.ig_max_steps)
+            signed, ig_gap, ig_steps = ig.attribute(ctx)
+            store("integrated_gradients", signed.abs())
+    for name in measures:
+        entry = REGISTRY[name]
+        if not entry.needs_graph and entry.compute is not None:
+            with stage(entry.stage_name):
+                store(name, entry.compute(ctx, config))
+    rolled = projected = rollout_method = None
+    if "rollout" in measures:
+        with stage("rollout"):
+            rollout_method = AttentionRollout(config.attention_query)
+            rolled = rollout_method(ctx)
+    if "projected" in measures:
+        with stage("projected"):
+            projected = ProjectedAttention(config.attention_query)(ctx, input_to_repr)
     attention = attention_rows(base.attentions, ctx.batch.attention_mask, config.attention_query).double()
-    with _timed(timings, "metrics"):
-        out = _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real)
-    out["integrated_gradients.completeness_gap"] = ig_gap
-    out["integrated_gradients.steps"] = ig_steps
+    with stage("metrics"):
+        out = _metric_rows_chunked(attention, inputs, representations, rolled, projected,
+                                   input_to_repr if "input_to_repr" in measures else None, content, real, methods,
+                                   sampled)
+    if ig_gap is not None:
+        out["integrated_gradients.completeness_gap"] = ig_gap
+        out["integrated_gradients.steps"] = ig_steps
 
     rankings = {}
     if config.faithfulness_attention == "layers":
         for layer in range(n_layers):
             rankings[f"attention_layer_{layer}"] = attention[:, layer].mean(dim=1)
-    rankings["rollout"] = rollout_method.full(ctx)
-    rankings.update({m: inputs[m] for m in INPUT_METHODS})
+    if rollout_method is not None:
+        rankings["rollout"] = rollout_method.full(ctx)
+    rankings.update({m: inputs[m] for m in methods.input})
     lengths = ctx.batch.attention_mask.sum(dim=1).tolist()
     rankings["random"] = _random_scores(indices, lengths, ctx.batch.length, config.seed).to(content.device)
     assert list(rankings) == config.ranking_names(n_layers)
-    with _timed(timings, "faithfulness"):
-        _faithfulness_rows(ctx, config, rankings, indices, out)
+    if "faithfulness" in measures:
+        with stage("faithfulness"):
+            _faithfulness_rows(ctx, config, rankings, indices, out)
 
     out["example.label"] = torch.tensor(labels)
     out["example.prediction"] = base.prediction
@@ -251,9 +355,11 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
             continue
         keep = content[row]
         maps = {f"attention layer {l} (head mean)": attention[row, l].mean(dim=0) for l in range(n_layers)}
-        maps["rollout (whole network)"] = rankings["rollout"][row]
-        maps[f"projected layer {n_layers - 1} (head mean)"] = projected[row, n_layers - 1].mean(dim=0)
-        maps.update({m: inputs[m][row] for m in INPUT_METHODS})
+        if "rollout" in rankings:
+            maps["rollout (whole network)"] = rankings["rollout"][row]
+        if projected is not None:
+            maps[f"projected layer {n_layers - 1} (head mean)"] = projected[row, n_layers - 1].mean(dim=0)
+        maps.update({m: inputs[m][row] for m in methods.input})
         ids = ctx.batch.input_ids[row][keep].tolist()
         token_maps[int(index)] = {
             "tokens": classifier.tokenizer.convert_ids_to_tokens(ids),

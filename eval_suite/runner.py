@@ -39,6 +39,7 @@ from .aggregate import AggregateConfig, aggregate, concatenate_rows, layer_head_
 from .errors import EvalError
 from .attribution import InputToRepresentation
 from .measure import AOPC_BOUNDS, MeasureConfig
+from .measures import REGISTRY, describe_selection
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,12 @@ class EvalRequest:
     overwrite: bool = False
     label_map: str | None = None
     plot_examples: int = 3
-    cpu: bool = False
+    cpu: bool = False  # the same as device="cpu"
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     aggregation: AggregateConfig = field(default_factory=AggregateConfig)
+    device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:N"
+    budget_seconds: float | None = None  # refuse, before writing anything, when the forecast exceeds it
+    max_batch_tokens: int = 4096  # a batch holds at most this many padded tokens (long documents: fewer examples)
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
@@ -111,6 +115,21 @@ class EvalRequest:
             check_output_dir(self.output_dir)
         except OutputDirError as error:
             raise EvalError(str(error)) from None
+        if m.input_to_repr_sample is not None and m.input_to_repr_sample < 2:
+            raise EvalError(f"--input-to-repr-sample must be >= 2 positions per example (a standard error needs two), "
+                            f"got {m.input_to_repr_sample}")
+        if self.budget_seconds is not None and not (self.budget_seconds > 0 and math.isfinite(self.budget_seconds)):
+            raise EvalError(f"--budget must be a positive duration (e.g. 90s, 10m, 1.5h), got {self.budget_seconds}")
+        if self.max_batch_tokens < 1:
+            raise EvalError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise EvalError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device.startswith("cuda") and not self.cpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise EvalError(f"--device {self.device}: no CUDA device is visible to this process; use --device cpu "
+                                "(or auto)")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -137,10 +156,20 @@ def select_examples(n_available: int, limit: int | None, seed: int) -> list[int]
     return sorted(int(i) for i in chosen)
 
 
-def plan_batches(indices: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Positions into ``indices`` grouped into batches of similar length (sorted by length, then index)."""
+def plan_batches(indices: list[int], lengths: list[int], batch_size: int,
+                 max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Positions into ``indices`` grouped into batches of similar length (sorted by length, then index): at most
+    ``batch_size`` examples and, when given, at most ``max_batch_tokens`` padded tokens (at least one example)."""
     order = sorted(range(len(indices)), key=lambda k: (lengths[k], indices[k]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, current = [], []
+    for k in order:
+        longest = lengths[k]  # sorted by length: the newest member is the longest
+        if current and (len(current) == batch_size or
+                        (max_batch_tokens is not None and (len(current) + 1) * longest > max_batch_tokens)):
+            batches.append(current)
+            current = []
+        current.append(k)
+    return batches + ([current] if current else [])
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -273,7 +302,8 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length)
     if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
-    batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size)
+    batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
+                           request.max_batch_tokens)
     measure = MeasureConfig(**{**request.measure.__dict__,
                                "token_map_indices": frozenset(indices[: request.plot_examples])})
     description = {
@@ -325,7 +355,8 @@ def _work_dir(request: EvalRequest, plan: _Plan, out_dir: Path) -> Path:
 
 
 def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state, work_dir: Path) -> Path:
-    """WORK_DIR/rows for this plan: kept on --resume (its shards are checked later), emptied otherwise."""
+    """WORK_DIR/rows for this plan: kept on --resume (its shards are checked later), emptied otherwise. Called once
+    the first batch is measured and the forecast is within budget, so a refused run writes nothing."""
     rows_dir = work_dir / ROWS_DIR
     state.wait_for_everyone()
     if state.is_main_process:
@@ -339,29 +370,6 @@ def _prepare_rows_dir(request: EvalRequest, plan: _Plan, state, work_dir: Path) 
                           json.dumps({"plan_id": plan.plan_id, "n_batches": len(plan.batches)}) + "\n")
     state.wait_for_everyone()
     return rows_dir
-
-
-def _measure_batches(plan: _Plan, batch_ids: list[int], rows_dir: Path, state, n_done: int, timings: dict) -> list:
-    """Measure this process's batches, storing each as a shard; returns (batch_id, arrays, token_maps) of each."""
-    from tqdm.auto import tqdm
-
-    from .batching import collate
-    from .measure import measure_batch
-
-    classifier = plan.classifier
-    computed = []
-    progress = tqdm(total=len(plan.indices), initial=n_done, unit="ex", desc="eval_suite",
-                    disable=not state.is_main_process)
-    for batch_id in batch_ids:
-        members = plan.batches[batch_id]
-        batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
-        arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
-                                           [plan.indices[k] for k in members], plan.measure, timings=timings)
-        save_shard(rows_dir, batch_id, arrays, token_maps, plan.plan_id)
-        computed.append((batch_id, arrays, token_maps))
-        progress.update(len(members) * (state.num_processes if state.num_processes > 1 else 1))
-    progress.close()
-    return computed
 
 
 def _all_rows(plan: _Plan, gathered: list, done: set[int], rows_dir: Path) -> tuple[dict, dict]:
@@ -380,12 +388,28 @@ def _all_rows(plan: _Plan, gathered: list, done: set[int], rows_dir: Path) -> tu
     return rows, token_maps
 
 
-def run_evaluation(request: EvalRequest) -> dict | None:
-    """Evaluate; return the results dict on the main process (None on the others). Writes OUTDIR (module docstring)."""
+def _state(request: EvalRequest):
+    """accelerate's process state for the requested device (one GPU per process under ``accelerate launch``)."""
     from accelerate import PartialState
 
+    wanted = "cpu" if request.cpu else request.device
+    state = PartialState(cpu=wanted == "cpu")
+    device = state.device
+    if wanted.startswith("cuda:") and state.num_processes == 1:
+        import torch
+
+        device = torch.device(wanted)
+    return state, device
+
+
+def run_evaluation(request: EvalRequest) -> dict | None:
+    """Evaluate; return the results dict on the main process (None on the others). Writes OUTDIR (module docstring).
+
+    Before writing anything it measures the first batch, prints the forecast and, with ``budget_seconds``, raises
+    :class:`eval_suite.schedule.BudgetExceeded` (an EvalError) when the forecast exceeds it.
+    """
     request.validate()
-    state = PartialState(cpu=request.cpu)
+    state, device = _state(request)
     out_dir = Path(request.output_dir)
     if state.is_main_process:
         recover_interrupted_replace(out_dir)  # an --overwrite without atomic exchange that died between renames
@@ -395,28 +419,30 @@ def run_evaluation(request: EvalRequest) -> dict | None:
     except OutputDirError as error:
         raise EvalError(str(error)) from None
     try:
-        return _run_locked(request, state, out_dir)
+        return _run_locked(request, state, device, out_dir)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(request: EvalRequest, state, out_dir: Path) -> dict | None:
+def _run_locked(request: EvalRequest, state, device, out_dir: Path) -> dict | None:
     from accelerate.utils import gather_object
 
+    from .schedule import run_batches
+
     started = time.perf_counter()
-    plan = plan_evaluation(request, state.device, state.is_main_process)
+    plan = plan_evaluation(request, device, state.is_main_process)
     work_dir = _work_dir(request, plan, out_dir)  # every process decides the same, so all of them stop together
-    rows_dir = _prepare_rows_dir(request, plan, state, work_dir)
+    rows_dir = work_dir / ROWS_DIR
 
     n_batches = len(plan.batches)
     done = stored_batches(rows_dir, plan.plan_id, n_batches) if request.resume else set()
     remaining = [b for b in range(n_batches) if b not in done]
-    timings: dict = {}
-    measure_started = time.perf_counter()
-    computed = _measure_batches(plan, remaining[state.process_index::state.num_processes], rows_dir, state,
-                                sum(len(plan.batches[b]) for b in done), timings)
-    measure_seconds = time.perf_counter() - measure_started
+    loop = run_batches(plan, remaining, state, budget_seconds=request.budget_seconds,
+                       n_done=sum(len(plan.batches[b]) for b in done),
+                       on_ready=lambda: _prepare_rows_dir(request, plan, state, work_dir),
+                       save=lambda batch_id, arrays, maps: save_shard(rows_dir, batch_id, arrays, maps, plan.plan_id))
+    computed = loop.computed
     gathered = gather_object(computed) if state.num_processes > 1 else computed
     if not state.is_main_process:
         state.wait_for_everyone()
@@ -427,11 +453,12 @@ def _run_locked(request: EvalRequest, state, out_dir: Path) -> dict | None:
     write_outputs(work_dir, results, token_maps)
     n_new = sum(len(plan.batches[b]) for b in remaining)
     run_info = {
-        "processes": state.num_processes, "device": str(state.device),
-        "examples_measured_this_run": n_new, "measure_seconds": measure_seconds,
-        "examples_per_second": n_new / measure_seconds if measure_seconds > 0 and n_new else None,
+        "processes": state.num_processes, "device": str(device),
+        "examples_measured_this_run": n_new, "measure_seconds": loop.measure_seconds,
+        "examples_per_second": n_new / loop.measure_seconds if loop.measure_seconds > 0 and n_new else None,
         "total_seconds": time.perf_counter() - started,
-        "stage_seconds_main_process": {k: round(v, 3) for k, v in timings.items()},
+        "stage_seconds_main_process": {k: round(v, 3) for k, v in loop.timings.items()},
+        "forecast": loop.forecast,
     }
     atomic_write_text(work_dir / RUN_INFO_FILE, json.dumps(run_info, indent=2) + "\n")
     if work_dir != out_dir:
@@ -456,19 +483,23 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
     }
     body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads,
                      ranking_names=measure.ranking_names(classifier.n_layers), fractions=list(measure.fractions),
-                     config=request.aggregation)
+                     config=request.aggregation, measures=measure.measures)
     results = {**head, "n_examples": body.pop("n_examples"), "n_split": plan.n_split,
                "selection": "all examples of the split" if request.limit is None or request.limit >= plan.n_split
                else f"a seeded random subset (seed {measure.seed}) of {len(plan.indices)} of {plan.n_split}",
                "accuracy": body.pop("accuracy"), "accuracy_ci95": body.pop("accuracy_ci95"),
                "macro_f1": body.pop("macro_f1"), "n_layers": classifier.n_layers, "n_heads": classifier.n_heads}
     results.update(body)
+    results["measure_selection"] = describe_selection(measure.measures)
+    results["measures_left_out"] = {name: measure.left_out.get(name, "not in the selection")
+                                    for name in REGISTRY if name not in measure.measures}
     results["plots"] = []
     results["config"] = {
         **measure.to_dict(),
         "aggregation": request.aggregation.to_dict(),
         "limit": request.limit,
         "batch_size": request.batch_size,
+        "max_batch_tokens": request.max_batch_tokens,
         "max_length": plan.max_length,
         "n_truncated": plan.n_truncated,
         "text_column": request.text_column,

@@ -154,10 +154,11 @@ def _score_rows(scores: CardScores) -> list[list[str]]:
         ["Heads defined", f"{scores.heads_defined.get('n')} of {scores.heads_defined.get('of')}",
          "heads whose content-token attention exists on enough examples; undefined heads are left out of every "
          "mean, never averaged in"],
-        ["Input-to-representation entropy, layers 1 and up", _stat(scores.input_to_repr_entropy),
-         "normalised entropy of how strongly each input token influences a layer's representations (eq. 5); 1 every "
-         "input counts equally, 0 a single input (layer 0 is 0 by construction and left out)"],
     ]
+    if scores.input_to_repr_entropy is not None:
+        rows.append(["Input-to-representation entropy, layers 1 and up", _stat(scores.input_to_repr_entropy),
+                     "normalised entropy of how strongly each input token influences a layer's representations (eq. 5); "
+                     "1 every input counts equally, 0 a single input (layer 0 is 0 by construction and left out)"])
     if scores.ig_completeness_median is not None:
         rows.append(["Integrated gradients: median completeness gap", _pct(scores.ig_completeness_median),
                      "how far the attributions miss summing to the prediction change (quadrature error)"])
@@ -238,14 +239,26 @@ def _head_table(results: dict, alphas: list[list[float]] | None, gradient_method
 
 def _layer_table(results: dict, scores: CardScores) -> dict:
     method = scores.gradient_method
-    header = ["layer", "heads defined", f"excess tau-b vs `{method}`", "raw tau-b", "tau-b on attention's support",
-              "input-to-representation entropy", "co-indexed share"]
+    eq5 = "input_to_repr" in scores.measures
+    header = ["layer", "heads defined", f"excess tau-b vs `{method}`", "raw tau-b", "tau-b on attention's support"]
+    header += ["input-to-representation entropy", "co-indexed share"] if eq5 else []
     rows = []
     for score, rec in zip(scores.layers, sorted(results["per_layer"], key=lambda r: r["layer"])):
-        rows.append([str(score.layer), f"{score.n_heads_defined} of {score.n_heads}", _stat(score.excess),
-                     _stat(score.raw), _stat(score.on_support), _stat(rec["input_to_repr_entropy"]),
-                     _stat(rec.get("coindexed_share"))])
+        row = [str(score.layer), f"{score.n_heads_defined} of {score.n_heads}", _stat(score.excess),
+               _stat(score.raw), _stat(score.on_support)]
+        rows.append(row + ([_stat(rec["input_to_repr_entropy"]), _stat(rec.get("coindexed_share"))] if eq5 else []))
     return {"header": header, "rows": rows}
+
+
+def _measures_sentence(scores: CardScores, results: dict) -> str:
+    """Which measurements the evaluation ran and which it left out (the card shows only what ran)."""
+    selection = results.get("measure_selection")
+    ran = ", ".join(f"`{m}`" for m in scores.measures)
+    text = f"Measured: {ran}" + (f" (selection `{selection}`)" if selection else "") + "."
+    if scores.not_measured:
+        text += (" Not measured, so not reported here: " + ", ".join(f"`{m}`" for m in scores.not_measured)
+                 + " (`python -m eval_suite ... --measures full` adds them).")
+    return text
 
 
 def _training_context(info: CheckpointInfo) -> dict:
@@ -310,6 +323,7 @@ def _provenance_rows(info: CheckpointInfo, results: dict) -> list[list[str]]:
         ["examples", str(results["n_examples"])],
         ["attention setting evaluated", f"`{results['attn_impl']}`"],
         ["importance methods", ", ".join(f"`{m}`" for m in results["importance_methods"])],
+        ["measurements", ", ".join(f"`{m}`" for m in results.get("measures") or []) or "all (older results file)"],
     ]
     config = results.get("config")
     if isinstance(config, dict):
@@ -479,6 +493,7 @@ def _score_context(info: CheckpointInfo, results: dict, scores: CardScores, grad
                           + (f" of {results['n_split']}" if results.get("n_split", results["n_examples"])
                              > results["n_examples"] else "")),
         score_rows=_score_rows(scores),
+        measures_sentence=_measures_sentence(scores, results),
         reading=_reading(scores),
         head_table=_head_table(results, info.learned_alphas, gradient_method),
         head_table_note=("Every value: mean [95% bootstrap interval] (n = examples it rests on). Sparsity: share of "

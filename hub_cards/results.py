@@ -38,6 +38,15 @@ _TOP_LEVEL_FIELDS = {
     "summary": dict,
 }
 _RERUN = "re-run the evaluation suite on this checkpoint to get a complete results.json"
+# What an evaluation measured (results.json "measures"); files written before measurement selection measured all.
+LEGACY_MEASURES = ("grad_norm", "grad_x_input", "integrated_gradients", "loo", "repr_grad_norm", "repr_loo", "rollout",
+                   "input_to_repr", "projected", "faithfulness")
+
+
+def measured(results: dict) -> list[str]:
+    """The measurements a results dict holds (every one, for files older than measurement selection)."""
+    value = results.get("measures")
+    return list(value) if isinstance(value, list) else list(LEGACY_MEASURES)
 
 
 def _is_number(value) -> bool:
@@ -80,11 +89,13 @@ class CardScores:
     attention_sparsity: dict  # stat, [CLS] (or mean-query) attention over content tokens, pooled
     special_mass: dict  # stat
     heads_defined: dict  # {"n", "of", "share"}
-    input_to_repr_entropy: dict  # stat, layers >= 1
+    input_to_repr_entropy: dict | None  # stat, layers >= 1 (None: eq. 5 not measured)
     overall_excess: dict  # stat over every defined head
     overall_raw: dict
     ig_completeness_median: float | None
     warnings: list[str]
+    measures: tuple = ()  # what the evaluation measured
+    not_measured: tuple = ()  # registered measurements it left out
 
     def layer(self, index: int | None) -> LayerScore | None:
         return None if index is None else self.layers[index]
@@ -150,10 +161,11 @@ def _check_heads(results: dict, name: str, gradient_method: str) -> None:
 
 def _check_layers(results: dict, name: str, gradient_method: str) -> None:
     layers_seen = set()
+    eq5 = "input_to_repr" in measured(results)
     for i, rec in enumerate(results["per_layer"]):
         agreement = rec.get("agreement", {}).get(gradient_method, {}) if isinstance(rec, dict) else {}
-        if not is_stat(rec.get("input_to_repr_entropy") if isinstance(rec, dict) else None) or "layer" not in rec \
-                or not is_stat(agreement.get(HEADLINE)):
+        entropy_ok = not eq5 or is_stat(rec.get("input_to_repr_entropy") if isinstance(rec, dict) else None)
+        if not entropy_ok or "layer" not in rec or not is_stat(agreement.get(HEADLINE)):
             raise CardError(f"{name} per_layer[{i}] lacks layer, input_to_repr_entropy or "
                             f"agreement.{gradient_method}.{HEADLINE}; {_RERUN}")
         layers_seen.add(rec["layer"])
@@ -161,7 +173,7 @@ def _check_layers(results: dict, name: str, gradient_method: str) -> None:
         raise CardError(f"{name} per_layer covers layers {sorted(layers_seen)}, expected "
                         f"0..{results['n_layers'] - 1}; {_RERUN}")
     summary = results["summary"]
-    for key in ("agreement", "heads_defined", "attention_sparsity", "input_to_repr_entropy"):
+    for key in ("agreement", "heads_defined", "attention_sparsity") + (("input_to_repr_entropy",) if eq5 else ()):
         if key not in summary:
             raise CardError(f"{name} summary lacks {key!r} (written by an older evaluation suite?); {_RERUN}")
 
@@ -188,11 +200,13 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         attention_sparsity=summary["attention_sparsity"],
         special_mass=summary.get("special_mass", {}),
         heads_defined=summary["heads_defined"],
-        input_to_repr_entropy=summary["input_to_repr_entropy"],
+        input_to_repr_entropy=summary.get("input_to_repr_entropy"),
         overall_excess=overall[HEADLINE],
         overall_raw=overall["kendall_tau_b"],
         ig_completeness_median=ig.get("median"),
         warnings=list(summary.get("warnings", [])),
+        measures=tuple(measured(results)),
+        not_measured=tuple(results.get("measures_left_out") or ()),
     )
 
 

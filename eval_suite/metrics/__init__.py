@@ -38,6 +38,7 @@ __all__ = [
     "module_path",
     "normalise",
     "normalised_entropy",
+    "sampled_mean_standard_error",
     "sparsity",
     "support_coverage",
     "support_size",
@@ -130,6 +131,21 @@ def support_size(attention, mask=None) -> torch.Tensor:
     attention = _as_tensor(attention)
     mask = _mask_like(attention, mask)
     return (mask & (attention != 0)).sum(dim=-1).to(_DTYPE)
+
+
+def sampled_mean_standard_error(values, weights, population) -> torch.Tensor:
+    """Standard error of the mean of ``values`` over the positions where ``weights`` is 1, as an estimate of their
+    mean over a population of ``population`` positions the sample was drawn from uniformly without replacement:
+    sqrt((1 - n / N) s^2 / n), s^2 the sample variance (ddof 1), with the finite-population correction (0 when the
+    sample is the whole population; NaN when fewer than two positions were sampled from a larger one)."""
+    values, weights, population = _as_tensor(values), _as_tensor(weights), _as_tensor(population)
+    n = weights.sum(dim=-1)
+    mean = (values * weights).sum(dim=-1) / torch.clamp(n, min=1.0)
+    variance = (weights * (values - mean[..., None]) ** 2).sum(dim=-1) / torch.clamp(n - 1, min=1.0)
+    population = population.expand_as(n)
+    se = torch.sqrt(torch.clamp(1 - n / torch.clamp(population, min=1.0), min=0.0) * variance / torch.clamp(n, min=1.0))
+    se = torch.where(n >= population, torch.zeros_like(se), se)
+    return torch.where((n < 2) & (n < population), torch.full_like(se, float("nan")), se)
 
 
 # ----------------------------------------------------------------------------------------------- rank agreement

@@ -50,7 +50,7 @@ def tau(record: dict, method: str, layer: int | None = None, metric: str = "kend
 
 def input_to_repr_entropy(record: dict, layer: int | None = None) -> float | None:
     layer = last_layer(record) if layer is None else layer
-    return _mean(record["eval"]["per_layer"][layer]["input_to_repr_entropy"])
+    return _mean(record["eval"]["per_layer"][layer].get("input_to_repr_entropy"))  # None: eq. 5 not measured
 
 
 def coindexed_share(record: dict, layer: int | None = None) -> float | None:
@@ -60,7 +60,7 @@ def coindexed_share(record: dict, layer: int | None = None) -> float | None:
 
 def importance_entropy(record: dict, method: str) -> float | None:
     layer = last_layer(record)
-    return _mean(record["eval"]["per_layer"][layer]["importance_entropy"].get(method))
+    return _mean((record["eval"]["per_layer"][layer].get("importance_entropy") or {}).get(method))
 
 
 def sparsity(record: dict, layer: int | None = None) -> float | None:

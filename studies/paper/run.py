@@ -58,7 +58,9 @@ def eval_request(unit: Unit, args, checkpoint: Path, eval_dir: Path):
     from eval_suite import EvalRequest, MeasureConfig
 
     limit = args.scratch_limit if unit.encoder == "scratch" else args.minilm_limit
-    measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0)
+    # The full set, as the committed study was run (its tables use the paper tier's measurements).
+    measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0,
+                            measures="full")
     return EvalRequest(checkpoint=str(checkpoint), output_dir=str(eval_dir), dataset=unit.dataset, split="test",
                        limit=limit, max_length=args.max_length, resume=True, plot_examples=0, cpu=True, measure=measure)
 
@@ -89,7 +91,7 @@ def compact_results(results: dict) -> dict:
             "layer": h["layer"], "head": h["head"], "defined_share": h.get("defined_share"),
             **{k: stat(h.get(k)) for k in ("attention_sparsity", "attention_support_size", "attention_entropy",
                                            "special_mass")},
-            **{metric: {m: stat(v) for m, v in h[metric].items()}
+            **{metric: {m: stat(v) for m, v in h.get(metric, {}).items()}
                for metric in ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support")},
         })
     layers = [{"layer": l["layer"], "n_heads_defined": l.get("n_heads_defined"),
@@ -99,7 +101,7 @@ def compact_results(results: dict) -> dict:
                "importance_entropy": {m: stat(v) for m, v in l.get("importance_entropy", {}).items()}}
               for l in results["per_layer"]]
     keep = ("attn_impl", "sparse_attention", "dataset", "split", "n_examples", "accuracy", "macro_f1", "n_layers",
-            "n_heads", "weights_fingerprint")
+            "n_heads", "weights_fingerprint", "measures")
     out = {k: results.get(k) for k in keep}
     out.update(per_layer_head=heads, per_layer=layers,
                summary={k: v for k, v in results.get("summary", {}).items() if k != "text"})

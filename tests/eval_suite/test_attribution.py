@@ -243,7 +243,8 @@ def test_minilm_under_entmax15(minilm_path, tmp_path):
     assert classifier.attn_impl == "entmax15" and (classifier.n_layers, classifier.n_heads) == (6, 12)
     texts = ["a gorgeous, witty, seductive movie.", "the plot is boilerplate.", "not bad at all"]
     batch = _batch(classifier, texts)
-    config = MeasureConfig(ig_steps=2, fractions=(0.5,), faithfulness_attention="none", token_map_indices=frozenset({0}))
+    config = MeasureConfig(ig_steps=2, fractions=(0.5,), faithfulness_attention="none", token_map_indices=frozenset({0}),
+                           measures="full")
     arrays, maps = measure_batch(classifier, batch, [1, 0, 1], [0, 1, 2], config)
     assert arrays["attention.sparsity"].shape == (3, 6, 12)
     assert np.nanmean(arrays["attention.sparsity"]) > 0.5  # pretrained scores are peaky: entmax15 zeros most keys

@@ -32,7 +32,7 @@ def workspace(tmp_path_factory):
 
 def _args(ws, out, *extra):
     return [ws["checkpoint"], "--dataset", ws["data"], "--split", "train", "--limit", "12", "--batch-size", "5",
-            "--ig-steps", "4", "--output-dir", str(out), *extra]
+            "--ig-steps", "4", "--measures", "full", "--output-dir", str(out), *extra]
 
 
 @pytest.fixture(scope="module")

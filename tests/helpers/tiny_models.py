@@ -147,16 +147,19 @@ def _write_training_files(folder: Path, attn_impl: str | None, seed: int) -> Non
 
 
 def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit: int = 16,
-                 fingerprint: str | None = None) -> Path:
+                 fingerprint: str | None = None, measures: str | None = None) -> Path:
     """A real results.json: the evaluation suite run on ``limit`` seeded MR test sentences with ``checkpoint``.
 
     ``plots=False`` leaves the plots out (files and list); ``fingerprint`` overwrites the recorded weights
-    fingerprint (a results file that claims other weights).
+    fingerprint (a results file that claims other weights); ``measures`` is a --measures selection (default: the
+    suite's default tier).
     """
     from eval_suite import EvalRequest, MeasureConfig, run_evaluation
+    from eval_suite.measures import DEFAULT_SPEC
 
     outdir = Path(outdir)
-    measure = MeasureConfig(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed)
+    measure = MeasureConfig(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
+                            measures=measures or DEFAULT_SPEC)
     run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
                                limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
     path = outdir / "results.json"

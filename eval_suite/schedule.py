@@ -1,0 +1,150 @@
+"""The measuring loop of one process: calibrate on the first batch, forecast, keep to a budget, show progress.
+
+Each process measures its share of the planned batches longest first. The first one doubles as the calibration of
+the forecast (:mod:`eval_suite.forecast`); the main process prints the forecast (total time and each stage's
+share) and, when ``--budget`` is given and the forecast exceeds it, every process stops with one line naming a
+cheaper command before anything is written. The progress bar counts examples and advances after every stage
+(and within the long ones), each stage weighted by its forecast share of the batch, so its ETA covers every
+measure of every remaining batch; with several processes the main process counts for all of them (they take
+equal shares of the batches).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .errors import EvalError
+from .forecast import STAGE_LABELS, Forecast, Machine, batch_shapes, cheaper_options, describe, format_seconds, stage_shares
+from .measures import ModelShape
+
+
+class BudgetExceeded(EvalError):
+    """The forecast exceeds ``--budget``; ``cheaper`` (a :class:`eval_suite.forecast.Cheaper`) holds what would fit.
+    The command line turns it into the cheaper command itself."""
+
+    def __init__(self, message: str, cheaper):
+        self.reason, self.cheaper = message, cheaper
+        options = " or ".join(f"{option} {value} ({note})" for option, value, note in cheaper.options())
+        super().__init__(f"{message}; " + (f"fits with {options}" if options else
+                                            "nothing smaller fits: raise --budget"))
+
+
+@dataclass
+class LoopResult:
+    computed: list = field(default_factory=list)  # (batch_id, arrays, token_maps)
+    timings: dict = field(default_factory=dict)  # seconds per stage, this process
+    forecast: dict | None = None  # what was forecast (main process), for run_info.json
+    measure_seconds: float = 0.0
+
+
+def _broadcast(state, value):
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    holder = [value]
+    broadcast_object_list(holder, from_process=0)
+    return holder[0]
+
+
+def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | None, n_done: int,
+                on_ready, save) -> LoopResult:
+    """Measure this process's share of ``remaining`` (module docstring). ``on_ready()`` runs once, after the
+    budget check and before the first ``save(batch_id, arrays, token_maps)``."""
+    from tqdm.auto import tqdm
+
+    from .batching import collate
+    from .measure import measure_batch
+
+    classifier = plan.classifier
+    per_process = [sorted(remaining[k::state.num_processes], reverse=True) for k in range(state.num_processes)]
+    mine = per_process[state.process_index]
+    result = LoopResult()
+    model = ModelShape.of(classifier.model.config)
+    forecast = Forecast(model, plan.measure, Machine.measure(classifier, model),
+                        batch_shapes(plan.encodings, plan.batches))
+    scale = state.num_processes if state.num_processes > 1 else 1
+    # The count advances in fractions of examples (stage by stage); show it rounded.
+    bar = tqdm(total=len(plan.indices), initial=n_done, unit="ex", desc="eval_suite", dynamic_ncols=True,
+               disable=not state.is_main_process, smoothing=0.1,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} ex [{elapsed}<{remaining}]{postfix}")
+    position = float(n_done)
+
+    started = time.perf_counter()
+    ready = not mine
+    if not mine:
+        _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=False)
+        on_ready()
+    for number, batch_id in enumerate(mine):
+        members = plan.batches[batch_id]
+        stage_seconds = forecast.batch_seconds(batch_id)
+        batch_total = sum(stage_seconds.values()) or 1.0
+        done_shares: dict[str, float] = {}
+        base = position
+
+        def advance(stage, share, members=members, stage_seconds=stage_seconds, batch_total=batch_total,
+                    done_shares=done_shares, base=base):
+            nonlocal position
+            if stage not in done_shares:
+                bar.set_postfix_str(STAGE_LABELS.get(stage, stage), refresh=False)
+            done_shares[stage] = max(done_shares.get(stage, 0.0), share)
+            weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
+            target = base + len(members) * scale * min(1.0, weight)
+            if target > position:
+                bar.update(target - position)
+                position = target
+
+        timings: dict = {}
+        batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+        arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
+                                           [plan.indices[k] for k in members], plan.measure, timings=timings,
+                                           progress=advance)
+        for stage, seconds in timings.items():
+            result.timings[stage] = result.timings.get(stage, 0.0) + seconds
+        if number == 0:
+            forecast.calibrate(batch_id, timings)
+            _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=True,
+                          first_seconds=time.perf_counter() - started)
+            on_ready()
+            ready = True
+        save(batch_id, arrays, token_maps)
+        result.computed.append((batch_id, arrays, token_maps))
+        end = base + len(members) * scale
+        if end > position:
+            bar.update(end - position)
+            position = end
+    if not ready:
+        on_ready()
+    bar.close()
+    result.measure_seconds = time.perf_counter() - started
+    return result
+
+
+def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, result: LoopResult, bar, *,
+                  calibrated: bool, first_seconds: float = 0.0) -> None:
+    """Print the forecast (main process) and stop every process when it exceeds the budget."""
+    verdict = None
+    if state.is_main_process:
+        total, per_stage = forecast.total(per_process)
+        n_examples = sum(len(plan.batches[b]) for ids in per_process for b in ids)
+        n_batches = sum(len(ids) for ids in per_process)
+        line = describe(total, per_stage, n_examples, n_batches, state.num_processes)
+        if calibrated:
+            first = forecast.calibrated_on
+            shape = forecast.shapes[first]
+            line += (f"; calibrated on batch {first} ({shape.size} examples of up to {shape.length} tokens, "
+                     f"{first_seconds:.1f} s)")
+        result.forecast = {"measure_seconds": total, "stage_seconds": per_stage, "calibration_batch":
+                           forecast.calibrated_on, "factors": dict(forecast.factors),
+                           "machine": forecast.machine.to_dict(), "processes": state.num_processes}
+        if n_batches:
+            bar.write("eval_suite: " + line)
+        if budget_seconds is not None and total > budget_seconds:
+            cheaper = cheaper_options(forecast, per_process, budget_seconds, len(plan.indices))
+            verdict = (f"the forecast is {format_seconds(total)}, over --budget {format_seconds(budget_seconds)} "
+                       f"({stage_shares(per_stage)})", cheaper)
+    verdict = _broadcast(state, verdict)
+    if verdict is not None:
+        bar.close()
+        raise BudgetExceeded(*verdict)
