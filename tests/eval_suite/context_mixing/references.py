@@ -17,7 +17,8 @@ PRE_LN = ("roberta-prelayernorm", "xlm-roberta-xl")
 
 
 def family_of(classifier) -> str:
-    return classifier.model.config.model_type
+    config = classifier.model.config  # a sparse model's type is sparse_attn_<stock type>
+    return getattr(config, "base_model_type", config.model_type)
 
 
 def layer_modules(classifier, layer: int) -> dict:
