@@ -21,7 +21,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, RESULTS_FILE
+from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, REPORT_FILE, RESULTS_FILE
 from hf_sparse_attn.files import first_line
 
 from .errors import CardError, PushError
@@ -85,7 +85,7 @@ def _refresh_card(folder: Path, repo_id: str) -> None:
 
 
 # What a card refresh may write into the folder.
-_CARD_OUTPUTS = (CARD_FILE, RESULTS_FILE, CARD_IMAGES_DIR)
+_CARD_OUTPUTS = (CARD_FILE, RESULTS_FILE, REPORT_FILE, CARD_IMAGES_DIR)  # everything render_card writes
 
 
 def _remove(path: Path) -> None:

@@ -192,12 +192,13 @@ def test_report_of_a_real_evaluation_in_chromium(evaluated, tmp_path):
         cells = driver.find_elements("css selector", "#grids .cell")
         assert len(cells) == results["n_layers"] * results["n_heads"]
         metric = driver.find_element("id", "metric-select")
-        assert metric.get_attribute("value") == "kendall_tau_b"  # the first metric this file has
-        entry = next(e for e in results["per_layer_head"] if e["kendall_tau_b"]["grad_norm"]["mean"] is not None)
+        assert metric.get_attribute("value") == "kendall_tau_b_excess"  # the headline comes first
+        entry = next(e for e in results["per_layer_head"]
+                     if e["kendall_tau_b_excess"]["grad_norm"]["mean"] is not None)
         cell = driver.find_element("css selector",
                                    f'#grids .cell[data-layer="{entry["layer"]}"][data-head="{entry["head"]}"]')
         tip = _hover(driver, cell)
-        stat = entry["kendall_tau_b"]["grad_norm"]
+        stat = entry["kendall_tau_b_excess"]["grad_norm"]
         assert f"layer {entry['layer']}, head {entry['head']}" in tip
         assert f"mean {stat['mean']:.3f}" in tip and f"n = {stat['n']}" in tip and f"std {stat['std']:.3f}" in tip
         cell.click()
