@@ -4,6 +4,8 @@ run, and a refusal that is one line naming the cheaper command, exit status 2, w
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import pytest
 
@@ -79,15 +81,31 @@ def test_cheaper_options_name_the_largest_tier_that_fits():
 
 def test_budget_refusal_is_one_line_naming_the_cheaper_command_and_writes_nothing(workspace, capsys):
     out = workspace["root"] / "refused"
-    code = main(_args(workspace, out, "--measures", "full", "--budget", "0.3s"))
+    argv = _args(workspace, out, "--measures", "full", "--budget", "2s")
+    code = main(argv)
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    line = err[0]
-    assert line.startswith("error: the forecast is ") and "over --budget 0 s" in line
-    assert "run instead: python -m eval_suite " in line and "--limit" in line
-    # the cheaper command is the same command with one option changed: run it and it fits
-    command = line.split("run instead: python -m eval_suite ")[1].split(" (")[0]
-    assert "--budget 0.3s" in command and str(out) in command
+    # the progress bar of the calibration batch (carriage returns) comes first; the error is one line, the last
+    err = [part for part in re.split(r"[\r\n]", capsys.readouterr().err) if part.strip()]
+    errors = [part for part in err if part.startswith("error:")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    line = errors[0]
+    assert line.startswith("error: the forecast is ") and "over --budget 2 s" in line
+    assert "run instead: python -m eval_suite " in line
+    # each cheaper command is this command with one option replaced (--measures TIER or --limit N)
+    for command in line.split("run instead: ")[1].split(" or "):
+        words = shlex.split(command.split(" (")[0])[3:]
+        option = "--measures" if "--measures" in words[-2:] else "--limit"
+        assert words[-2] == option and option in ("--measures", "--limit")
+        original = [w for k, w in enumerate(argv) if w != option and (k == 0 or argv[k - 1] != option)]
+        assert words[:-2] == original
+        if option == "--limit":
+            assert 1 <= int(words[-1]) < 20
     assert not out.exists()
 
+
+def test_budget_refusal_when_nothing_fits_says_raise_the_budget(workspace, capsys):
+    out = workspace["root"] / "nothing_fits"
+    assert main(_args(workspace, out, "--measures", "quick", "--budget", "0.001s")) == 2
+    line = [part for part in re.split(r"[\r\n]", capsys.readouterr().err) if part.strip()][-1]
+    assert line.endswith("run instead: nothing smaller fits: raise --budget")
+    assert not out.exists()
