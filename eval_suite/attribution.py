@@ -430,7 +430,9 @@ class InputToRepresentation(Attribution):
         B, L = batch.size, batch.length
         keep = batch.attention_mask.bool()
         wanted_all = keep[:, None, :].expand(B, n_layers, L) if positions is None else positions & keep[:, None, :]
-        out = torch.zeros(B, n_layers, L, L, dtype=torch.float32, device=batch.input_ids.device)
+        # float32 at least (a half-precision model's rows are summed in float32), a float64 model's own dtype
+        dtype = torch.promote_types(base.embeddings.dtype, torch.float32)
+        out = torch.zeros(B, n_layers, L, L, dtype=dtype, device=batch.input_ids.device)
         work = [max(layer, 0.1) for layer in range(n_layers)]  # a backward pass through the l layers below
         for layer in range(n_layers):
             wanted = wanted_all[:, layer]
@@ -445,7 +447,7 @@ class InputToRepresentation(Attribution):
                 else:
                     rows = self._vjp_rows(base.hidden_states[layer].norm(dim=-1), base.embeddings, order, valid,
                                           ctx.max_grad_tokens)
-                out[:, layer].scatter_(1, order[:, :, None].expand(B, n_rows, L), rows * valid[:, :, None])
+                out[:, layer].scatter_(1, order[:, :, None].expand(B, n_rows, L), (rows * valid[:, :, None]).to(dtype))
             ctx.tick(sum(work[:layer + 1]) / sum(work))
         out = out * keep[:, None, :, None] * keep[:, None, None, :]
         totals = out.sum(dim=-1, keepdim=True)
@@ -559,6 +561,6 @@ class ProjectedAttention(Attribution):
     def __call__(self, ctx, input_to_repr: torch.Tensor | None = None):
         if input_to_repr is None:
             input_to_repr = InputToRepresentation()(ctx)
-        rows = attention_rows(ctx.base.attentions, ctx.batch.attention_mask, self.query).float()
+        rows = attention_rows(ctx.base.attentions, ctx.batch.attention_mask, self.query).to(input_to_repr.dtype)
         return rows @ input_to_repr  # [B, n, H, L] @ [B, n, L, L]
 

@@ -371,10 +371,11 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
             # compare with importance. special_mass says how much of the head's attention that leaves out.
             "heads": _token_values(M.normalise(attention[row][..., keep])),
             "special_mass": _token_values(out["attention.special_mass"][row]),
-            "projected": _token_values(M.normalise(projected[row].double()[..., keep])),
             "representation": {m: _token_values(M.normalise(representations[m][row].double()[..., keep]))
-                               for m in REPRESENTATION_METHODS},
+                               for m in methods.representation},
         }
+        if projected is not None:
+            token_maps[int(index)]["projected"] = _token_values(M.normalise(projected[row].double()[..., keep]))
     return arrays, token_maps
 
 

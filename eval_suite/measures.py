@@ -244,8 +244,15 @@ _ENTRIES = [
             cost=faithfulness_cost),
 ]
 REGISTRY: dict[str, Measure] = {m.name: m for m in _ENTRIES}
-# Work every selection does, in stages of its own: the base pass (and the gradient backward), the metrics.
-SHARED_STAGES = {"base": base_cost, "metrics": metrics_cost}
+def bookkeeping_cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost:
+    """What a batch costs outside the measurements (padding it, converting and storing its rows, token maps):
+    a fixed time per example, which the calibration sets."""
+    return Cost(0.0, shape.size)
+
+
+# Work every selection does, in stages of its own: the base pass (and the gradient backward), the metrics, and
+# the per-batch bookkeeping around them.
+SHARED_STAGES = {"base": base_cost, "metrics": metrics_cost, "bookkeeping": bookkeeping_cost}
 
 
 def tiers() -> dict[str, tuple[str, ...]]:

@@ -13,6 +13,7 @@ if [ ! -d "$OUT/final" ]; then
   "$PY" -m hf_sparse_attn.training --dataset mr --attn-impl entmax15 --max-steps "$STEPS" --max-length 64 \
     --output-dir "$OUT" "${resume[@]}"
 fi
+# The default tier (paper: the measurement set of the study) on 100 sentences; the forecast is printed first.
 resume=(); [ -d "$OUT/eval" ] && resume=(--resume)
 "$PY" -m eval_suite "$OUT/final" --dataset mr --split test --limit "$LIMIT" --max-length 64 \
   --output-dir "$OUT/eval" --card "${resume[@]}"
