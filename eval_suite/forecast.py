@@ -20,7 +20,8 @@ import torch
 
 from .measures import BatchShape, Cost, ModelShape, REGISTRY, describe_selection, stage_costs, tiers
 
-STAGE_LABELS = {"base": "base pass + gradients", "input_to_repr": "eq. 5", "metrics": "metrics"}
+STAGE_LABELS = {"base": "base pass + gradients", "input_to_repr": "eq. 5", "metrics": "metrics",
+                "context_mixing_split": "context-mixing split"}
 
 
 @dataclass(frozen=True)
