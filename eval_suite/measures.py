@@ -182,8 +182,9 @@ def _rollout_pairs(model: ModelShape, n: int) -> float:
 
 
 def _flow_pairs(model: ModelShape, n: int) -> float:
-    # one max-flow per input token on a graph of n_layers x n^2 edges (Dinic's: a few passes over the edges)
-    return 50 * n * n * n
+    # per layer: one max-flow per input token on a graph of n_layers x n^2 edges (Dinic's: a few passes over the
+    # edges; the constant is MiniLM's measured rate on MR, in FLOP-equivalents)
+    return 75 * model.n_layers * n ** 3
 
 
 attention_norm_cost = _mixing_cost(_norm_pairs, 0.3)
@@ -221,7 +222,8 @@ def metrics_cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost
     methods = sum(1 for m in measures if m in REGISTRY and REGISTRY[m].role in ("input", "representation"))
     maps = sum(1 for m in measures if m in REGISTRY and REGISTRY[m].role == "map")
     # each context-mixing view is compared like one more source: a head view like attention, a layer view 1/H
-    mixing = sum(len(mixing_views(m)) for m in measures if m in REGISTRY and REGISTRY[m].role == "mixing")
+    mixing = sum(1 if view == "head" else 1 / model.n_heads for m in methods_with_role(measures, "mixing")
+                 for view in mixing_views(m))
     pairs = shape.size * model.n_layers * model.n_heads * shape.length ** 2
     return Cost(40 * pairs * (methods + 1 + maps + mixing * max(methods, 1)), 1)
 

@@ -209,3 +209,45 @@ def test_resume_gives_the_same_results_and_compare_tests_the_mixing_views(worksp
     assert "alti.layer" in compared["mixing_compared"]
     tests = [t for t in compared["tests"] if t.get("source") == "alti.inputs" and t["metric"] == "kendall_tau_b"]
     assert len(tests) == 2 * 2 and all(t["difference"] == pytest.approx(0.0, abs=1e-9) for t in tests)
+
+
+def test_mixing_is_a_tier_inside_full_with_a_cost_per_method_in_the_forecast(evaluated):
+    from eval_suite.measure import MeasureConfig
+    from eval_suite.measures import BatchShape, ModelShape, resolve_measures, stage_costs
+
+    assert resolve_measures("mixing") == MIXING
+    assert set(MIXING) <= set(resolve_measures("full")) and not set(MIXING) & set(resolve_measures("paper"))
+    assert resolve_measures("mixing,-value_zeroing,grad_norm") == ("grad_norm",) + tuple(
+        m for m in MIXING if m != "value_zeroing")
+    model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
+    config = MeasureConfig(measures="mixing,grad_norm")
+
+    def costs(length):
+        return stage_costs(BatchShape((length,) * 4, (length - 2,) * 4), model, config, config.measures)
+
+    short, long = costs(20), costs(40)
+    for stage in (*MIXING, "context_mixing_split"):
+        assert short[stage].flops > 0 and long[stage].flops >= 2 * short[stage].flops, stage
+    for stage in ("value_zeroing", "attention_flow"):  # every (i, j) pair / max-flow per token: superlinear
+        assert long[stage].flops >= 4 * short[stage].flops, stage
+    forecast = json.loads((evaluated / "run_info.json").read_text())["forecast"]
+    assert {*MIXING, "context_mixing_split"} <= set(forecast["stage_seconds"])
+    assert all(forecast["factors"][stage] > 0 for stage in MIXING)
+
+
+def test_a_budget_too_small_for_full_suggests_a_standard_tier_never_the_mixing_tier_alone():
+    """``mixing`` alone measures no importance to compare with; the cheaper selection offered for ``full`` must be
+    the largest standard tier that fits, even where the mixing tier would fit too."""
+    from eval_suite.forecast import Forecast, Machine, cheaper_options
+    from eval_suite.measure import MeasureConfig
+    from eval_suite.measures import BatchShape, ModelShape
+
+    model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
+    forecast = Forecast(model, MeasureConfig(measures="full"), Machine(flop_rate=1e10, call_seconds=0.01),
+                        [BatchShape((30,) * 8, (28,) * 8)])
+    quick = forecast.with_measures(MeasureConfig(measures="quick").measures).total([[0]])[0]
+    mixing = forecast.with_measures(MeasureConfig(measures="mixing").measures).total([[0]])[0]
+    full = forecast.total([[0]])[0]
+    budget = max(quick, mixing) * 1.01
+    assert budget < full
+    assert cheaper_options(forecast, [[0]], budget, 8).measures in ("quick", "paper")
