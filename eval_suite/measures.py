@@ -24,7 +24,7 @@ Adding a measurement family (for example context mixing): one :class:`Measure` e
 ``[B, n_layers, L]``, ``map`` of attention carried to the inputs ``[B, n_layers, H, L]``, ``mixing``: a
 context-mixing method whose views are compared like attention), its ``compute``
 function, its ``cost`` model and its ``tier``: a standard tier, or a name of its own, which becomes selectable
-(``--measures paper,context_mixing``) and is part of ``full``.
+(``--measures paper,mixing``) and is part of ``full``.
 """
 
 from __future__ import annotations
