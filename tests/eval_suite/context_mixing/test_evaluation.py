@@ -228,8 +228,10 @@ def test_mixing_is_a_tier_inside_full_with_a_cost_per_method_in_the_forecast(eva
     short, long = costs(20), costs(40)
     for stage in (*MIXING, "context_mixing_split"):
         assert short[stage].flops > 0 and long[stage].flops >= 2 * short[stage].flops, stage
-    for stage in ("value_zeroing", "attention_flow"):  # every (i, j) pair / max-flow per token: superlinear
-        assert long[stage].flops >= 4 * short[stage].flops, stage
+    # value zeroing: the feed-forward of every (i, j) pair (quadratic; its per-head [CLS] rows are linear);
+    # flow: one max-flow over n^2 edges per token (cubic)
+    assert long["value_zeroing"].flops >= 3 * short["value_zeroing"].flops
+    assert long["attention_flow"].flops >= 7 * short["attention_flow"].flops
     forecast = json.loads((evaluated / "run_info.json").read_text())["forecast"]
     assert {*MIXING, "context_mixing_split"} <= set(forecast["stage_seconds"])
     assert all(forecast["factors"][stage] > 0 for stage in MIXING)
