@@ -29,12 +29,13 @@ import numpy as np
 from . import metrics as M
 from .errors import EvalError
 from .measure import COMPARISON_METRICS
-from .measures import REGISTRY, MethodLists
+from .measures import REGISTRY, MethodLists, methods_with_role, mixing_views
 
 # The agreement figures pooled per layer and over the whole model (docs/eval_suite.md explains each).
 POOLED_AGREEMENT = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", "kendall_tau_b_null",
                     "kendall_tau_b_excess", "jensen_shannon")
 HEADLINE_METRIC = "kendall_tau_b_excess"
+MIXING_SUMMARIES = ("entropy", "sparsity", "special_mass")
 
 
 @dataclass
@@ -149,6 +150,7 @@ class _Aggregator:
         self.rows, self.n_layers, self.n_heads, self.config = rows, n_layers, n_heads, config
         self.measures = tuple(measures)
         self.methods = MethodLists.of(self.measures)
+        self.mixing = methods_with_role(self.measures, "mixing")
         self.n = int(rows["example.label"].shape[0])
         self.min_n = min(config.min_examples, self.n)
         self.bootstrap = Bootstrap(self.n, config)
@@ -172,6 +174,11 @@ class _Aggregator:
     def summaries(self, prefix: str, layer: int, head: int, reason: str | None) -> dict:
         return {key: self.stats(f"{prefix}.{key}").at(layer, head, reason=reason)
                 for key in ("entropy", "sparsity", "support_size")}
+
+    def compared_with(self, view: str) -> list[str]:
+        """The importance methods a context-mixing view is compared with: the inputs view (contributions of the
+        inputs) with the input methods, the head and layer views (over ``h^(l)``) with every method, as attention."""
+        return list(self.methods.input if view == "inputs" else self.methods.importance)
 
     def defined(self, key: str) -> np.ndarray:
         return self.stats(key).n >= self.min_n
@@ -209,6 +216,9 @@ def aggregate(rows: dict[str, np.ndarray], *, n_layers: int, n_heads: int, ranki
         "representation_methods": methods.representation,
         "all_positions_methods": methods.all_positions,
     }
+    if agg.mixing:
+        results["mixing_methods"] = {m: list(mixing_views(m)) for m in agg.mixing}
+        results["mixing_compared_with"] = {view: agg.compared_with(view) for view in ("head", "layer", "inputs")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         results["per_layer_head"] = [_layer_head(agg, layer, head) for layer in range(n_layers)
@@ -258,6 +268,15 @@ def _layer_head(agg: _Aggregator, layer: int, head: int) -> dict:
         entry[source] = agg.summaries(source, layer, head, reason)
         if methods.input:
             entry[source].update(agg.metric_block(source, methods.input, layer, head, reason))
+    per_head = [m for m in agg.mixing if "head" in mixing_views(m)]
+    if per_head:
+        entry["mixing"] = {}
+        for m in per_head:
+            prefix = f"mixing.{m}.head"
+            block = {key: agg.stats(f"{prefix}.{key}").at(layer, head) for key in MIXING_SUMMARIES}
+            if agg.compared_with("head"):
+                block.update(agg.metric_block(prefix, agg.compared_with("head"), layer, head, None))
+            entry["mixing"][m] = block
     return entry
 
 
@@ -308,6 +327,60 @@ def _layer(agg: _Aggregator, layer: int) -> dict:
     if methods.importance:
         out["importance_entropy"] = {m: agg.stats("importance.entropy").at(layer, i)
                                      for i, m in enumerate(methods.importance)}
+    if agg.mixing:
+        out["mixing"] = {m: {view: _mixing_layer(agg, m, view, layer) for view in mixing_views(m)}
+                         for m in agg.mixing}
+    return out
+
+
+def _mixing_layer(agg: _Aggregator, method: str, view: str, layer: int) -> dict:
+    """One context-mixing view in one layer: its summaries and its agreement with every compared method (the
+    head view pooled over the layer's defined heads, as attention's per-layer figures)."""
+    prefix = f"mixing.{method}.{view}"
+    compared = agg.compared_with(view)
+    if view == "head":
+        in_layer = np.zeros((agg.n_layers, agg.n_heads), dtype=bool)
+        in_layer[layer] = True
+        block = {key: agg.pooled(f"{prefix}.{key}", in_layer) for key in MIXING_SUMMARIES}
+        agreement = {}
+        for i, m in enumerate(compared):
+            select = np.zeros((agg.n_layers, agg.n_heads, len(compared)), dtype=bool)
+            select[layer, :, i] = True
+            agreement[m] = {metric: agg.pooled(f"{prefix}.{metric}", select) for metric in POOLED_AGREEMENT}
+    else:
+        block = {key: agg.stats(f"{prefix}.{key}").at(layer) for key in MIXING_SUMMARIES}
+        agreement = {m: {metric: agg.stats(f"{prefix}.{metric}").at(layer, i) for metric in COMPARISON_METRICS}
+                     for i, m in enumerate(compared)}
+    block["agreement"] = agreement
+    return block
+
+
+def _mixing_summary(agg: _Aggregator) -> dict:
+    """Per method and view: pooled over every layer (and defined head) for the head and layer views; for the
+    inputs view, the whole network (its last layer: contributions of the inputs to the final [CLS])."""
+    out = {}
+    for method in agg.mixing:
+        out[method] = {}
+        for view in mixing_views(method):
+            prefix = f"mixing.{method}.{view}"
+            compared = agg.compared_with(view)
+            if view == "inputs":
+                last = agg.n_layers - 1
+                block = {key: agg.stats(f"{prefix}.{key}").at(last) for key in MIXING_SUMMARIES}
+                block["agreement"] = {m: {metric: agg.stats(f"{prefix}.{metric}").at(last, i)
+                                          for metric in POOLED_AGREEMENT} for i, m in enumerate(compared)}
+                block["layers"] = f"the whole network (layer {last}: inputs through every layer)"
+            else:
+                block = {key: agg.pooled(f"{prefix}.{key}") for key in MIXING_SUMMARIES}
+                cells = (agg.n_layers, agg.n_heads) if view == "head" else (agg.n_layers,)
+                agreement = {}
+                for i, m in enumerate(compared):
+                    select = np.zeros((*cells, len(compared)), dtype=bool)
+                    select[..., i] = True
+                    agreement[m] = {metric: agg.pooled(f"{prefix}.{metric}", select) for metric in POOLED_AGREEMENT}
+                block["agreement"] = agreement
+                block["layers"] = "pooled over every layer" + (" and defined head" if view == "head" else "")
+            out[method][view] = block
     return out
 
 
@@ -410,6 +483,8 @@ def _summary(agg: _Aggregator, results: dict) -> dict:
         sampling = _sampling(agg, deep)
         if sampling is not None:
             summary["input_to_repr_sampling"] = sampling
+    if agg.mixing:
+        summary["mixing"] = _mixing_summary(agg)
     if "faithfulness" in results:
         faith = results["faithfulness"]["rankings"]
         scored = [(v["comprehensiveness_minus_random"]["mean"], k) for k, v in faith.items()
@@ -478,6 +553,13 @@ def _summary_text(s: dict, results: dict, methods: MethodLists) -> list[str]:
     if "integrated_gradients" in results:
         lines.append(f"integrated gradients: median completeness gap "
                      f"{_fmt({'mean': results['integrated_gradients']['completeness_gap']['median']})}")
+    for method, views in (s.get("mixing") or {}).items():
+        for view, block in views.items():
+            first = next(iter(block["agreement"]), None)
+            against = (f"tau-b excess vs {first} {_fmt(block['agreement'][first]['kendall_tau_b_excess'])} "
+                       f"(raw {_fmt(block['agreement'][first]['kendall_tau_b'])}), " if first else "")
+            lines.append(f"context mixing {method} ({view}): {against}entropy {_fmt(block['entropy'])} (attention "
+                         f"{_fmt(s['attention_entropy'])}), sparsity {_fmt(block['sparsity'])}")
     if "most_comprehensive_ranking" in s:
         lines.append(f"most comprehensive ranking (AOPC minus random): {s['most_comprehensive_ranking']}")
     return lines + [f"warning: {w}" for w in s["warnings"]]

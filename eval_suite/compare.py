@@ -10,7 +10,10 @@ Wilcoxon signed-rank test (scipy; paired, no normality assumed), with a seeded b
 difference; p-values are adjusted over all tests of the comparison with Benjamini-Hochberg (scipy's
 ``false_discovery_control``), and a difference is significant when the adjusted p-value is below ``alpha``.
 Accuracy is compared with McNemar's exact test on the discordant examples (a binomial test). Layer-level pooled
-values are compared the same way (each example's mean over the layer's defined heads).
+values are compared the same way (each example's mean over the layer's defined heads). Context-mixing methods
+(``--measures mixing``) that both measured are compared the same way per view (``source`` ``<method>.<view>``):
+their agreement with each importance method both compared them with, and their entropy, sparsity and mass on
+special tokens, per layer (and head, for the per-head view).
 
 Writes ``compare.json`` and prints the significant differences. Exit status 2 with a one-line error when the two
 folders cannot be compared like for like.
@@ -132,6 +135,7 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
                 if found:
                     tests.append({"layer": layer, "head": head, "metric": f"attention_{summary}", "method": None,
                                   **found})
+    tests += _mixing_tests(a, b, bootstrap)
     if tests:
         adjusted = false_discovery_control([t["p_value"] for t in tests], method="bh")
         for test, p in zip(tests, adjusted):
@@ -148,6 +152,7 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
               "weights_fingerprint": b.results.get("weights_fingerprint")},
         "dataset": a.results["dataset"], "split": a.results["split"], "n_examples": int(len(correct_a)),
         "methods_compared": methods,
+        "mixing_compared": sorted({t["source"] for t in tests if "source" in t}),
         "methods_only_in_a": [m for m in methods_a if m not in methods_b],
         "methods_only_in_b": [m for m in methods_b if m not in methods_a],
         "accuracy": {"a": float(correct_a.mean()), "b": float(correct_b.mean()), "only_a_correct": only_a,
@@ -159,6 +164,45 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
         "n_significant": sum(t["significant"] for t in tests),
         "tests": tests,
     }
+
+
+def _mixing_tests(a: Evaluation, b: Evaluation, bootstrap: Bootstrap) -> list[dict]:
+    """The paired tests of every context-mixing view both evaluations measured (rows ``mixing.<method>.<view>.*``)."""
+    mixing_a, mixing_b = a.results.get("mixing_methods") or {}, b.results.get("mixing_methods") or {}
+    compared_a, compared_b = a.results.get("mixing_compared_with") or {}, b.results.get("mixing_compared_with") or {}
+    n_layers, n_heads = a.results["n_layers"], a.results["n_heads"]
+    tests = []
+    for method in (m for m in mixing_a if m in mixing_b):
+        for view in (v for v in mixing_a[method] if v in mixing_b[method]):
+            prefix, source = f"mixing.{method}.{view}", f"{method}.{view}"
+            heads = range(n_heads) if view == "head" else [None]
+
+            def add(va, vb, layer, head, metric, against):
+                found = _paired(va, vb, bootstrap)
+                if found:
+                    tests.append({"layer": layer, "head": head, "metric": metric, "method": against,
+                                  "source": source, **found})
+
+            against = [m for m in compared_a.get(view, []) if m in compared_b.get(view, [])]
+            for layer in range(n_layers):
+                for metric in HEAD_METRICS if against else ():
+                    va, vb = a.rows[f"{prefix}.{metric}"], b.rows[f"{prefix}.{metric}"]
+                    for m in against:
+                        i, j = compared_a[view].index(m), compared_b[view].index(m)
+                        for head in heads:
+                            cell = (slice(None), layer) if head is None else (slice(None), layer, head)
+                            add(va[cell + (i,)], vb[cell + (j,)], layer, head, metric, m)
+                        if view == "head":
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore", RuntimeWarning)
+                                add(np.nanmean(va[:, layer, :, i], axis=1), np.nanmean(vb[:, layer, :, j], axis=1),
+                                    layer, None, metric, m)
+                for summary in HEAD_SUMMARIES:
+                    va, vb = a.rows[f"{prefix}.{summary}"], b.rows[f"{prefix}.{summary}"]
+                    for head in heads:
+                        cell = (slice(None), layer) if head is None else (slice(None), layer, head)
+                        add(va[cell], vb[cell], layer, head, f"mixing_{summary}", None)
+    return tests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +240,7 @@ def main(argv=None) -> int:
             print(f"  not compared (measured in {side} only): {', '.join(result[f'methods_only_in_{side}'])}")
     for t in sorted((t for t in result["tests"] if t["significant"]), key=lambda t: t["p_adjusted"])[:20]:
         where = f"layer {t['layer']}" + (f" head {t['head']}" if t["head"] is not None else " (pooled)")
-        what = t["metric"] + (f" vs {t['method']}" if t["method"] else "")
+        what = (f"{t['source']} " if t.get("source") else "") + t["metric"] + (f" vs {t['method']}" if t["method"] else "")
         print(f"  {where}: {what}: {t['a']:.3f} -> {t['b']:.3f} ({t['difference']:+.3f} [{t['ci95'][0]:+.3f}, "
               f"{t['ci95'][1]:+.3f}], p_adj {t['p_adjusted']:.2g})")
     print(f"wrote {out / COMPARE_FILE}")

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .measures import BatchShape, Cost, ModelShape, REGISTRY, describe_selection, stage_costs, tiers
+from .measures import (STANDARD_TIERS, BatchShape, Cost, ModelShape, REGISTRY, describe_selection, stage_costs,
+                       tiers)
 
 STAGE_LABELS = {"base": "base pass + gradients", "input_to_repr": "eq. 5", "metrics": "metrics",
-                "bookkeeping": "bookkeeping"}
+                "bookkeeping": "bookkeeping", "context_mixing_split": "context-mixing split"}
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,9 @@ def cheaper_options(forecast: Forecast, batch_ids_per_process: list[list[int]], 
     total, _ = forecast.total(batch_ids_per_process)
     best = None
     current = set(forecast.measures)
-    for name, members in reversed(list(tiers().items())):
+    named = tiers()
+    # standard tiers only: a family tier (mixing) alone measures no importance to compare its methods with
+    for name, members in ((tier, named[tier]) for tier in reversed(STANDARD_TIERS)):
         if not members or not set(members) < current:
             continue
         seconds, _ = forecast.with_measures(members).total(batch_ids_per_process)

@@ -19,6 +19,12 @@ compared with attention, ``M_in`` input methods, ``M_all`` methods defined at ev
 * ``integrated_gradients.{completeness_gap,steps}``: quadrature error and steps used               [B]
 * ``faithfulness.{comprehensiveness,sufficiency}``                                                 [B, R, F]
 * ``faithfulness.comprehensiveness_{upper,lower}`` (with ``aopc_bounds="greedy"``)                 [B, F]
+* ``mixing.<method>.<view>.{entropy,sparsity,special_mass}`` for each measured context-mixing method and each
+  view it defines (:func:`eval_suite.measures.mixing_views`): ``head`` [B, n, H], ``layer`` and ``inputs`` [B, n]
+* ``mixing.<method>.<view>.<metric>`` for metric in COMPARISON_METRICS: the ``head`` view against every method in
+  ``methods`` [B, n, H, M], the ``layer`` view against them [B, n, M], the ``inputs`` view against the input
+  methods [B, n, M_in] (the classification token's mixing over content tokens, as the module
+  :mod:`eval_suite.context_mixing.rows` defines it, compared with importance exactly like attention)
 
 Distributions are over content tokens (see :mod:`eval_suite.batching`) unless the key says all positions; NaN
 marks undefined values. Only the measurements in ``MeasureConfig.measures`` (see :mod:`eval_suite.measures`) are
@@ -47,7 +53,7 @@ from .attribution import (
 )
 from .batching import TokenBatch
 from .faithfulness import DEFAULT_FRACTIONS, faithfulness_curves, greedy_comprehensiveness_bounds, tie_break_keys
-from .measures import DEFAULT_SPEC, REGISTRY, MethodLists, resolve_measures
+from .measures import DEFAULT_SPEC, REGISTRY, MethodLists, methods_with_role, mixing_views, resolve_measures
 
 # Every method the suite knows, in results order (a run measures the subset its selection names).
 _ALL = MethodLists.of(tuple(REGISTRY))
@@ -142,8 +148,29 @@ def _summarise(source: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict)
     out[f"{prefix}.support_size"] = M.support_size(source, mask)
 
 
+def _mixing_metric_rows(mixing: dict, all_methods, per_layer_inputs, content, out: dict) -> None:
+    """The ``mixing.*`` rows (module docstring) from :func:`~eval_suite.context_mixing.context_mixing_rows`'s
+    ``mixing`` dict; ``all_methods`` [B, n, M, L] and ``per_layer_inputs`` [B, n, M_in, L] or None."""
+    names = sorted({key.split(".")[0] for key in mixing}, key=list(REGISTRY).index)
+    for name in names:
+        for view in mixing_views(name):
+            key = f"{name}.{view}"
+            prefix = f"mixing.{key}"
+            for summary in ("entropy", "sparsity", "special_mass"):
+                out[f"{prefix}.{summary}"] = mixing[f"{key}.{summary}"]
+            target = per_layer_inputs if view == "inputs" else all_methods
+            if target is None:
+                continue
+            # An undefined row (NaN: no mass on content tokens) is compared as all-zero: the metrics leave a
+            # constant vector undefined, so it stays NaN.
+            vector = torch.nan_to_num(mixing[key].double(), nan=0.0)
+            compared: dict[str, torch.Tensor] = {}
+            _compare(vector if view == "head" else vector[:, :, None], target, content, prefix, compared)
+            out.update({k: v if view == "head" else v[:, :, 0] for k, v in compared.items()})
+
+
 def _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
-                 methods: MethodLists, sampled=None) -> dict:
+                 methods: MethodLists, sampled=None, mixing=None) -> dict:
     """Every per-example metric of the module docstring except faithfulness, IG's gap and the example facts, for
     the measured methods (``inputs`` / ``representations`` hold exactly ``methods``; absent maps are None)."""
     n_layers = attention.shape[1]
@@ -154,7 +181,7 @@ def _metric_rows(attention, inputs, representations, rolled, projected, input_to
     out["attention.special_mass"] = 1 - content_mass / attention.sum(dim=-1)
     _summarise(attention, real, "all_positions", out)
 
-    per_layer_inputs = None
+    per_layer_inputs = all_methods = None
     stacks = []
     if methods.input:
         input_stack = torch.stack([inputs[m] for m in methods.input], dim=1).double()  # [B, M_in, L]
@@ -178,6 +205,8 @@ def _metric_rows(attention, inputs, representations, rolled, projected, input_to
         _summarise(source, content, name, out)
         if per_layer_inputs is not None:
             _compare(source, per_layer_inputs, content, name, out)
+    if mixing:
+        _mixing_metric_rows(mixing, all_methods, per_layer_inputs, content, out)
 
     if input_to_repr is not None:
         # Eq. 5 restricted to content inputs i, summarised over content positions p (or a sample of them).
@@ -198,20 +227,21 @@ def _metric_rows(attention, inputs, representations, rolled, projected, input_to
 
 
 def _metric_rows_chunked(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
-                         methods: MethodLists, sampled=None) -> dict:
+                         methods: MethodLists, sampled=None, mixing=None) -> dict:
     """:func:`_metric_rows` a few examples at a time, so that long documents fit in memory (same values)."""
     B, n_layers, n_heads, L = attention.shape
     step = max(1, METRIC_ELEMENTS // max(1, n_layers * n_heads * L * L))
     if step >= B:
         return _metric_rows(attention, inputs, representations, rolled, projected, input_to_repr, content, real,
-                            methods, sampled)
+                            methods, sampled, mixing)
     parts = []
     for start in range(0, B, step):
         sl = slice(start, start + step)
         pick = lambda value: None if value is None else value[sl]  # noqa: E731
         parts.append(_metric_rows(attention[sl], {k: v[sl] for k, v in inputs.items()},
                                   {k: v[sl] for k, v in representations.items()}, pick(rolled), pick(projected),
-                                  pick(input_to_repr), content[sl], real[sl], methods, pick(sampled)))
+                                  pick(input_to_repr), content[sl], real[sl], methods, pick(sampled),
+                                  {k: v[sl] for k, v in (mixing or {}).items()}))
     return {key: torch.cat([part[key] for part in parts], dim=0) for key in parts[0]}
 
 
@@ -234,7 +264,7 @@ def _timed(timings: dict | None, stage: str):
 
 
 ROW_FLOAT_PREFIXES = ("attention.", "all_positions.", "rollout.", "projected.", "importance.", "input_to_repr.",
-                      "faithfulness.", "integrated_gradients.completeness_gap")
+                      "faithfulness.", "integrated_gradients.completeness_gap", "mixing.")
 
 
 def _faithfulness_rows(ctx, config: MeasureConfig, rankings: dict, indices: list[int], out: dict) -> None:
@@ -306,9 +336,21 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
             store("integrated_gradients", signed.abs())
     for name in measures:
         entry = REGISTRY[name]
-        if not entry.needs_graph and entry.compute is not None:
+        if not entry.needs_graph and entry.compute is not None and entry.role != "mixing":
             with stage(entry.stage_name):
                 store(name, entry.compute(ctx, config))
+    mixing: dict[str, torch.Tensor] = {}
+    mixing_names = methods_with_role(measures, "mixing")
+    if mixing_names:
+        from .context_mixing import CONTEXT_MIXING_METHODS
+        from .context_mixing.decomposition import decomposition
+
+        if any(CONTEXT_MIXING_METHODS[name].uses_split for name in mixing_names):
+            with stage("context_mixing_split"):  # the recorded pass and checked split every method reads
+                decomposition(ctx)
+        for name in mixing_names:
+            with stage(REGISTRY[name].stage_name):
+                mixing.update(REGISTRY[name].compute(ctx, config))
     rolled = projected = rollout_method = None
     if "rollout" in measures:
         with stage("rollout"):
@@ -321,7 +363,7 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
     with stage("metrics"):
         out = _metric_rows_chunked(attention, inputs, representations, rolled, projected,
                                    input_to_repr if "input_to_repr" in measures else None, content, real, methods,
-                                   sampled)
+                                   sampled, mixing)
     if ig_gap is not None:
         out["integrated_gradients.completeness_gap"] = ig_gap
         out["integrated_gradients.steps"] = ig_steps
@@ -373,6 +415,10 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
             "special_mass": _token_values(out["attention.special_mass"][row]),
             "representation": {m: _token_values(M.normalise(representations[m][row].double()[..., keep]))
                                for m in methods.representation},
+            # Each context-mixing view over the content tokens, renormalised there (what its metrics compare):
+            # head [n][H][tokens], layer and inputs [n][tokens].
+            "mixing": {name: {view: _token_values(mixing[f"{name}.{view}"][row][..., keep])
+                              for view in mixing_views(name)} for name in mixing_names},
         }
         if projected is not None:
             token_maps[int(index)]["projected"] = _token_values(M.normalise(projected[row].double()[..., keep]))

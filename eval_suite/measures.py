@@ -12,12 +12,19 @@ Tiers (cumulative: ``quick`` < ``paper`` < ``full``; docs/eval_suite.md gives th
   influence (eq. 5) and projected attention -- the measurement set of Meister et al. (2021). "Is attention over
   representations an explanation of the input?" Its cost grows with the square of the length.
 * ``full``: everything, including integrated gradients and faithfulness (AOPC), and any newer family.
+* ``mixing`` (a family tier, also in ``full``): the context-mixing methods of :mod:`eval_suite.context_mixing`
+  (attention-norm, attention-norm with residual and LayerNorm, value zeroing, ALTI, attention flow): per layer
+  (and head) the classification token's mixing over the representations, and its aggregation to the inputs,
+  compared with importance like attention. "Does sparse attention give sparse context mixing, and does that
+  mixing point at influential inputs?" One recorded forward pass plus work that grows with the square of the
+  length (value zeroing: with the cube, through the feed-forward of every (i, j) pair).
 
 Adding a measurement family (for example context mixing): one :class:`Measure` entry in ``REGISTRY`` with its
 ``role`` (how the suite compares it: ``input`` importance ``[B, L]``, ``representation`` importance
-``[B, n_layers, L]``, ``map`` of attention carried to the inputs ``[B, n_layers, H, L]``), its ``compute``
+``[B, n_layers, L]``, ``map`` of attention carried to the inputs ``[B, n_layers, H, L]``, ``mixing``: a
+context-mixing method whose views are compared like attention), its ``compute``
 function, its ``cost`` model and its ``tier``: a standard tier, or a name of its own, which becomes selectable
-(``--measures paper,context_mixing``) and is part of ``full``.
+(``--measures paper,mixing``) and is part of ``full``.
 """
 
 from __future__ import annotations
@@ -140,6 +147,53 @@ def projected_cost(shape: BatchShape, model: ModelShape, config, measures) -> Co
     return Cost(2 * shape.size * model.n_layers * model.n_heads * shape.length ** 2, 1)
 
 
+def context_mixing_split_cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost:
+    """The recorded forward pass the context-mixing methods share, and the split of every block that is checked
+    to reproduce each layer (about two more layers' worth of work per layer)."""
+    return Cost(3 * _forward(model, shape.lengths), 1 + 0.2 * shape.size * model.n_layers)
+
+
+def _mixing_cost(pairs_per_layer, calls_per_layer: float):
+    """Cost model of one context-mixing method: ``pairs_per_layer(model, n) -> FLOPs`` for an example of n tokens in
+    one layer, and its Python loop's calls (one per example and layer and view, in forward-call units)."""
+    def cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost:
+        flops = model.n_layers * sum(pairs_per_layer(model, t) for t in shape.lengths)
+        return Cost(flops, calls_per_layer * shape.size * model.n_layers)
+    return cost
+
+
+def _norm_pairs(model: ModelShape, n: int) -> float:
+    # sum over heads of alpha_ij f^h(x_j) for every (i, j) pair, and its norm
+    return 2 * n * n * model.n_heads * model.d_model + 2 * n * n * model.d_model
+
+
+def _residual_ln_pairs(model: ModelShape, n: int) -> float:
+    return _norm_pairs(model, n) + 4 * n * n * model.d_model
+
+
+def _value_zeroing_pairs(model: ModelShape, n: int) -> float:
+    # LayerNorm and feed-forward of every (i, j) pair: the whole layer (n^2 rows), then the [CLS] row per head
+    feed_forward = 4 * model.d_model * model.d_ff + 8 * model.d_model
+    return n * n * feed_forward + model.n_heads * n * feed_forward + _residual_ln_pairs(model, n)
+
+
+def _rollout_pairs(model: ModelShape, n: int) -> float:
+    return 2 * n ** 3
+
+
+def _flow_pairs(model: ModelShape, n: int) -> float:
+    # per layer: one max-flow per input token on a graph of n_layers x n^2 edges (Dinic's: a few passes over the
+    # edges; the constant is MiniLM's measured rate on MR, in FLOP-equivalents)
+    return 75 * model.n_layers * n ** 3
+
+
+attention_norm_cost = _mixing_cost(_norm_pairs, 0.3)
+attention_norm_res_ln_cost = _mixing_cost(lambda m, n: _residual_ln_pairs(m, n) + _rollout_pairs(m, n), 0.3)
+value_zeroing_cost = _mixing_cost(lambda m, n: _value_zeroing_pairs(m, n) + _rollout_pairs(m, n), 0.6)
+alti_cost = _mixing_cost(lambda m, n: _residual_ln_pairs(m, n) + 2 * n * n * m.d_model + _rollout_pairs(m, n), 0.3)
+attention_flow_cost = _mixing_cost(_flow_pairs, 0.3)
+
+
 def n_rankings(config, model: ModelShape, measures) -> int:
     attention = model.n_layers if config.faithfulness_attention == "layers" else 0
     inputs = sum(1 for m in measures if m in REGISTRY and REGISTRY[m].role == "input")
@@ -167,8 +221,11 @@ def metrics_cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost
     """Elementwise work of the agreement metrics (pairs of positions for every head x method), as FLOPs."""
     methods = sum(1 for m in measures if m in REGISTRY and REGISTRY[m].role in ("input", "representation"))
     maps = sum(1 for m in measures if m in REGISTRY and REGISTRY[m].role == "map")
+    # each context-mixing view is compared like one more source: a head view like attention, a layer view 1/H
+    mixing = sum(1 if view == "head" else 1 / model.n_heads for m in methods_with_role(measures, "mixing")
+                 for view in mixing_views(m))
     pairs = shape.size * model.n_layers * model.n_heads * shape.length ** 2
-    return Cost(40 * pairs * (methods + 1 + maps), 1)
+    return Cost(40 * pairs * (methods + 1 + maps + mixing * max(methods, 1)), 1)
 
 
 @dataclass(frozen=True)
@@ -176,12 +233,13 @@ class Measure:
     """One registered measurement (see the module docstring)."""
 
     name: str
-    role: str  # "input", "representation", "map", "summary" (eq. 5 summaries), "check" (faithfulness)
+    role: str  # "input", "representation", "map", "summary" (eq. 5 summaries), "check" (faithfulness), "mixing"
     tier: str  # the smallest standard tier that holds it, or a family's own tier name
     question: str
     cost: Callable | None = None  # (BatchShape, ModelShape, MeasureConfig, measures) -> Cost of its own stage
     stage: str | None = None  # the timing stage its work is counted under (default: its name)
     compute: Callable | None = None  # (ctx, config) -> tensor, for input / representation / map methods
+    # (context mixing: -> the dict of eval_suite.context_mixing.context_mixing_rows)
     needs_graph: bool = False  # computed from the base pass's graph, before it is released
     all_positions: bool = False  # has a value at special tokens too (compared in the all-positions view)
 
@@ -216,6 +274,24 @@ def _repr_loo(ctx, config):
     return RepresentationLeaveOneOut()(ctx)
 
 
+def _context_mixing(name):
+    def compute(ctx, config):
+        from .context_mixing import context_mixing_rows
+
+        return context_mixing_rows(ctx, [name])
+    return compute
+
+
+def mixing_views(name: str) -> tuple[str, ...]:
+    """The views a context-mixing measurement defines, in rows order: ``head`` (per layer and head, [CLS] row),
+    ``layer`` (the whole layer's [CLS] row), ``inputs`` (aggregated through the layers to the inputs)."""
+    from .context_mixing import CONTEXT_MIXING_METHODS
+
+    method = CONTEXT_MIXING_METHODS[name]
+    return tuple(view for view, defined in (("head", method.defines_heads), ("layer", method.defines_layer),
+                                            ("inputs", method.defines_inputs)) if defined)
+
+
 # Registry order is the order of every methods list in results.json (today's order for the full set).
 _ENTRIES = [
     Measure("grad_norm", "input", "quick", "||d y_hat / d x_i||: how sensitive the prediction is to each input",
@@ -242,6 +318,21 @@ _ENTRIES = [
     Measure("faithfulness", "check", "full",
             "comprehensiveness / sufficiency (AOPC) of rankings by attention, rollout and each input method",
             cost=faithfulness_cost),
+    Measure("attention_norm", "mixing", "mixing",
+            "||alpha_ij f(x_j)||: attention weighted by the size of what each value sends (Kobayashi et al. 2020)",
+            cost=attention_norm_cost, compute=_context_mixing("attention_norm")),
+    Measure("attention_norm_res_ln", "mixing", "mixing",
+            "||T_i(x_j)||: attention, residual and LayerNorm of the whole block (Kobayashi et al. 2021)",
+            cost=attention_norm_res_ln_cost, compute=_context_mixing("attention_norm_res_ln")),
+    Measure("value_zeroing", "mixing", "mixing",
+            "cosine distance of every layer output when token j's value is zeroed (Mohebbi et al. 2023)",
+            cost=value_zeroing_cost, compute=_context_mixing("value_zeroing")),
+    Measure("alti", "mixing", "mixing",
+            "L1 proximity of T_i(x_j) to the block output, rolled out to the inputs (ALTI, Ferrando et al. 2022)",
+            cost=alti_cost, compute=_context_mixing("alti")),
+    Measure("attention_flow", "mixing", "mixing",
+            "max-flow of residual attention from [CLS] to each input (Abnar & Zuidema 2020)",
+            cost=attention_flow_cost, compute=_context_mixing("attention_flow")),
 ]
 REGISTRY: dict[str, Measure] = {m.name: m for m in _ENTRIES}
 def bookkeeping_cost(shape: BatchShape, model: ModelShape, config, measures) -> Cost:
@@ -338,4 +429,6 @@ def stage_costs(shape: BatchShape, model: ModelShape, config, measures) -> dict[
             out[entry.stage_name] = Cost(previous.flops + cost.flops, previous.calls + cost.calls)
     if "projected" in measures and "input_to_repr" not in measures:
         out["input_to_repr"] = input_to_repr_cost(shape, model, config, measures)
+    if methods_with_role(measures, "mixing"):
+        out["context_mixing_split"] = context_mixing_split_cost(shape, model, config, measures)
     return out

@@ -84,9 +84,10 @@ def _cell_text(value: float) -> str:
 
 
 def draw_layer_head_heatmap(ax, grid: np.ndarray, *, title: str, vmin=None, vmax=None, cmap="viridis",
-                            annotate: bool = True, fontsize: float = FONT_PT):
+                            annotate: bool = True, fontsize: float = FONT_PT, columns=None):
     """Draw a layer x head grid on ``ax`` (layers down, heads across, 0-based); returns the image for a colorbar.
 
+    ``columns`` names the columns when they are not heads (then labelled with those names, "view" below).
     NaN cells are hatched grey and, when annotated, labelled "n/a". Annotation is skipped for more than
     16 heads, where values at ``fontsize`` would not fit their cells. The one heatmap of the project: evaluation
     plots, model cards and the paper study all draw with it.
@@ -96,9 +97,11 @@ def draw_layer_head_heatmap(ax, grid: np.ndarray, *, title: str, vmin=None, vmax
     n_layers, n_heads = grid.shape
     ax.set_facecolor("white")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xlabel("head", fontsize=fontsize)
+    ax.set_xlabel("head" if columns is None else "view", fontsize=fontsize)
     ax.set_ylabel("layer", fontsize=fontsize)
     ax.set_xticks(range(n_heads))
+    if columns is not None:
+        ax.set_xticklabels(list(columns))
     ax.set_yticks(range(n_layers))
     ax.tick_params(labelsize=fontsize)
     ax.set_title(title, fontsize=fontsize + 0.5)
@@ -117,16 +120,19 @@ def draw_layer_head_heatmap(ax, grid: np.ndarray, *, title: str, vmin=None, vmax
 
 
 def save_layer_head_heatmap(grid: np.ndarray, title: str, path: Path, *, vmin=None, vmax=None, cmap="viridis",
-                            colorbar_label: str | None = None, dpi: int = DPI, note: str | None = None) -> None:
+                            colorbar_label: str | None = None, dpi: int = DPI, note: str | None = None,
+                            columns=None) -> None:
     """One layer x head heatmap with its colorbar (and an optional note below it), written to ``path``."""
     plt = pyplot()
     n_layers, n_heads = grid.shape
     # As wide as the card's column at most: a wider image is shrunk and its labels with it. Values are written
     # in the cells only where a cell still has room for them at FONT_PT.
     cell = min(_CELL_IN, (HUB_CARD_WIDTH_PX / dpi - _FRAME_IN) / n_heads)
+    if columns is not None:  # named columns ("layer", "inputs") need room for their names
+        cell = max(cell, min(3 * _CELL_IN, (HUB_CARD_WIDTH_PX / dpi - _FRAME_IN) / n_heads))
     fig, ax = plt.subplots(figsize=(_FRAME_IN + cell * n_heads, 1.3 + _ROW_IN * n_layers))
     image = draw_layer_head_heatmap(ax, grid, title=title, vmin=vmin, vmax=vmax, cmap=cmap,
-                                    annotate=cell >= _MIN_ANNOTATED_CELL_IN)
+                                    annotate=cell >= _MIN_ANNOTATED_CELL_IN, columns=columns)
     if n_heads > 24:  # every head's number no longer fits under its column
         ax.set_xticks(range(0, n_heads, 2))
     colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
@@ -136,9 +142,10 @@ def save_layer_head_heatmap(grid: np.ndarray, title: str, path: Path, *, vmin=No
     n_undefined = int(np.isnan(grid).sum())
     lines = [note] if note else []
     if n_undefined:
-        lines.append(f"hatched n/a: undefined in {n_undefined} of {grid.size} heads (reasons in report.html)")
+        lines.append(f"hatched n/a: undefined in {n_undefined} of {grid.size} {'heads' if columns is None else 'cells'}"
+                     " (reasons in report.html)")
     if lines:
-        ax.set_xlabel("head\n" + "\n".join(lines), fontsize=FONT_PT)
+        ax.set_xlabel(("head" if columns is None else "view") + "\n" + "\n".join(lines), fontsize=FONT_PT)
     save_figure(fig, path, dpi=dpi)
 
 
@@ -181,6 +188,47 @@ def layer_head_plots(results: dict, out_dir: Path) -> list[str]:
                             f"normalised attention entropy\n({label})", plots_dir / "attention_entropy.png",
                             vmin=0, vmax=1)
     written.append(f"{PLOTS_DIR}/attention_entropy.png")
+    return written + mixing_plots(results, out_dir)
+
+
+def mixing_against(results: dict) -> str | None:
+    """The importance method the context-mixing plots compare with: the first input method measured (the
+    gradient, in every standard tier), else the first method measured; None when nothing was compared."""
+    methods = results.get("input_methods") or results.get("importance_methods") or []
+    return methods[0] if methods else None
+
+
+def mixing_grid(results: dict, method: str, against: str) -> tuple[np.ndarray, list[str] | None]:
+    """Excess tau-b of one context-mixing method against ``against``: [layers, heads] from the per-head view where
+    the method has one, else [layers, views] from the per-layer figures (column names returned, None for heads)."""
+    views = results["mixing_methods"][method]
+    if "head" in views:
+        return layer_head_grid(results, lambda e: e["mixing"][method]["kendall_tau_b_excess"][against]), None
+    grid = np.full((results["n_layers"], len(views)), np.nan)
+    for entry in results["per_layer"]:
+        for column, view in enumerate(views):
+            agreement = entry["mixing"][method][view]["agreement"].get(against)
+            value = stat_mean(agreement["kendall_tau_b_excess"]) if agreement else None
+            grid[entry["layer"], column] = np.nan if value is None else value
+    return grid, views
+
+
+def mixing_plots(results: dict, out_dir: Path) -> list[str]:
+    """One heatmap per context-mixing method: its excess tau-b over the null against the first input method, per
+    layer and head (or per layer and view); returns the paths relative to ``out_dir``."""
+    against = mixing_against(results)
+    if not results.get("mixing_methods") or against is None:
+        return []
+    written = []
+    label = results.get("attn_impl", "")
+    for method in results["mixing_methods"]:
+        grid, columns = mixing_grid(results, method, against)
+        limit = _symmetric_limit(grid)
+        name = f"mixing_kendall_tau_b_excess_{method}_{against}.png"
+        save_layer_head_heatmap(grid, f"tau-b excess over the null: {method} vs {against}\n({label})",
+                                out_dir / PLOTS_DIR / name, vmin=-limit, vmax=limit, cmap="RdBu_r", columns=columns,
+                                note="[CLS] row over content tokens; inputs: through layers 0..l")
+        written.append(f"{PLOTS_DIR}/{name}")
     return written
 
 

@@ -190,6 +190,8 @@ def _examples_payload(token_examples: dict | None) -> list[dict]:
             "heads": _rounded(example.get("heads")), "special_mass": _rounded(example.get("special_mass")),
             "projected": _rounded(example.get("projected")),
             "representation": {m: _rounded(v) for m, v in (example.get("representation") or {}).items()},
+            "mixing": {m: {view: _rounded(v) for view, v in views.items()}
+                       for m, views in (example.get("mixing") or {}).items()},
         })
     return examples
 

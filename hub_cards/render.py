@@ -250,6 +250,31 @@ def _layer_table(results: dict, scores: CardScores) -> dict:
     return {"header": header, "rows": rows}
 
 
+def _mixing_table(results: dict, gradient_method: str) -> dict | None:
+    """One row per context-mixing method and view (results summary.mixing): its agreement with the gradient
+    method and its entropy and sparsity beside attention's; None when no context mixing was measured."""
+    summary = results["summary"]
+    mixing = summary.get("mixing")
+    if not mixing:
+        return None
+    header = ["method", "view", f"excess tau-b vs `{gradient_method}`", "raw tau-b", "entropy",
+              "attention entropy", "sparsity", "attention sparsity"]
+    rows = []
+    for method, views in mixing.items():
+        for view, block in views.items():
+            agreement = block.get("agreement", {}).get(gradient_method, {})
+            rows.append([f"`{method}`", view, _stat(agreement.get("kendall_tau_b_excess")),
+                         _stat(agreement.get("kendall_tau_b")), _stat(block.get("entropy")),
+                         _stat(summary.get("attention_entropy")), _stat(block.get("sparsity")),
+                         _stat(summary.get("attention_sparsity"))])
+    note = ("The classification token's context mixing over content tokens: per head (`head`), for the whole "
+            "attention block with its residual and LayerNorm (`layer`), both pooled over every layer, and the "
+            "inputs' contributions to the final representation through every layer (`inputs`). Each is compared "
+            f"with `{gradient_method}` like attention (excess: tau-b minus the shared-zeros null); entropy and "
+            "sparsity over content tokens, attention's beside them.")
+    return {"header": header, "rows": rows, "note": note}
+
+
 def _measures_sentence(scores: CardScores, results: dict) -> str:
     """Which measurements the evaluation ran and which it left out (the card shows only what ran)."""
     selection = results.get("measure_selection")
@@ -501,6 +526,7 @@ def _score_context(info: CheckpointInfo, results: dict, scores: CardScores, grad
                          "attention on [CLS]/[SEP]; excess: tau-b minus the shared-zeros null. \"undefined\": fewer "
                          "examples than the minimum, with the reason."),
         layer_table=_layer_table(results, scores),
+        mixing_table=_mixing_table(results, gradient_method),
         provenance_rows=_provenance_rows(info, results),
     )
 

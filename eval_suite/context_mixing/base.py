@@ -29,6 +29,7 @@ class ContextMixing(Attribution):
     defines_layer = True  # False: the whole-layer matrices are the method's input, not its result (flow)
     defines_heads = False
     defines_inputs = False
+    uses_split = True  # reads the recorded split of every block (decomposition); False: attention alone (flow)
 
     def heads(self, ctx, queries=None) -> torch.Tensor:
         raise ValueError(f"{self.name} defines no per-head mixing")

@@ -17,6 +17,12 @@ fixed, so ``y_i = sum_j T_i(x_j) + gamma * (b_O - mean(b_O)) / sigma_i + beta`` 
 ``T_i(x_j) = gamma * (c_ij - mean(c_ij)) / sigma_i`` and ``c_ij = g_ij + [i = j] x_j`` (Kobayashi et al. 2021,
 Ferrando et al. 2022). Pre-LN, ``T_i(x_j) = c_ij`` and ``y_i = sum_j T_i(x_j) + b_O``.
 
+The split is computed in float64 whatever the model's dtype: value zeroing and ALTI subtract nearly equal vectors
+(a layer output with and without one head's small share of one token; ``||y|| - ||y - T||``), where float32
+rounding would leave differences that change with the batch's make-up and the number of threads. For a model in
+lower precision the recorded activations are upcast and the layers' modules are read through float64 copies
+(made once per model and weights version; the model itself is left as it is).
+
 Everything is read from one forward pass of the unmodified model: forward hooks on the layer modules record each
 layer's input and output, the attention comes from ``output_attentions=True`` (through the suite's AttentionTap),
 and module weights are read, never changed. Before a method uses the split it is checked, on every batch, to
@@ -26,6 +32,7 @@ computes something else, is refused in one line (:class:`~eval_suite.errors.Eval
 
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -132,6 +139,42 @@ def layer_parts(classifier) -> list[LayerParts]:
     return parts
 
 
+_FLOAT64_PARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _weights_version(module: nn.Module) -> tuple:
+    # in-place updates (an optimizer step) bump a tensor's version: a copy made before them is stale
+    return tuple((id(p), p._version) for p in module.parameters())
+
+
+def _float64_copy(parts: LayerParts) -> LayerParts:
+    """The same layer with float64 parameters (its hooks are not copied: the split calls its sub-modules only)."""
+    memo = {}
+    for sub in parts.module.modules():
+        for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
+            for hook in hooks.values():
+                memo[id(hook)] = hook  # shared, not deep-copied (a hook may hold the whole model)
+    layer = copy.deepcopy(parts.module, memo).to(torch.float64)
+    for sub in layer.modules():
+        sub._forward_hooks.clear()
+        sub._forward_pre_hooks.clear()
+    found = _fit(layer)
+    assert found is not None and found.layout == parts.layout
+    return found
+
+
+def float64_layer_parts(classifier) -> list[LayerParts]:
+    """:func:`layer_parts` with float64 parameters: the model's own modules when it is float64, else copies."""
+    parts = layer_parts(classifier)
+    if all(p.value.weight.dtype == torch.float64 for p in parts):
+        return parts
+    version = tuple(_weights_version(p.module) for p in parts)
+    cached = _FLOAT64_PARTS.get(classifier.model)
+    if cached is None or cached[0] != version:
+        cached = _FLOAT64_PARTS[classifier.model] = (version, [_float64_copy(p) for p in parts])
+    return cached[1]
+
+
 @dataclass
 class BlockSplit:
     """One example's attention block in one layer, over its real positions only (n of them)."""
@@ -188,7 +231,8 @@ class Decomposition:
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self.parts = layer_parts(ctx.classifier)
+        self.model_dtype = next(ctx.model.parameters()).dtype
+        self.parts = float64_layer_parts(ctx.classifier)
         self.records = self._record()
         mask = ctx.batch.attention_mask.bool()
         self.positions = [torch.nonzero(mask[b]).squeeze(-1) for b in range(mask.shape[0])]
@@ -220,7 +264,7 @@ class Decomposition:
             return hook
 
         handles = []
-        for i, part in enumerate(self.parts):
+        for i, part in enumerate(layer_parts(self.ctx.classifier)):  # the model's own layers (self.parts: copies)
             handles.append(part.module.register_forward_pre_hook(record_input(i), with_kwargs=True))
             handles.append(part.module.register_forward_hook(record_output(i), with_kwargs=True))
         try:
@@ -229,8 +273,8 @@ class Decomposition:
         finally:
             for handle in handles:
                 handle.remove()
-        return [LayerRecord(seen_inputs[i].detach(), seen_outputs[i].detach(), out.attentions[i].detach())
-                for i in range(len(self.parts))]
+        return [LayerRecord(seen_inputs[i].detach().double(), seen_outputs[i].detach().double(),
+                            out.attentions[i].detach().double()) for i in range(len(self.parts))]
 
     @torch.no_grad()
     def block(self, example: int, layer: int) -> BlockSplit:
@@ -252,7 +296,7 @@ class Decomposition:
         return BlockSplit(x, alpha, f, out_bias, s, sigma, parts)
 
     def _check(self) -> None:
-        tolerance = 1e-9 if self.dtype == torch.float64 else 2e-4
+        tolerance = 1e-9 if self.model_dtype == torch.float64 else 2e-4  # the recorded outputs' own rounding
         for layer in range(self.n_layers):
             for example, pos in enumerate(self.positions):
                 split = self.block(example, layer)

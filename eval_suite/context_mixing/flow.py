@@ -64,6 +64,7 @@ class AttentionFlow(ContextMixing):
     name = "attention_flow"
     defines_layer = False
     defines_inputs = True
+    uses_split = False
 
     def __call__(self, ctx):
         """The capacities: residual-augmented head-mean attention per layer, [B, n, L, L]."""

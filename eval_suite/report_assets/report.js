@@ -313,6 +313,14 @@
         var perLayer = ex.representation[m];
         if (perLayer && perLayer[l]) box.appendChild(tokenRow(m + " (layer " + l + " representations)", ex.tokens, perLayer[l]));
       });
+      // Context mixing of the classification token: per head where the method has heads, the whole layer, and
+      // the inputs' contributions through layers 0..l.
+      Object.keys(ex.mixing || {}).forEach(function (m) {
+        var views = ex.mixing[m];
+        if (views.head && views.head[l] && views.head[l][h]) box.appendChild(tokenRow(m + " L" + l + " H" + h + " (context mixing)", ex.tokens, views.head[l][h], false, "undefined: this head mixes nothing from content tokens"));
+        if (views.layer && views.layer[l]) box.appendChild(tokenRow(m + " L" + l + " (whole layer)", ex.tokens, views.layer[l]));
+        if (views.inputs && views.inputs[l]) box.appendChild(tokenRow(m + " to inputs (layers 0.." + l + ")", ex.tokens, views.inputs[l]));
+      });
       frag.appendChild(box);
     });
     view.appendChild(frag);

@@ -71,7 +71,7 @@ def test_outputs_follow_the_contract(first_run, workspace):
 
     table = (first_run / "per_layer_head.csv").read_text().splitlines()
     assert len(table) == 1 + 8 and table[0].startswith("layer,head,n_examples,defined")
-    assert len(results["plots"]) == 2 * len(methods) + 2 + 3
+    assert len(results["plots"]) == 2 * len(methods) + 2 + 5 + 3  # + one per context-mixing method
     for rel in results["plots"]:
         assert (first_run / rel).read_bytes()[:8] == PNG_MAGIC
     examples = json.loads((first_run / "token_examples.json").read_text())
@@ -111,7 +111,7 @@ def test_variant_settings_in_one_run(workspace, first_run, capsys):
                       "--faithfulness-attention", "none", "--attn-impl", "sparsemax", "--plot-examples", "0")) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["attention_query"] == "mean" and len(results["plots"]) == 2 * 6 + 2
+    assert results["config"]["attention_query"] == "mean" and len(results["plots"]) == 2 * 6 + 2 + 5
     assert results["attn_impl"] == "sparsemax" and results["sparse_attention"]["attn_impl"] == "sparsemax"
     assert results["summary"]["attention_sparsity"]["mean"] > 0
     assert "attention_layer_0" not in results["faithfulness"]["rankings"]

@@ -17,8 +17,11 @@ PRE_LN = ("roberta-prelayernorm", "xlm-roberta-xl")
 
 
 def family_of(classifier) -> str:
-    config = classifier.model.config  # a sparse model's type is sparse_attn_<stock type>
-    return getattr(config, "base_model_type", config.model_type)
+    """The stock family: a model built with a sparse mapping has its own model type, ``sparse_attn_<family>``."""
+    from hf_sparse_attn.sparse_attn_modeling import MODEL_TYPE_PREFIX
+
+    model_type = classifier.model.config.model_type
+    return model_type[len(MODEL_TYPE_PREFIX):] if model_type.startswith(MODEL_TYPE_PREFIX) else model_type
 
 
 def layer_modules(classifier, layer: int) -> dict:
