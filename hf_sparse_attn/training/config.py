@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = _help("seed of the initialisation, the data order and dropout", default=42)
     # run
     eval_every: int = _help("evaluate on validation every N steps (and at the end)", default=200)
+    patience: int | None = _help("stop once validation accuracy has not improved for N evaluations in a row and keep "
+                                 "the best evaluated weights as final/ (default: train every step, keep the last)",
+                                 default=None)
     save_every: int = _help("checkpoint every N steps", default=200)
     save_total_limit: int = _help("checkpoints kept on disk", default=2)
     keep_checkpoints: bool = _help("keep checkpoints/ after the final folder is written", default=False)
@@ -87,7 +90,7 @@ class TrainConfig:
                      "from_scratch_vocab_size"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+        for name in ("max_steps", "max_train_examples", "max_eval_examples", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_length < 4:
@@ -122,7 +125,7 @@ class TrainConfig:
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
                  "label_column", "label_map", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr",
                  "weight_decay", "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm",
-                 "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every")
+                 "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every", "patience")
 
 
 def _flag(name: str) -> str:
