@@ -10,7 +10,7 @@ from ..assets import embedded_minilm_path
 from ..data import parse_label_map
 from ..output_dir import check_output_dir
 from ..sparse_attn_modeling import parse_attn_impl
-from .from_scratch import PRESETS, load_from_scratch_config
+from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
 
 
 class TrainError(ValueError):
@@ -42,7 +42,8 @@ class TrainConfig:
     attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
                            "sparsegen_lin:lambda=L", default="entmax15")
     attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
-                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer",
+                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer "
+                                    "(for --from-scratch paper-pooling: -1, its attention-pooling layer)",
                                     default=None)
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
@@ -79,6 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
         # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
+        if self.attn_layers is None and "layers=" not in self.attn_impl and self.from_scratch in PRESET_SPARSE_LAYERS:
+            self.attn_layers = PRESET_SPARSE_LAYERS[self.from_scratch]
         spec = parse_attn_impl(self.attn_impl, layers=self.attn_layers)
         self.attn_impl = str(spec)
         self.attn_layers = None if spec.layers is None else "[" + ",".join(map(str, spec.layers)) + "]"
