@@ -41,7 +41,7 @@ def test_quick_study_writes_report_results_and_figures(study):
         heads = record["eval"]["per_layer_head"]
         # paper-pooling: 2 softmax self-attention layers + the pooling, one head each; the pooling carries the mapping
         assert record["eval"]["n_layers"] == 3 and len(heads) == 3
-        assert record["eval"]["sparse_attention"]["layers"] == [-1]
+        assert record["eval"]["sparse_attention"]["layers"] == [2]  # the pooling, resolved
         assert record["eval"]["n_examples"] == 4
         assert set(heads[2]["kendall_tau_b"]) >= {"grad_norm", "loo", "repr_grad_norm", "repr_loo"}
         assert record["lr"] == 3e-3 and record["lr_search"]["chosen"] == 3e-3
