@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import hf_sparse_attn
-from hf_sparse_attn.attention_pooling import AttentionPoolingForSequenceClassification
+from hf_sparse_attn.sparse_attn_pooling import AttentionPoolingForSequenceClassification
 from hf_sparse_attn.training import cli as train_cli
 from tests.helpers.clean_env import run_without_package
 
@@ -74,7 +74,7 @@ def test_save_reload_and_remote_code_give_the_same_logits(tmp_path, attn_impl):
     assert saved["model_type"] == "sparse_attn_attn_pooling_roberta"
     assert saved["auto_map"]["AutoModelForSequenceClassification"].endswith(
         "SparseAttentionPoolingForSequenceClassification")
-    assert (folder / "attention_pooling.py").is_file()
+    assert (folder / "sparse_attn_pooling.py").is_file()
     reloaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert hf_sparse_attn.get_spec(reloaded) == hf_sparse_attn.get_spec(model)
     again = reloaded(input_ids=ids, attention_mask=mask, output_attentions=True)
