@@ -37,7 +37,8 @@ class Machine:
         """Time the model itself (a few forward passes, and one backward pass to warm it up)."""
         device = classifier.device
         vocab = int(getattr(classifier.model.config, "vocab_size", 100))
-        ids = {(1, 4): None, (4, 32): None}
+        mid_length = min(32, classifier.max_length)  # a model with fewer positions cannot take 32 tokens
+        ids = {(1, 4): None, (4, mid_length): None}
         for shape in ids:
             ids[shape] = torch.randint(min(5, vocab - 1), vocab, shape, device=device)
         with torch.enable_grad():
@@ -55,8 +56,8 @@ class Machine:
             return statistics.median(times)
 
         call = seconds((1, 4))
-        mid = seconds((4, 32))
-        flops = model.n_layers * model.layer_flops(4, 32)
+        mid = seconds((4, mid_length))
+        flops = model.n_layers * model.layer_flops(4, mid_length)
         return cls(flop_rate=flops / max(mid - call, 1e-3 * mid, 1e-9), call_seconds=call)
 
     def seconds(self, cost: Cost) -> float:

@@ -338,13 +338,19 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
         raise EvalError(f"the tokenizer of {checkpoint!r} is not a fast tokenizer; save a tokenizer.json with it")
 
     spec = hf_sparse_attn.get_spec(model)
-    n_layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers"))
+    # num_attention_layers: models with attention outside the encoder layers (hf_sparse_attn's attention-pooling
+    # classifier reports its pooling as one more layer, with one head)
+    n_layers = int(getattr(config, "num_attention_layers", None) or getattr(config, "num_hidden_layers", None)
+                   or getattr(config, "n_layers"))
     n_heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_heads"))
     limits = [tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512]
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
         family = getattr(config, "base_model_type", config.model_type)  # "roberta" for a saved sparse_attn_roberta
-        limits.append(int(positions) - (2 if family in ("roberta", "xlm-roberta", "camembert") else 0))
+        from transformers import RobertaConfig  # subclasses (the attention-pooling classifier) number positions alike
+
+        offset = family in ("roberta", "xlm-roberta", "camembert") or isinstance(config, RobertaConfig)
+        limits.append(int(positions) - (2 if offset else 0))
     id2label = getattr(config, "id2label", None) or {}
     tap = AttentionTap(model)
     probe = tokenizer(["a b c d", "a"], padding=True, return_tensors="pt").to(model.device)

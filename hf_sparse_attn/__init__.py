@@ -7,6 +7,7 @@
     m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_impl="entmax15")
 """
 
+from . import sparse_attn_pooling  # registers attn_pooling_roberta with the Auto classes before any Sparse class exists
 from .auto import patch_auto_classes
 from .fingerprint import weights_fingerprint
 from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax

@@ -33,7 +33,8 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax
 
-REMOTE_CODE_FILES = ("sparse_attn_modeling.py", "sparse_attn_mappings.py")
+# sparse_attn_pooling.py: the paper's classifier (softmax encoder + one attention-pooling layer), resolved on demand.
+REMOTE_CODE_FILES = ("sparse_attn_modeling.py", "sparse_attn_mappings.py", "sparse_attn_pooling.py")
 CONFIG_KEY = "sparse_attention"
 # A saved sparse folder's config.json has model_type "sparse_attn_<stock type>": plain transformers does not know it,
 # so without hf_sparse_attn it loads the folder only through its remote code (trust_remote_code=True) and never
@@ -633,6 +634,14 @@ def sparse_model_class(base: type) -> type:
 def __getattr__(name: str):
     """``Sparse<StockClass>`` / ``Sparse<StockConfig>`` on demand: what ``auto_map`` names for the remote code."""
     stock = getattr(transformers, name[len("Sparse"):], None) if name.startswith("Sparse") else None
+    if stock is None and name.startswith("Sparse") and name[len("Sparse"):].startswith("AttentionPooling"):
+        # Imported here, not at the top: most models never need it. Spelled "from .module import" so that
+        # transformers copies the file with the remote code (it looks for that form).
+        from .sparse_attn_pooling import AttentionPoolingConfig, AttentionPoolingForSequenceClassification
+
+        stock = {"AttentionPoolingConfig": AttentionPoolingConfig,
+                 "AttentionPoolingForSequenceClassification": AttentionPoolingForSequenceClassification}.get(
+                     name[len("Sparse"):])
     if isinstance(stock, type) and issubclass(stock, PretrainedConfig):
         cls = sparse_config_class(stock)
     elif isinstance(stock, type) and issubclass(stock, PreTrainedModel):

@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {"hf_sparse_attn": 0, "eval_suite": 1, "hub_cards": 2, "studies": 3}
 COMMAND_LINE_MODULES = ("cli.py", "__main__.py")
-REMOTE_CODE = ("hf_sparse_attn/sparse_attn_modeling.py", "hf_sparse_attn/sparse_attn_mappings.py")
+REMOTE_CODE = ("hf_sparse_attn/sparse_attn_modeling.py", "hf_sparse_attn/sparse_attn_mappings.py",
+               "hf_sparse_attn/sparse_attn_pooling.py")
 
 
 def _modules():

@@ -32,7 +32,7 @@ STAGING_FINAL_DIR = f".{FINAL_DIR}.tmp"
 def clear_previous_run(out: Path) -> None:
     """--overwrite: remove the live files of an earlier run in ``out`` (only our own files and folders). Its
     ``final/`` stays until the new run's final folder replaces it."""
-    for name in (STAGING_FINAL_DIR, CHECKPOINTS_DIR):
+    for name in (STAGING_FINAL_DIR, CHECKPOINTS_DIR, "best"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (TRAIN_LOG_FILE, TRAINING_ARGS_FILE):
         (out / name).unlink(missing_ok=True)
@@ -84,7 +84,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_count: int, keep: int,
-                    scheduler_state: dict) -> Path:
+                    scheduler_state: dict, early_stopping: dict | None = None) -> Path:
     """accelerate save_state into checkpoints/step-N.tmp, then rename: a checkpoint folder is complete or absent."""
     root = out / CHECKPOINTS_DIR
     target, staging = root / f"step-{step}", root / f"step-{step}.tmp"
@@ -98,7 +98,8 @@ def save_checkpoint(accelerator, out: Path, step: int, loss_sum: float, loss_cou
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(staging / TRAINER_STATE_FILE, {"step": step, "loss_sum": float(totals[0]),
-                                                         "loss_count": int(totals[1]), "scheduler": scheduler_state})
+                                                         "loss_count": int(totals[1]), "scheduler": scheduler_state,
+                                                         "early_stopping": early_stopping})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         for _, old in _step_folders(root)[:-keep]:

@@ -10,7 +10,7 @@ from ..assets import embedded_minilm_path
 from ..data import parse_label_map
 from ..output_dir import check_output_dir
 from ..sparse_attn_modeling import parse_attn_impl
-from .from_scratch import PRESETS, load_from_scratch_config
+from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
 
 
 class TrainError(ValueError):
@@ -42,7 +42,8 @@ class TrainConfig:
     attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
                            "sparsegen_lin:lambda=L", default="entmax15")
     attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
-                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer",
+                                    "last), 0,2 or [0,2] (negative indices count from the end); default every layer "
+                                    "(for --from-scratch paper-pooling: -1, its attention-pooling layer)",
                                     default=None)
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
@@ -66,6 +67,9 @@ class TrainConfig:
     seed: int = _help("seed of the initialisation, the data order and dropout", default=42)
     # run
     eval_every: int = _help("evaluate on validation every N steps (and at the end)", default=200)
+    patience: int | None = _help("stop once validation accuracy has not improved for N evaluations in a row and keep "
+                                 "the best evaluated weights as final/ (default: train every step, keep the last)",
+                                 default=None)
     save_every: int = _help("checkpoint every N steps", default=200)
     save_total_limit: int = _help("checkpoints kept on disk", default=2)
     keep_checkpoints: bool = _help("keep checkpoints/ after the final folder is written", default=False)
@@ -76,6 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
         # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
+        if self.attn_layers is None and "layers=" not in self.attn_impl and self.from_scratch in PRESET_SPARSE_LAYERS:
+            self.attn_layers = PRESET_SPARSE_LAYERS[self.from_scratch]
         spec = parse_attn_impl(self.attn_impl, layers=self.attn_layers)
         self.attn_impl = str(spec)
         self.attn_layers = None if spec.layers is None else "[" + ",".join(map(str, spec.layers)) + "]"
@@ -87,7 +93,7 @@ class TrainConfig:
                      "from_scratch_vocab_size"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+        for name in ("max_steps", "max_train_examples", "max_eval_examples", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_length < 4:
@@ -122,7 +128,7 @@ class TrainConfig:
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
                  "label_column", "label_map", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr",
                  "weight_decay", "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm",
-                 "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every")
+                 "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every", "patience")
 
 
 def _flag(name: str) -> str:

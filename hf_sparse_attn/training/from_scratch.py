@@ -26,10 +26,16 @@ PRESETS = {
     "paper-roberta": _paper_roberta(1),
     "paper-roberta-2h": _paper_roberta(2),
     "paper-roberta-4h": _paper_roberta(4),
+    # The paper's classifier: that encoder with softmax self-attention, then one attention-pooling layer (a learned
+    # query, scaled dot-product) feeding the classifier; the pooling is layer 2 and the only sparse one by default.
+    "paper-pooling": dict(_paper_roberta(1), model_type="attn_pooling_roberta"),
     # For tests and smoke runs: seconds per epoch on a CPU.
     "tiny-bert": dict(model_type="bert", num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
                       intermediate_size=37),
 }
+
+# Presets whose mapping goes to chosen layers unless --attn-layers says otherwise (the pooling layer of paper-pooling).
+PRESET_SPARSE_LAYERS = {"paper-pooling": "[-1]"}
 
 
 class FromScratchConfigError(ValueError):

@@ -5,6 +5,7 @@ Output folder (docs/CONTRACTS.md section 3)::
     OUTDIR/train_log.jsonl          one JSON object per evaluation (live during training)
     OUTDIR/training_args.json       the settings of the run (checked on resume)
     OUTDIR/checkpoints/step-N/      accelerate save_state (model, optimizer, scheduler, RNG) + trainer_state.json
+    OUTDIR/best/step-N.safetensors  with --patience: the weights of the best validation accuracy so far
     OUTDIR/final/                   Hub-ready: model + remote code + tokenizer + training_args.json +
                                     final_metrics.json + train_log.jsonl; appears in one rename when training ends
                                     (with --overwrite, replaces the previous final/ only then)
@@ -14,7 +15,12 @@ before anything is loaded until the run ends; a second run exits with the holder
 gradient norm is not finite stops the run at once (TrainError naming the step) and no final folder is written.
 
 Determinism: data order comes from a seeded sampler per epoch and every step reseeds torch's RNG from
-(seed, step, process), so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
+(seed, step, process), so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes, and
+how often a run evaluates or checkpoints never changes its weights at a given step (evaluation draws no random
+numbers the next step would see). With ``--patience N`` every evaluation compares validation accuracy with the
+best so far (ties keep the earlier weights); after N evaluations without improvement the run stops and final/
+holds the best weights, evaluated again on validation and test. The early-stopping state travels in each
+checkpoint's trainer_state.json, so a resumed run stops where the uninterrupted one would.
 Works the same in one process and under ``accelerate launch`` (every process calls :func:`train`).
 """
 
@@ -259,6 +265,15 @@ class _Progress:
     step_seconds: float = 0.0
     timed_steps: int = 0
     examples_seen: int = 0  # by this process, this session
+    # early stopping (--patience); saved in checkpoints
+    best_accuracy: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+    def early_stopping_state(self) -> dict:
+        return {"best_accuracy": self.best_accuracy, "best_step": self.best_step,
+                "evals_since_best": self.evals_since_best, "stopped_early": self.stopped_early}
 
 
 def train(config: TrainConfig, callbacks=()) -> TrainResult:
@@ -309,6 +324,10 @@ def _resume(session: _Session, resume_from: Path | None) -> _Progress:
                              "checkpoint is damaged or was not written by this package: start over with --overwrite") from None
         session.scheduler.load_state_dict(state["scheduler"])
         progress.step = state["step"]
+        early = state.get("early_stopping") or {}
+        progress.best_accuracy, progress.best_step = early.get("best_accuracy"), early.get("best_step")
+        progress.evals_since_best = early.get("evals_since_best", 0)
+        progress.stopped_early = early.get("stopped_early", False)
         if accelerator.is_main_process:  # the checkpoint holds the loss sums of all processes; the others start at 0
             progress.loss_sum, progress.loss_count = state["loss_sum"], state["loss_count"]
             truncate_log(out / TRAIN_LOG_FILE, progress.step)
@@ -317,6 +336,52 @@ def _resume(session: _Session, resume_from: Path | None) -> _Progress:
         (out / TRAIN_LOG_FILE).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return progress
+
+
+BEST_DIR = "best"  # OUTDIR/best/step-N.safetensors; a checkpoint prunes those older than its own best (resume reads it)
+
+
+def _best_file_name(step: int | None) -> str | None:
+    return None if step is None else f"step-{step}.safetensors"
+
+
+def _weights_on_cpu(accelerator, model) -> dict:
+    # Clones: safetensors refuses tensors that share memory (tied embeddings); load_state_dict re-ties them.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+
+
+def _track_best(session: _Session, progress: _Progress, accuracy_now: float) -> None:
+    """--patience: keep the weights of a new best validation accuracy; count evaluations without one."""
+    from safetensors.torch import save_file
+
+    accelerator, best_dir = session.accelerator, session.out / BEST_DIR
+    if progress.best_accuracy is None or accuracy_now > progress.best_accuracy:
+        progress.best_accuracy, progress.best_step, progress.evals_since_best = accuracy_now, progress.step, 0
+        weights = _weights_on_cpu(accelerator, session.model)
+        if accelerator.is_main_process:
+            best_dir.mkdir(parents=True, exist_ok=True)
+            target = best_dir / _best_file_name(progress.step)
+            save_file(weights, str(target.with_suffix(".tmp")))
+            target.with_suffix(".tmp").replace(target)
+        accelerator.wait_for_everyone()
+    else:
+        progress.evals_since_best += 1
+        progress.stopped_early = progress.evals_since_best >= session.config.patience
+
+
+def _prune_best(out: Path, best_step: int | None) -> None:
+    """Drop best-weight files other than ``best_step``'s: the latest checkpoint names that one, so no resume needs them."""
+    for path in (out / BEST_DIR).glob("step-*.safetensors"):
+        if path.name != _best_file_name(best_step):
+            path.unlink(missing_ok=True)
+
+
+def _restore_best(session: _Session, progress: _Progress) -> None:
+    from safetensors.torch import load_file
+
+    path = session.out / BEST_DIR / _best_file_name(progress.best_step)
+    weights = load_file(str(path))
+    session.accelerator.unwrap_model(session.model).load_state_dict(weights, strict=True)
 
 
 def _evaluate(session: _Session, progress: _Progress, split: str) -> dict:
@@ -369,16 +434,24 @@ def _train_steps(session: _Session, progress: _Progress, callbacks) -> None:
                     record = _evaluate(session, progress, "validation")
                     record["train_loss"] = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
                     progress.loss_sum, progress.loss_count = 0.0, 0
+                    if config.patience is not None:
+                        _track_best(session, progress, record["accuracy"])
+                        record["best_step"] = progress.best_step
                     _log(session, record)
                     bar.write(_one_line(record))
                     model.train()
-                if step % config.save_every == 0 and step < session.total_steps:
+                if step % config.save_every == 0 and step < session.total_steps and not progress.stopped_early:
                     save_checkpoint(accelerator, session.out, step, progress.loss_sum, progress.loss_count,
-                                    config.save_total_limit, session.scheduler.state_dict())
+                                    config.save_total_limit, session.scheduler.state_dict(),
+                                    early_stopping=progress.early_stopping_state())
+                    if config.patience is not None and accelerator.is_main_process:
+                        _prune_best(session.out, progress.best_step)
                 for callback in callbacks:
                     callback.on_step_end(step)
-                if step >= session.total_steps:
+                if step >= session.total_steps or progress.stopped_early:
                     break
+            if progress.stopped_early:
+                break
     finally:
         bar.close()  # also when a step stops the run: the error is then the last line printed
 
@@ -399,6 +472,13 @@ def _finish(session: _Session, progress: _Progress) -> TrainResult:
     """Evaluate validation and test, write OUTDIR/final, drop the checkpoints."""
     accelerator, out = session.accelerator, session.out
     train_loss = _mean_over_processes(accelerator, progress.loss_sum, progress.loss_count)
+    stopped_at = progress.step
+    if session.config.patience is not None:
+        if not progress.stopped_early and progress.best_step != progress.step:  # the last step is a candidate too
+            _track_best(session, progress, _evaluate(session, progress, "validation")["accuracy"])
+        if progress.best_step != progress.step:
+            _restore_best(session, progress)
+            progress.step = progress.best_step  # the records below describe the weights that final/ holds
     final_records = {}
     for split in ("validation", "test"):
         record = _evaluate(session, progress, split)
@@ -419,10 +499,15 @@ def _finish(session: _Session, progress: _Progress) -> TrainResult:
         "examples_seen_this_session": int(accelerator.reduce(
             torch.tensor(float(progress.examples_seen), dtype=torch.float64, device=accelerator.device), "sum")),
         "process_parameter_digests": list(digests),  # sha256 of each process's weights: all equal under DDP
+        "stopped_at_step": stopped_at,  # the last optimizer step taken; "step" is that of the weights kept
     }
+    if session.config.patience is not None:
+        metrics["train"].update(best_step=progress.best_step, best_validation_accuracy=progress.best_accuracy,
+                                stopped_early=progress.stopped_early)
     final_dir = write_final_folder(accelerator, session.model, session.tokenizer, out, session.run_record, metrics)
     if accelerator.is_main_process and not session.config.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+        shutil.rmtree(out / BEST_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(metrics, final_records["test"]["per_layer_head"], final_dir, accelerator.is_main_process)

@@ -172,7 +172,7 @@ def _measure(adversary, baseline, test_tok, tokenizer) -> dict:
     from eval_suite.metrics import jensen_shannon
 
     adversary.eval()
-    jsd_all, jsd_content, correct_adv, correct_base = [], [], 0, 0
+    jsd_all, jsd_content, correct_adv, correct_base, loss_adv = [], [], 0, 0, 0.0
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     with torch.no_grad():
         for batch in _loader(test_tok, 64, tokenizer, False, 0):
@@ -184,6 +184,7 @@ def _measure(adversary, baseline, test_tok, tokenizer) -> dict:
             jsd_content += jensen_shannon(att_a, att_b, content).tolist()
             correct_adv += int((logits_a.argmax(-1) == batch["labels"]).sum())
             correct_base += int((logits_b.argmax(-1) == batch["labels"]).sum())
+            loss_adv += float(torch.nn.functional.cross_entropy(logits_a.float(), batch["labels"], reduction="sum"))
     n = len(test_tok)
     jsd_bits = _stat(jsd_all)
     return {
@@ -195,8 +196,25 @@ def _measure(adversary, baseline, test_tok, tokenizer) -> dict:
         "baseline_accuracy": correct_base / n,
         "adversary_accuracy": correct_adv / n,
         "accuracy_change": (correct_adv - correct_base) / n,
+        "adversary_loss": loss_adv / n,  # test cross-entropy: at chance it is ln(number of labels)
+        "chance_loss": math.log(int(adversary.config.num_labels)),
         "n_examples": n,
     }
+
+
+def measure_pair(config: AdversarialConfig, other: str) -> dict:
+    """JSD between the attention of the baseline and of another trained model ``other`` (e.g. the same recipe with
+    another seed) on the test subset: how far apart independently trained models already are."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import hf_sparse_attn  # noqa: F401  (our model types on the Auto classes)
+
+    tokenizer = AutoTokenizer.from_pretrained(config.baseline)
+    baseline = AutoModelForSequenceClassification.from_pretrained(config.baseline).eval()
+    second = AutoModelForSequenceClassification.from_pretrained(other).eval()
+    _, test_tok = _tokenized_splits(config, tokenizer)
+    return {"settings": {**config.settings(), "other": Path(other).parent.name},
+            **_measure(second, baseline, test_tok, tokenizer)}
 
 
 def train_adversary(config: AdversarialConfig, threads: int | None = None) -> dict:

@@ -4,9 +4,11 @@
     python -m studies.paper --output-dir /tmp/p --quick           # tiny sizes: the pipeline end to end
     python -m studies.paper --output-dir studies/paper --report-only
 
-Units run in priority order (``--parts``): the paper's Transformer on mr, the sparsity sweep, adversarial
-attention, MiniLM on mr, then trec, extra seeds, MiniLM on trec. A unit that fails is logged and the study goes on
-with the next one (exit status 1 at the end). Bad arguments exit with status 2 before any work.
+Units run in priority order (``--parts``): the learning-rate search, the paper's architecture (a) on mr, the
+sparsity sweep, adversarial attention, (a) on trec, the encoder with every layer (b) or the last layer (c) sparse,
+then MiniLM (every layer / last layer). Every model trains until validation accuracy stops improving
+(``--patience`` evaluations, ``--eval-every`` steps apart, under a step cap). A unit that fails is logged and the
+study goes on with the next one (exit status 1 at the end). Bad arguments exit with status 2 before any work.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from pathlib import Path
 from .plan import MAPPINGS, PART_ORDER
 from .run import ReproduceError, run_study
 
-QUICK = dict(seeds=1, mappings=["softmax", "sparsemax", "learned_alpha"], alphas=[1.0, 1.25, 2.0], lambdas=[0.5],
-             max_train_examples=48, max_eval_examples=16, scratch_steps=2, minilm_steps=1, scratch_limit=4,
-             minilm_limit=4, ig_steps=2, adversarial_steps=2, max_length=24, scratch_batch_size=8, minilm_batch_size=4)
-POSITIVE = ("seeds", "max_length", "scratch_steps", "minilm_steps", "scratch_limit", "minilm_limit", "ig_steps",
-            "adversarial_steps", "max_eval_examples", "scratch_batch_size", "minilm_batch_size")
+QUICK = dict(seeds=2, minilm_seeds=1, sweep_seeds=1, mappings=["softmax", "sparsemax", "learned_alpha"],
+             alphas=[1.0, 1.25, 2.0], lambdas=[0.5], max_train_examples=48, max_eval_examples=16, scratch_steps=4,
+             minilm_steps=2, scratch_limit=4, minilm_limit=4, ig_steps=2, adversarial_steps=2, max_length=24,
+             scratch_batch_size=8, minilm_batch_size=4, scratch_lrs=[1e-3, 3e-3], minilm_lrs=[1e-4], patience=1,
+             eval_every=2, adversarial_lambdas=[1.0])
+POSITIVE = ("seeds", "minilm_seeds", "sweep_seeds", "max_length", "scratch_steps", "minilm_steps", "scratch_limit",
+            "minilm_limit", "ig_steps", "adversarial_steps", "max_eval_examples", "scratch_batch_size",
+            "minilm_batch_size", "patience", "eval_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,24 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): every part, seconds each")
     p.add_argument("--report-only", action="store_true", help="only regenerate REPORT.md from finished units")
     p.add_argument("--parts", default=",".join(PART_ORDER), help=f"comma list, run in this order (default: {','.join(PART_ORDER)})")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the scratch models on mr (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds of every from-scratch model (default 5)")
+    p.add_argument("--minilm-seeds", type=int, default=3, help="seeds of every MiniLM model (default 3)")
+    p.add_argument("--sweep-seeds", type=int, default=3, help="seeds per knob value of both sweeps (default 3)")
     p.add_argument("--mappings", default=",".join(MAPPINGS), help=f"comma list of {', '.join(MAPPINGS)}")
     p.add_argument("--alphas", default="1.0,1.1,1.25,1.5,1.75,2.0", help="alpha-entmax sweep (scratch, mr)")
     p.add_argument("--lambdas", default="-1.0,0.0,0.5,0.75", help="sparsegen-lin sweep (scratch, mr); larger is sparser")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--max-train-examples", type=int, help="use only the first N training examples (default: all)")
-    p.add_argument("--max-eval-examples", type=int, default=400, help="validation/test examples scored during training")
-    p.add_argument("--scratch-steps", type=int, default=400, help="optimizer steps of each from-scratch model")
-    p.add_argument("--scratch-lr", type=float, default=1e-3)
+    p.add_argument("--max-eval-examples", type=int, help="validation/test examples scored during training (default: "
+                   "all; early stopping reads validation accuracy)")
+    p.add_argument("--scratch-steps", type=int, default=6000, help="step cap of each from-scratch model")
+    p.add_argument("--scratch-lrs", default="3e-4,1e-3,3e-3", help="lr grid of the from-scratch models (chosen on "
+                   "validation by part lr)")
     p.add_argument("--scratch-batch-size", type=int, default=32)
-    p.add_argument("--minilm-steps", type=int, default=200)
-    p.add_argument("--minilm-lr", type=float, default=1e-4)
+    p.add_argument("--minilm-steps", type=int, default=3000, help="step cap of each MiniLM model")
+    p.add_argument("--minilm-lrs", default="3e-5,1e-4", help="lr grid of the MiniLM models")
+    p.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without a better "
+                   "validation accuracy; the best weights are kept")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between validation evaluations")
     p.add_argument("--minilm-batch-size", type=int, default=16)
     p.add_argument("--scratch-limit", type=int, default=250, help="test examples evaluated per scratch model")
     p.add_argument("--minilm-limit", type=int, default=150, help="test examples evaluated per MiniLM model")
     p.add_argument("--ig-steps", type=int, default=4, help="integrated-gradients steps (IG is not in the paper's tables)")
     p.add_argument("--adversarial-steps", type=int, default=400)
-    p.add_argument("--adversarial-lambda", type=float, default=1.0)
+    p.add_argument("--adversarial-lambdas", default="0.1,0.3,1.0", help="weights of the JSD term tried (the paper's "
+                   "criterion picks among them)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     return p
 
@@ -69,8 +82,11 @@ def parse_args(argv=None):
         args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
         args.mappings = [m.strip() for m in args.mappings.split(",") if m.strip()]
         args.alphas, args.lambdas = _numbers(args.alphas), _numbers(args.lambdas)
+        args.scratch_lrs, args.minilm_lrs = _numbers(args.scratch_lrs), _numbers(args.minilm_lrs)
+        args.adversarial_lambdas = _numbers(args.adversarial_lambdas)
     except ValueError:
-        parser.exit(2, "error: --alphas and --lambdas take comma-separated numbers, e.g. --alphas 1.0,1.5,2.0\n")
+        parser.exit(2, "error: --alphas, --lambdas, --*-lrs and --adversarial-lambdas take comma-separated numbers, "
+                       "e.g. --alphas 1.0,1.5,2.0\n")
     if args.quick:
         for key, value in QUICK.items():
             if key not in given:
@@ -85,8 +101,12 @@ def parse_args(argv=None):
         parser.exit(2, "error: --alphas must lie in [1, 2] (1 = softmax, 2 = sparsemax)\n")
     if any(lam >= 1 for lam in args.lambdas):
         parser.exit(2, "error: --lambdas must be < 1 (sparsegen-lin divides by 1 - lambda)\n")
+    if not args.scratch_lrs or not args.minilm_lrs or any(lr <= 0 for lr in args.scratch_lrs + args.minilm_lrs):
+        parser.exit(2, "error: --scratch-lrs and --minilm-lrs need at least one learning rate, all > 0\n")
+    if any(lam < 0 for lam in args.adversarial_lambdas):
+        parser.exit(2, "error: --adversarial-lambdas must be >= 0\n")
     for name in POSITIVE:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.exit(2, f"error: --output-dir {args.output_dir!r} is a file; pass a folder\n")

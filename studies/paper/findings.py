@@ -1,148 +1,145 @@
-"""The paper's findings, each with our verdict (agrees / disagrees / partly / not run) and the numbers behind it.
+"""The paper's findings, each with a verdict that survives its error bars (studies/paper/verdicts.py).
 
-Each finding is one function of ``summary`` (the numbers the report's tables computed); :func:`findings` lists them.
+Every finding is read on encoder (a), the paper's architecture, over seeds: "agrees"/"disagrees" only where the 95%
+interval of the difference excludes 0 (or, for a band, lies wholly inside/outside it), else "inconclusive".
 """
 
 from __future__ import annotations
 
+import math
+
 from . import paper as P
-from .records import INPUT_PAIR, REPR_PAIR, fmt
+from .records import fmt, group, input_to_repr_entropy, tau
+from .verdicts import (INCONCLUSIVE, NOT_RUN, Interval, adversary_verdict, band_verdict, combine, difference_interval,
+                       mean_interval, sign_verdict)
+
+ENCODER = "pooling"
+DATASETS = ("mr", "trec")
 
 
-def verdict(ok: bool | None, partly: bool = False) -> str:
-    return "not run" if ok is None else ("agrees" if ok else ("partly agrees" if partly else "disagrees"))
+def _text(interval: Interval) -> str:
+    if interval.n == 0:
+        return "not run"
+    if not interval.defined:
+        return f"{fmt(interval.mean)} (n={interval.n}, no interval)"
+    return f"{fmt(interval.mean)} [{fmt(interval.low)}, {fmt(interval.high)}] (n={interval.n})"
 
 
-def _not_run(claim: str, key: str) -> dict:
-    return {"claim": claim, "verdict": "not run", "evidence": "", "key": key}
+def _finding(key: str, claim: str, verdict: str, evidence: str) -> dict:
+    return {"key": key, "claim": claim, "verdict": verdict, "evidence": evidence}
 
 
-def input_to_repr_finding(summary: dict) -> dict:
-    entropies = {k: v for k, v in summary.get("input_to_repr_entropy", {}).items() if v is not None}
-    ok = None if not entropies else all(0.45 <= v <= 0.95 for v in entropies.values())
-    partly = bool(entropies) and any(0.45 <= v <= 0.95 for v in entropies.values())
-    evidence = ""
-    if entropies:
-        shares = ", ".join(f"{k} {fmt(v)}" for k, v in summary.get("coindexed_share", {}).items() if v is not None)
-        evidence = (f"Ours (entropy): {', '.join(f'{k} {fmt(v)}' for k, v in entropies.items())}. Share of influence "
-                    f"from the co-indexed input: {shares}.")
-    return {"claim": "Inputs and their co-indexed representations are only weakly related (paper: entropies .5-.9).",
-            "verdict": verdict(ok, partly), "evidence": evidence, "key": "input_to_repr"}
+def input_to_repr_finding(records: dict) -> dict:
+    cells, verdicts = [], []
+    for dataset in DATASETS:
+        for mapping in ("softmax", "sparsemax"):
+            interval = mean_interval([input_to_repr_entropy(r) for r in group(records, ENCODER, dataset, mapping)])
+            if interval.n:
+                verdicts.append(band_verdict(interval, 0.5, 0.9))
+                cells.append(f"{dataset} {mapping} {_text(interval)}")
+    return _finding("input_to_repr", "Inputs and their co-indexed representations are only weakly related (paper: "
+                    "normalised entropies .5-.9 of input influence on a representation).", combine(verdicts),
+                    ("Ours, entropy: " + "; ".join(cells) + ".") if cells else "")
 
 
-def repr_vs_input_finding(summary: dict) -> dict:
-    ti, tr = summary.get("tau_input", {}), summary.get("tau_representation", {})
-    gaps = {}
-    for mapping in ("softmax", "sparsemax"):
-        key = f"scratch/mr/{mapping}"
-        if ti.get(key, {}).get("grad_norm") is not None and tr.get(key, {}).get("repr_grad_norm") is not None:
-            gaps[mapping] = {m_in: tr[key][m_r] - ti[key][m_in] for m_in, m_r in zip(INPUT_PAIR, REPR_PAIR)
-                             if tr[key].get(m_r) is not None and ti[key].get(m_in) is not None}
-    if not gaps:
-        return _not_run("Attention agrees more with representation importance than with input importance.",
-                        "repr_vs_input")
-    higher = all(g > 0 for gap in gaps.values() for g in gap.values())
-    some = any(g > 0 for gap in gaps.values() for g in gap.values())
-    more_sparse = ("softmax" in gaps and "sparsemax" in gaps
-                   and gaps["sparsemax"].get("grad_norm", 0) > gaps["softmax"].get("grad_norm", 0))
-    return {"claim": "Attention agrees more with the importance of the representations than with that of the "
-                     "inputs, and more so under sparsemax.",
-            "verdict": verdict(higher and more_sparse, some),
-            "evidence": "Ours (mr, repr tau minus input tau, gradient / LOO): "
-                        + "; ".join(f"{m} {fmt(g.get('grad_norm'))} / {fmt(g.get('loo'))}" for m, g in gaps.items())
-                        + f"; larger under sparsemax: {more_sparse}.",
-            "key": "repr_vs_input"}
+def _gap(record: dict) -> float | None:
+    rep, inp = tau(record, "repr_grad_norm"), tau(record, "grad_norm")
+    return None if rep is None or inp is None else rep - inp
 
 
-def sweep_tau_finding(summary: dict) -> dict:
+def repr_vs_input_findings(records: dict) -> list[dict]:
+    cells, verdicts, gaps = [], [], {}
+    for dataset in DATASETS:
+        for mapping in ("softmax", "sparsemax"):
+            rs = group(records, ENCODER, dataset, mapping)
+            interval = difference_interval([tau(r, "repr_grad_norm") for r in rs], [tau(r, "grad_norm") for r in rs],
+                                           paired=True)
+            gaps[(dataset, mapping)] = [_gap(r) for r in rs]
+            if interval.n:
+                verdicts.append(sign_verdict(interval, +1))
+                cells.append(f"{dataset} {mapping} {_text(interval)}")
+    out = [_finding("repr_vs_input", "Attention agrees more with the importance of the representations than with "
+                    "that of the inputs (gradient importance).", combine(verdicts),
+                    ("Ours, tau(att, repr) - tau(att, input) per seed: " + "; ".join(cells) + ".") if cells else "")]
+    cells, verdicts = [], []
+    for dataset in DATASETS:
+        interval = difference_interval(gaps.get((dataset, "sparsemax"), []), gaps.get((dataset, "softmax"), []))
+        if interval.n:
+            verdicts.append(sign_verdict(interval, +1))
+            cells.append(f"{dataset} {_text(interval)}")
+    out.append(_finding("repr_vs_input_sparsemax", "... and more so under sparsemax.", combine(verdicts),
+                        ("Ours, gap under sparsemax minus gap under softmax: " + "; ".join(cells) + ".") if cells else ""))
+    return out
+
+
+def softmax_vs_sparsemax_finding(records: dict) -> dict:
+    cells, verdicts = [], []
+    for dataset in DATASETS:
+        soft = [tau(r, "grad_norm") for r in group(records, ENCODER, dataset, "softmax")]
+        sparse = [tau(r, "grad_norm") for r in group(records, ENCODER, dataset, "sparsemax")]
+        interval = difference_interval(soft, sparse)
+        if interval.n:
+            verdicts.append(sign_verdict(interval, +1))
+            cells.append(f"{dataset} {_text(interval)}")
+    return _finding("table1_softmax_vs_sparsemax", "Sparsemax lowers attention's agreement with input-gradient "
+                    "importance (paper: .72 -> .67 on SST, .54 -> .47 on 20News).", combine(verdicts),
+                    ("Ours, tau softmax - tau sparsemax: " + "; ".join(cells) + ".") if cells else "")
+
+
+def _stored_interval(stat: dict | None) -> Interval:
+    if not stat or stat.get("n", 0) == 0:
+        return Interval(None, None, None, 0)
+    low, high = (stat.get("ci95") or [None, None])
+    return Interval(stat.get("mean"), low, high, stat["n"])
+
+
+def sweep_findings(summary: dict) -> list[dict]:
     sweep = summary.get("sweep", {})
-    taus = [(k, sweep[k]["knob_vs_tau"]["grad_norm"]) for k in ("alpha", "lambda")
-            if k in sweep and sweep[k]["knob_vs_tau"]["grad_norm"] is not None]
-    if not taus:
-        return _not_run("Agreement with input importance falls as sparsity rises.", "sweep_tau")
-    negative = [v < 0 for _, v in taus]
-    return {"claim": "Agreement with input importance generally falls as sparsity rises.",
-            "verdict": verdict(all(negative), any(negative)),
-            "evidence": "Ours: Kendall tau-b(knob, tau(att, grad_norm)) " + ", ".join(f"{k} {fmt(v)}" for k, v in taus)
-                        + " (negative = falls).", "key": "sweep_tau"}
-
-
-def sweep_entropy_findings(summary: dict) -> list[dict]:
-    """The knob-vs-entropy number (its sign against the paper's), and the paper's reading of it."""
-    sweep = summary.get("sweep", {})
-    lam = sweep.get("lambda", {}).get("knob_vs_entropy", {})
-    alpha = sweep.get("alpha", {}).get("knob_vs_entropy", {})
     out = []
-    if lam.get("grad_norm") is not None:
-        out.append({"claim": f"Kendall tau-b between lambda and the entropy of input importance is negative (paper: "
-                             f"{P.KNOB_ENTROPY_TAU['SST']} on SST, {P.KNOB_ENTROPY_TAU['20News']} on 20News).",
-                    "verdict": verdict(lam["grad_norm"] < 0),
-                    "evidence": f"Ours (mr): grad_norm {fmt(lam['grad_norm'])}, loo {fmt(lam.get('loo'))}; with alpha "
-                                f"as the knob: grad_norm {fmt(alpha.get('grad_norm'))}, loo {fmt(alpha.get('loo'))}.",
-                    "key": "sweep_entropy_sign"})
-    values = [v for v in (lam.get("grad_norm"), alpha.get("grad_norm")) if v is not None]
-    if not values:
-        out.append(_not_run("Sparse attention does not yield a sparse set of influential inputs.", "sweep_entropy"))
-        return out
-    # The paper's text: sparser attention does NOT give a more concentrated (lower-entropy) set of inputs.
-    no_clear_drop = all(v > -0.5 for v in values)
-    if no_clear_drop:
-        evidence = (f"Ours: tau-b(knob, entropy) lambda {fmt(lam.get('grad_norm'))}, alpha "
-                    f"{fmt(alpha.get('grad_norm'))}: no clear fall.")
+    verdicts, cells = [], []
+    for knob in ("lambda", "alpha"):
+        if knob in sweep:
+            interval = _stored_interval(sweep[knob]["knob_vs_tau"])
+            verdicts.append(sign_verdict(interval, -1))
+            cells.append(f"{knob} {_text(interval)} (controlled for accuracy: "
+                         f"{fmt(sweep[knob]['partial_knob_vs_tau_given_accuracy'])})")
+    out.append(_finding("sweep_tau", "Agreement with input importance falls as sparsity rises.", combine(verdicts),
+                        ("Ours, tau-b(knob, tau(att, grad_norm)) per seed: " + "; ".join(cells) + ".") if cells else ""))
+    if "lambda" in sweep:
+        interval = _stored_interval(sweep["lambda"]["knob_vs_entropy"])
+        out.append(_finding("sweep_entropy_sign", f"Kendall tau-b between lambda and the entropy of input importance "
+                            f"is negative (paper: {P.KNOB_ENTROPY_TAU['SST']} on SST).", sign_verdict(interval, -1),
+                            f"Ours, per seed: {_text(interval)}; controlled for accuracy: "
+                            f"{fmt(sweep['lambda']['partial_knob_vs_entropy_given_accuracy'])}."))
     else:
-        evidence = (f"Ours: tau-b(knob, entropy of grad_norm importance) lambda {fmt(lam.get('grad_norm'))}, alpha "
-                    f"{fmt(alpha.get('grad_norm'))}: input-gradient importance gets clearly more concentrated as "
-                    "attention gets sparser in our models")
-    out.append({"claim": "Sparse attention does not yield a sparse (low-entropy) set of influential inputs (the "
-                         "paper's reading; its own negative tau says entropy falls as lambda, i.e. sparsity, rises).",
-                "verdict": verdict(no_clear_drop), "evidence": evidence, "key": "sweep_entropy"})
+        out.append(_finding("sweep_entropy_sign", "Kendall tau-b between lambda and the entropy of input importance "
+                            "is negative.", NOT_RUN, ""))
     return out
 
 
 def adversarial_finding(summary: dict) -> dict:
+    claim = ("Attention can be moved far from the baseline's (paper: JSD .57-.67) while accuracy stays within .02, "
+             "further than independently trained baselines differ.")
     adv = summary.get("adversarial")
     if not adv:
-        return _not_run("Attention can be moved far from the baseline's while keeping accuracy.", "adversarial")
-    reference = adv["control_accuracy"] if adv.get("control_accuracy") is not None else adv["baseline_accuracy"]
-    ok = adv["adversary_accuracy"] - reference >= -P.ADVERSARIAL["max_accuracy_drop"]
-    large = adv["jsd_nats"]["mean"] >= 0.3
-    evidence = (f"Ours: JSD {fmt(adv['jsd_nats']['mean'])} nats ({fmt(adv['jsd_bits']['mean'])} bits), accuracy "
-                f"change {adv['accuracy_change']:+.3f} vs the baseline")
-    if adv.get("control_accuracy") is not None:
-        evidence += f", {adv['adversary_accuracy'] - adv['control_accuracy']:+.3f} vs the lambda=0 control"
-    if adv.get("control_jsd_nats") is not None:
-        evidence += (f". But an independently trained softmax model (the lambda=0 control) is already "
-                     f"{fmt(adv['control_jsd_nats'])} nats from the baseline's attention")
-    return {"claim": "Attention can be moved far from the baseline's (JSD .57-.67) while keeping accuracy "
-                     "(within .02).",
-            "verdict": verdict(ok and large, ok or large), "evidence": evidence + ".", "key": "adversarial"}
+        return _finding("adversarial", claim, NOT_RUN, "")
+    jsd, seed = _stored_interval(adv["jsd"]), _stored_interval(adv["seed_jsd"])
+    chance = adv.get("chance_loss") if adv.get("chance_loss") is not None else math.log(2)
+    loss = adv.get("adversary_loss") if adv.get("adversary_loss") is not None else math.inf
+    verdict = adversary_verdict(adv["adversary_accuracy"], adv["baseline_accuracy"], loss, chance, jsd, seed,
+                                max_drop=P.ADVERSARIAL["max_accuracy_drop"])
+    return _finding("adversarial", claim, verdict,
+                    f"Ours (lambda_adv {adv['lambda_adv']:g}{'' if adv['criterion_reached'] else ', the largest JSD tried'}): "
+                    f"JSD {_text(jsd)} nats, seed-to-seed JSD {_text(seed)}, accuracy {adv['baseline_accuracy']:.3f} -> "
+                    f"{adv['adversary_accuracy']:.3f}, test loss {fmt(loss)} (chance {fmt(chance)}).")
 
 
-def softmax_vs_sparsemax_finding(summary: dict) -> dict | None:
-    """Table 1: softmax > sparsemax on input-gradient agreement, over every encoder x dataset that ran both."""
-    ti = summary.get("tau_input", {})
-    pairs = []
-    for encoder, dataset in (("scratch", "mr"), ("scratch", "trec"), ("minilm", "mr"), ("minilm", "trec")):
-        soft = ti.get(f"{encoder}/{dataset}/softmax", {}).get("grad_norm")
-        sparse = ti.get(f"{encoder}/{dataset}/sparsemax", {}).get("grad_norm")
-        if soft is not None and sparse is not None:
-            pairs.append((f"{'Transformer (a)' if encoder == 'scratch' else 'MiniLM (b), last layer'} {dataset}",
-                          soft, sparse))
-    if not pairs:
-        return None
-    lower = [sparse < soft for _, soft, sparse in pairs]
-    return {"claim": "Sparsemax lowers attention's agreement with input-gradient importance "
-                     "(paper: .72 -> .67 on SST, .54 -> .47 on 20News).",
-            "verdict": verdict(all(lower), any(lower)),
-            "evidence": "Ours, softmax -> sparsemax: " + "; ".join(f"{name} {fmt(soft)} -> {fmt(sparse)}"
-                                                                  for name, soft, sparse in pairs) + ".",
-            "key": "table1_softmax_vs_sparsemax"}
-
-
-def findings(summary: dict) -> list[dict]:
+def findings(records: dict, summary: dict) -> list[dict]:
     """Every finding, in the report's order."""
-    out = [input_to_repr_finding(summary), repr_vs_input_finding(summary), sweep_tau_finding(summary)]
-    out += sweep_entropy_findings(summary)
+    out = [input_to_repr_finding(records), *repr_vs_input_findings(records), softmax_vs_sparsemax_finding(records)]
+    out += sweep_findings(summary)
     out.append(adversarial_finding(summary))
-    table1 = softmax_vs_sparsemax_finding(summary)
-    return out + ([table1] if table1 else [])
+    return out
+
+
+__all__ = ["findings", "INCONCLUSIVE"]

@@ -101,7 +101,7 @@ def fmt_seeds(stat, digits: int = 2) -> str:
 def group(records: dict, encoder: str, dataset: str, mapping: str) -> list[dict]:
     """Records of one (encoder, dataset, mapping) over seeds (sweep copies excluded)."""
     return [r for name, r in records.items() if r["unit"]["encoder"] == encoder and r["unit"]["dataset"] == dataset
-            and r["unit"]["mapping"] == mapping and not name.startswith(("sweep-", "adversarial-"))]
+            and r["unit"]["mapping"] == mapping and not name.startswith(("sweep-", "adversarial-", "lr-"))]
 
 
 def kendall(x, y) -> float | None:

@@ -18,14 +18,15 @@ from pathlib import Path
 from hf_sparse_attn.constants import FINAL_DIR, FINAL_METRICS_FILE, RESULTS_FILE, TRAIN_LOG_FILE
 from hf_sparse_attn.files import atomic_write_json, first_line
 
-from .plan import Unit, plan_units, settings_record, unit_settings
+from .plan import ENCODERS, Unit, lr_unit_name, model_unit_name, plan_units, settings_record, unit_settings
 
 logger = logging.getLogger("studies.paper")
 
 RESULTS_DIR = "results"
 RUNS_DIR = "runs"
 STUDY_FILE = "study.json"
-ADVERSARIAL_BASELINE = "scratch-mr-softmax-s0"
+ADVERSARIAL_BASELINE = model_unit_name("pooling", "mr", "softmax", 0)
+SEED_PAIR = model_unit_name("pooling", "mr", "softmax", 1)  # an independently trained twin of the baseline
 
 
 class ReproduceError(ValueError):
@@ -40,24 +41,52 @@ def _write_record(path: Path, payload) -> None:
 # --------------------------------------------------------------------------------------------- one unit
 
 
-def train_config(unit: Unit, args, run_dir: Path):
-    """The TrainConfig of a unit's model (from scratch: the paper's encoder; otherwise the embedded MiniLM)."""
+def train_config(unit: Unit, args, run_dir: Path, lr: float):
+    """The TrainConfig of a unit's model: its encoder (ENCODERS), early stopping on validation accuracy under a step
+    cap, the family's chosen ``lr``."""
     from hf_sparse_attn.training import TrainConfig
 
-    common = dict(dataset=unit.dataset, attn_impl=unit.attn_impl, output_dir=str(run_dir), seed=unit.seed, cpu=True,
-                  resume=True, max_length=args.max_length, max_eval_examples=args.max_eval_examples, save_every=100,
-                  eval_every=100000, max_train_examples=args.max_train_examples)
-    if unit.encoder == "scratch":
-        return TrainConfig(from_scratch="paper-roberta", lr=args.scratch_lr, batch_size=args.scratch_batch_size,
-                           max_steps=args.scratch_steps, warmup_ratio=0.0, **common)
-    return TrainConfig(lr=args.minilm_lr, batch_size=args.minilm_batch_size, max_steps=args.minilm_steps, **common)
+    family, preset, layers = ENCODERS[unit.encoder]
+    common = dict(dataset=unit.dataset, attn_impl=unit.attn_impl, attn_layers=layers, output_dir=str(run_dir),
+                  seed=unit.seed, cpu=True, resume=True, max_length=args.max_length,
+                  max_eval_examples=args.max_eval_examples, eval_every=args.eval_every, save_every=args.eval_every,
+                  patience=args.patience, max_train_examples=args.max_train_examples, lr=lr)
+    if family == "scratch":
+        return TrainConfig(from_scratch=preset, batch_size=args.scratch_batch_size, max_steps=args.scratch_steps,
+                           warmup_ratio=0.0, **common)
+    return TrainConfig(batch_size=args.minilm_batch_size, max_steps=args.minilm_steps, **common)
+
+
+def lr_search(out_dir: Path, family: str, dataset: str, args) -> dict:
+    """The recorded lr search of (family, dataset): every grid value's validation accuracy and the chosen lr."""
+    grid = args.scratch_lrs if family == "scratch" else args.minilm_lrs
+    tried = {}
+    for lr in grid:
+        path = out_dir / RESULTS_DIR / f"{lr_unit_name(family, dataset, lr)}.json"
+        if path.is_file():
+            tried[lr] = json.loads(path.read_text(encoding="utf-8"))["train_metrics"]["validation"]["accuracy"]
+    missing = [lr for lr in grid if lr not in tried]
+    # ties: the smaller lr (sorted grid, strict improvement)
+    chosen = None if missing else max(sorted(tried), key=lambda lr: (tried[lr], -lr))
+    return {"grid": list(grid), "validation_accuracy": {f"{lr:g}": tried[lr] for lr in sorted(tried)},
+            "chosen": chosen, "missing": missing}
+
+
+def chosen_lr(unit: Unit, args, out_dir: Path) -> float:
+    if unit.part == "lr":
+        return unit.knob["lr"]
+    search = lr_search(out_dir, unit.family, unit.dataset, args)
+    if search["chosen"] is None:
+        raise RuntimeError(f"the lr search of {unit.family}/{unit.dataset} has not finished (missing lr "
+                           f"{search['missing']}); run part lr first")
+    return search["chosen"]
 
 
 def eval_request(unit: Unit, args, checkpoint: Path, eval_dir: Path):
     """The evaluation of a unit: the same seeded test subset for every model, IG and faithfulness kept small."""
     from eval_suite import EvalRequest, MeasureConfig
 
-    limit = args.scratch_limit if unit.encoder == "scratch" else args.minilm_limit
+    limit = args.scratch_limit if unit.family == "scratch" else args.minilm_limit
     # The full set, as the committed study was run (its tables use the paper tier's measurements).
     measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0,
                             measures="full")
@@ -108,16 +137,24 @@ def compact_results(results: dict) -> dict:
     return out
 
 
-def _train_adversary(unit: Unit, args, out_dir: Path, run_dir: Path) -> dict:
-    from .adversarial import AdversarialConfig, train_adversary
+def _baseline_folder(out_dir: Path, name: str) -> Path:
+    folder = out_dir / RUNS_DIR / name / FINAL_DIR
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(f"the adversarial part needs the softmax model {name}; run part pooling-mr first")
+    return folder
 
-    baseline = out_dir / RUNS_DIR / ADVERSARIAL_BASELINE / FINAL_DIR
-    if not (baseline / "config.json").is_file():
-        raise RuntimeError(f"the adversary needs the softmax baseline {ADVERSARIAL_BASELINE}; run part scratch-mr first")
+
+def _train_adversary(unit: Unit, args, out_dir: Path, run_dir: Path) -> dict:
+    from .adversarial import AdversarialConfig, measure_pair, train_adversary
+
+    baseline = _baseline_folder(out_dir, ADVERSARIAL_BASELINE)
     config = AdversarialConfig(baseline=str(baseline), output_dir=str(run_dir), dataset="mr",
-                               lambda_adv=unit.knob["lambda_adv"], max_steps=args.adversarial_steps,
-                               batch_size=args.scratch_batch_size, lr=args.scratch_lr, max_length=args.max_length,
-                               limit=args.scratch_limit, seed=0, max_train_examples=args.max_train_examples)
+                               lambda_adv=unit.knob.get("lambda_adv", 0.0), max_steps=args.adversarial_steps,
+                               batch_size=args.scratch_batch_size, lr=chosen_lr(unit, args, out_dir),
+                               max_length=args.max_length, limit=args.scratch_limit, seed=0,
+                               max_train_examples=args.max_train_examples)
+    if unit.mapping == "seed_jsd":
+        return measure_pair(config, _baseline_folder(out_dir, SEED_PAIR))
     return train_adversary(config)
 
 
@@ -130,26 +167,35 @@ def run_unit(unit: Unit, args, out_dir: Path) -> dict:
     seconds = {}
     started = time.time()
     adversarial = None
+    lr = None
     if unit.part == "adversarial":
         adversarial = _train_adversary(unit, args, out_dir, run_dir)
     elif not (run_dir / FINAL_DIR / FINAL_METRICS_FILE).is_file():
-        train(train_config(unit, args, run_dir))
+        lr = chosen_lr(unit, args, out_dir)
+        train(train_config(unit, args, run_dir, lr))
+    else:
+        lr = chosen_lr(unit, args, out_dir)
     seconds["train"] = round(time.time() - started, 1)
 
-    started = time.time()
-    eval_dir = run_dir / "eval"
-    if not (eval_dir / RESULTS_FILE).is_file():
-        run_evaluation(eval_request(unit, args, run_dir / FINAL_DIR, eval_dir))
-    seconds["eval"] = round(time.time() - started, 1)
-    results = json.loads((eval_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-
-    record = {"unit": {k: v for k, v in vars(unit).items()}, "seconds": seconds, "eval": compact_results(results)}
+    record = {"unit": {k: v for k, v in vars(unit).items()}, "seconds": seconds, "lr": lr}
+    if unit.part != "lr" and unit.mapping != "seed_jsd":  # the lr search needs validation accuracy only
+        started = time.time()
+        eval_dir = run_dir / "eval"
+        if not (eval_dir / RESULTS_FILE).is_file():
+            run_evaluation(eval_request(unit, args, run_dir / FINAL_DIR, eval_dir))
+        seconds["eval"] = round(time.time() - started, 1)
+        record["eval"] = compact_results(json.loads((eval_dir / RESULTS_FILE).read_text(encoding="utf-8")))
+    else:
+        seconds["eval"] = 0.0
+    if unit.part != "lr" and unit.part != "adversarial":
+        record["lr_search"] = lr_search(out_dir, unit.family, unit.dataset, args)
     metrics_path = run_dir / FINAL_DIR / FINAL_METRICS_FILE
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         record["train_metrics"] = {split: {k: metrics[split].get(k) for k in ("accuracy", "macro_f1", "loss", "step")}
                                    for split in ("validation", "test") if split in metrics}
-        record["train_seconds_per_step"] = metrics.get("train_seconds_per_step")
+        record["train_metrics"]["train"] = {k: metrics["train"].get(k) for k in (
+            "step", "stopped_at_step", "best_step", "stopped_early", "seconds_per_step")}
     if unit.mapping == "learned_alpha":
         record["learned_alpha"] = learned_alphas(run_dir)
     if adversarial is not None:

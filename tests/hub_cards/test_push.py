@@ -24,7 +24,7 @@ from tests.helpers.tiny_models import make_checkpoint, make_results
 
 TOKEN = "hf_test_token"
 PUBLISHED_FILES = {
-    "README.md", "config.json", "model.safetensors", "results.json", "sparse_attn_mappings.py",
+    "README.md", "config.json", "model.safetensors", "results.json", "sparse_attn_mappings.py", "sparse_attn_pooling.py",
     "sparse_attn_modeling.py", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "training_args.json",
     "final_metrics.json", "train_log.jsonl", "report.html",
 }
