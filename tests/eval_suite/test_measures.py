@@ -38,7 +38,9 @@ def test_tiers_are_cumulative_and_full_holds_every_measurement():
 
 def test_measures_mix_tiers_names_and_removals_in_registry_order():
     assert resolve_measures("loo,quick") == ("grad_norm", "grad_x_input", "loo", "repr_grad_norm", "rollout")
-    assert resolve_measures("full,-faithfulness,-integrated_gradients") == tiers()["paper"]
+    mixing = tiers()["mixing"]
+    assert resolve_measures("full,-faithfulness,-integrated_gradients," + ",".join("-" + m for m in mixing)) \
+        == tiers()["paper"]
     assert describe_selection(resolve_measures("quick,loo")) == "grad_norm,grad_x_input,loo,repr_grad_norm,rollout"
 
 
@@ -101,7 +103,8 @@ def test_every_consumer_copes_with_each_tier(tier_runs, tier):
     # plots: every listed file is a PNG, one pair per measured importance method and none for the others
     for rel in results["plots"]:
         assert (folder / rel).read_bytes()[:8] == PNG_MAGIC
-    plotted = {rel.split("kendall_tau_b_excess_")[-1][:-4] for rel in results["plots"] if "excess_" in rel}
+    plotted = {rel.split("kendall_tau_b_excess_")[-1][:-4] for rel in results["plots"]
+               if "excess_" in rel and "mixing_" not in rel}  # context-mixing plots are per mixing method
     assert plotted == set(results["importance_methods"])
     # per_layer_head.csv: one row per head, method columns only for measured methods
     with open(folder / "per_layer_head.csv", newline="") as handle:
