@@ -104,16 +104,6 @@ def group(records: dict, encoder: str, dataset: str, mapping: str) -> list[dict]
             and r["unit"]["mapping"] == mapping and not name.startswith(("sweep-", "adversarial-", "lr-"))]
 
 
-def kendall(x, y) -> float | None:
-    from scipy.stats import kendalltau
-
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3:
-        return None
-    value = kendalltau([a for a, _ in pairs], [b for _, b in pairs], variant="b").statistic
-    return None if not math.isfinite(value) else float(value)
-
-
 def sweep_rows(records: dict, knob: str) -> list[dict]:
     rows = []
     for name, r in records.items():
