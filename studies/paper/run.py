@@ -87,9 +87,10 @@ def eval_request(unit: Unit, args, checkpoint: Path, eval_dir: Path):
     from eval_suite import EvalRequest, MeasureConfig
 
     limit = args.scratch_limit if unit.family == "scratch" else args.minilm_limit
-    # The full set, as the committed study was run (its tables use the paper tier's measurements).
+    # The full set, as the committed study was run (its tables use the paper tier's measurements), without context
+    # mixing: it needs a stack of encoder layers, which the attention-pooling classifier's last layer is not.
     measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0,
-                            measures="full")
+                            measures="full,-mixing")
     return EvalRequest(checkpoint=str(checkpoint), output_dir=str(eval_dir), dataset=unit.dataset, split="test",
                        limit=limit, max_length=args.max_length, resume=True, plot_examples=0, cpu=True, measure=measure)
 
