@@ -60,6 +60,22 @@ def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
     return buffer.view(-1)[: rows * buffer.shape[-1]].view(rows, buffer.shape[-1])
 
 
+def _newton_bracket(z: torch.Tensor, n, scale):
+    """The threshold's starting bracket ``lo <= t <= hi`` ([R, 1] each) and the stopping tolerances for ``t`` and the
+    mass, shared by the eager and the traced solver so that both stop under the same test."""
+    d = z.shape[-1]
+    eps = torch.finfo(z.dtype).eps
+    z_max = z.amax(dim=-1, keepdim=True)
+    inv_scale = 1 / scale
+    # Bracket: the largest entry alone has mass 1 at t = max - 1/scale; at t = max - d^(-1/n)/scale every entry has
+    # mass at most 1/d. (Masked entries leave fewer than d finite ones, which only moves the root left.)
+    lo = z_max - inv_scale
+    hi = z_max - (torch.pow(float(d), -1.0 / n) if torch.is_tensor(n) else float(d) ** (-1.0 / n)) * inv_scale
+    # Steps below these are rounding noise: one ulp of the scores' scale for t, a few ulps for the mass.
+    t_tol = eps * torch.maximum(z_max.abs(), torch.as_tensor(inv_scale, dtype=z.dtype, device=z.device))
+    return lo, hi, t_tol, 8 * eps
+
+
 def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     """alpha-entmax of each row of ``z`` ``[R, d]``: ``p = [scale * (z - t)]_+^n`` normalised.
 
@@ -69,17 +85,8 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     finite entry come back NaN (callers mask them).
     """
     rows, d = z.shape
-    eps = torch.finfo(z.dtype).eps
     per_row = torch.is_tensor(n)
-    z_max = z.amax(dim=-1, keepdim=True)
-    inv_scale = 1 / scale
-    # Bracket: the largest entry alone has mass 1 at t = max - 1/scale; at t = max - d^(-1/n)/scale every entry has
-    # mass at most 1/d. (Masked entries leave fewer than d finite ones, which only moves the root left.)
-    lo = z_max - inv_scale
-    hi = z_max - (torch.pow(float(d), -1.0 / n) if per_row else float(d) ** (-1.0 / n)) * inv_scale
-    # Steps below these are rounding noise: one ulp of the scores' scale for t, a few ulps for the mass.
-    t_tol = eps * torch.maximum(z_max.abs(), torch.as_tensor(inv_scale, dtype=z.dtype, device=z.device))
-    mass_tol = 8 * eps
+    lo, hi, t_tol, mass_tol = _newton_bracket(z, n, scale)
     if per_row:
         w_exponent = n - 1
         # n == 1 (alpha == 2) rows would take 0 ** 0 == 1 off the support: zero those entries with sign() as well.
@@ -187,14 +194,8 @@ def _entmax_rows_traced(z: torch.Tensor, n, scale) -> torch.Tensor:
     ends when no row moves or after ``_MAX_NEWTON_STEPS``.
     """
     rows, d = z.shape
-    eps = torch.finfo(z.dtype).eps
     per_row = torch.is_tensor(n)
-    z_max = z.amax(dim=-1, keepdim=True)
-    inv_scale = 1 / scale
-    lo = z_max - inv_scale
-    hi = z_max - (torch.pow(float(d), -1.0 / n) if per_row else float(d) ** (-1.0 / n)) * inv_scale
-    t_tol = eps * torch.maximum(z_max.abs(), torch.as_tensor(inv_scale, dtype=z.dtype, device=z.device))
-    mass_tol = 8 * eps
+    lo, hi, t_tol, mass_tol = _newton_bracket(z, n, scale)
     w_exponent = n - 1 if per_row else float(n) - 1.0
 
     def mass_terms(t):

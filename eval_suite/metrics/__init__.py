@@ -185,13 +185,9 @@ def kendall_tau_b(x, y, mask=None, *, max_elements: int = 1 << 25) -> torch.Tens
     return out.reshape(lead)
 
 
-def kendall_tau_b_cross(x, y, mask=None, *, on_support: bool = False) -> torch.Tensor:
-    """tau-b of every vector of ``x`` [..., H, L] against every vector of ``y`` [..., M, L]: [..., H, M].
-
-    Same values as ``kendall_tau_b(x[..., :, None, :], y[..., None, :, :], mask)``, computed as one batched
-    matrix product over position pairs. ``mask`` [..., L] marks the positions that count; with
-    ``on_support=True`` each x-vector additionally counts only the positions where it is non-zero.
-    """
+def _cross_pairs(x, y, mask):
+    """``x`` [..., H, L] and ``y`` [..., M, L] broadcast over their leading dims, the mask [..., L], and the pairs
+    ``i < j`` of counted positions [..., 1, L, L] that every cross tau-b compares."""
     x, y = _as_tensor(x), _as_tensor(y)
     n = x.shape[-1]
     lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
@@ -199,11 +195,22 @@ def kendall_tau_b_cross(x, y, mask=None, *, on_support: bool = False) -> torch.T
     y = y.expand(*lead, *y.shape[-2:])
     mask = _mask_like(x[..., 0, :], mask)  # [..., L]
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
-    pairs = (mask.unsqueeze(-1) & mask.unsqueeze(-2) & upper).unsqueeze(-3)  # [..., 1, L, L]
+    return x, y, mask, (mask.unsqueeze(-1) & mask.unsqueeze(-2) & upper).unsqueeze(-3)
+
+
+def kendall_tau_b_cross(x, y, mask=None, *, on_support: bool = False) -> torch.Tensor:
+    """tau-b of every vector of ``x`` [..., H, L] against every vector of ``y`` [..., M, L]: [..., H, M].
+
+    Same values as ``kendall_tau_b(x[..., :, None, :], y[..., None, :, :], mask)``, computed as one batched
+    matrix product over position pairs. ``mask`` [..., L] marks the positions that count; with
+    ``on_support=True`` each x-vector additionally counts only the positions where it is non-zero.
+    """
+    x, y, mask, pairs = _cross_pairs(x, y, mask)
+    n = x.shape[-1]
     if on_support:
         support = x != 0
         pairs = pairs & support.unsqueeze(-1) & support.unsqueeze(-2)  # [..., H, L, L]
-    pairs = pairs.expand(*lead, x.shape[-2], n, n)
+    pairs = pairs.expand(*x.shape[:-1], n, n)
     exact = torch.float64 if n > 2048 else torch.float32  # integer sums stay exact below 2^24
     sx = torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2))
     sy = torch.sign(y.unsqueeze(-1) - y.unsqueeze(-2))
@@ -255,23 +262,18 @@ def kendall_tau_b_null_cross(x, y, mask=None) -> torch.Tensor:
     thousands of draws). ``tau_b - null`` is the agreement beyond what the shared zeros give by themselves. NaN
     where tau-b itself is undefined.
     """
-    x, y = _as_tensor(x), _as_tensor(y)
+    x, y, mask, pairs = _cross_pairs(x, y, mask)
     n = x.shape[-1]
-    lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-    x = x.expand(*lead, *x.shape[-2:])
-    y = y.expand(*lead, *y.shape[-2:])
-    mask = _mask_like(x[..., 0, :], mask)  # [..., L]
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
-    pairs = (mask.unsqueeze(-1) & mask.unsqueeze(-2) & upper).unsqueeze(-3)  # [..., 1, L, L]
     exact = torch.float64 if n > 2048 else torch.float32  # integer sums stay exact below 2^24
     pair_f = pairs.to(exact).flatten(-2)  # [..., 1, L*L]
-    sx = torch.nan_to_num(torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2)), nan=0.0).to(exact).flatten(-2) * pair_f
+    sign_x = torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2))  # [..., H, L, L]
+    sx = torch.nan_to_num(sign_x, nan=0.0).to(exact).flatten(-2) * pair_f
     nz = ((y != 0) & mask.unsqueeze(-2)).to(exact)  # [..., M, L]
     expected_sy = (nz.unsqueeze(-1) - nz.unsqueeze(-2)).flatten(-2)  # [..., M, L*L]
     numerator = (sx @ expected_sy.transpose(-1, -2)).to(_DTYPE)  # [..., H, M]
     sy = torch.sign(y.unsqueeze(-1) - y.unsqueeze(-2))
     n0 = pair_f.sum(dim=-1).to(_DTYPE)  # [..., 1]
-    ties_x = (pair_f * (torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2)) == 0).to(exact).flatten(-2)).sum(dim=-1)
+    ties_x = (pair_f * (sign_x == 0).to(exact).flatten(-2)).sum(dim=-1)
     ties_y = (pair_f * (sy == 0).to(exact).flatten(-2)).sum(dim=-1)  # [..., M]
     denominator = torch.sqrt((n0 - ties_x.to(_DTYPE)).unsqueeze(-1) * (n0 - ties_y.to(_DTYPE)).unsqueeze(-2))
     null = torch.where(denominator > 0, numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator)),

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 _BLOCKER = textwrap.dedent(
     """
     import sys, importlib.abc
@@ -28,3 +30,27 @@ def run_without_package(code: str, cwd, timeout=300) -> subprocess.CompletedProc
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def remote_code_outputs(folder, input_ids, attention_mask, work_dir) -> dict:
+    """``{"logits", "attentions"}`` of ``folder`` loaded with ``trust_remote_code=True`` in a process where our
+    packages cannot be imported (torch + transformers + the folder's own code), on the given inputs."""
+    work_dir = Path(work_dir)
+    torch.save({"ids": input_ids, "mask": attention_mask}, work_dir / "inputs.pt")
+    run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        try:
+            import hf_sparse_attn
+            raise SystemExit("hf_sparse_attn should not be importable here")
+        except ImportError:
+            pass
+        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        inputs = torch.load({str(work_dir / 'inputs.pt')!r})
+        out = model(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_attentions=True)
+        torch.save({{"logits": out.logits, "attentions": list(out.attentions)}}, {str(work_dir / 'out.pt')!r})
+        """,
+        cwd=work_dir,
+    )
+    return torch.load(work_dir / "out.pt")

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 import hf_sparse_attn
 from hf_sparse_attn.sparse_attn_pooling import AttentionPoolingForSequenceClassification
 from hf_sparse_attn.training import cli as train_cli
-from tests.helpers.clean_env import run_without_package
+from tests.helpers.clean_env import remote_code_outputs
 
 
 def pooled_model(attn_impl="sparsemax:layers=[-1]", seed=0):
@@ -80,19 +80,7 @@ def test_save_reload_and_remote_code_give_the_same_logits(tmp_path, attn_impl):
     again = reloaded(input_ids=ids, attention_mask=mask, output_attentions=True)
     assert torch.equal(again.logits, expected.logits)
 
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        out = model(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_attentions=True)
-        torch.save({{"logits": out.logits, "attentions": list(out.attentions)}}, {str(tmp_path / 'out.pt')!r})
-        """,
-        cwd=tmp_path,
-    )
-    got = torch.load(tmp_path / "out.pt")
+    got = remote_code_outputs(folder, ids, mask, tmp_path)
     assert torch.equal(got["logits"], expected.logits)
     assert len(got["attentions"]) == 3
     for x, y in zip(got["attentions"], expected.attentions):

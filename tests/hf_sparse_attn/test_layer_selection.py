@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 import hf_sparse_attn
 from hf_sparse_attn import parse_attn_impl
 
-from tests.helpers.clean_env import run_without_package
+from tests.helpers.clean_env import remote_code_outputs
 from tests.helpers.tiny_models import MODEL_TYPES, random_batch, tiny_config
 
 
@@ -122,19 +122,7 @@ def test_remote_code_reproduces_a_selection(tmp_path):
     expected = sparse(input_ids=ids, attention_mask=mask, output_attentions=True)
     folder = tmp_path / "ckpt"
     sparse.save_pretrained(folder)
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        out = model(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_attentions=True)
-        torch.save({{"logits": out.logits, "attentions": list(out.attentions)}}, {str(tmp_path / 'out.pt')!r})
-        """,
-        cwd=tmp_path,
-    )
-    got = torch.load(tmp_path / "out.pt")
+    got = remote_code_outputs(folder, ids, mask, tmp_path)
     assert torch.equal(got["logits"], expected.logits)
     for x, y in zip(got["attentions"], expected.attentions):
         assert torch.equal(x, y)

@@ -13,7 +13,7 @@ import hf_sparse_attn
 from hf_sparse_attn import SparseAttnError, parse_attn_impl
 from hf_sparse_attn.sparse_attn_modeling import AUTO_CLASS_NAMES, make_attention_forward
 
-from tests.helpers.clean_env import run_without_package
+from tests.helpers.clean_env import remote_code_outputs
 from tests.helpers.tiny_models import MODEL_TYPES, random_batch, tiny_config
 
 SPARSE_IMPLS = ["sparsemax", "entmax15", "entmax:alpha=1.3", "entmax_learned", "sparsegen_lin:lambda=0.3"]
@@ -269,24 +269,7 @@ def test_remote_code_reproduces_logits_and_attentions_without_our_packages(tmp_p
     expected = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModelForSequenceClassification
-        try:
-            import hf_sparse_attn
-            raise SystemExit("hf_sparse_attn should not be importable here")
-        except ImportError:
-            pass
-        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        out = model(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_attentions=True)
-        torch.save({{"logits": out.logits, "attentions": list(out.attentions)}}, {str(tmp_path / 'out.pt')!r})
-        """,
-        cwd=tmp_path,
-    )
-    got = torch.load(tmp_path / "out.pt")
+    got = remote_code_outputs(folder, ids, mask, tmp_path)
     assert torch.equal(got["logits"], expected.logits)
     for x, y in zip(got["attentions"], expected.attentions):
         assert torch.equal(x, y)
