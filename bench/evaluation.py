@@ -92,11 +92,11 @@ def evaluate_impl(checkpoint: Path, out_dir: Path, n: int, batch_size: int, ig_s
     """One full evaluation; with ``processes > 1`` under ``accelerate launch`` (1 torch thread per process)."""
     if processes > 1:
         return _evaluate_launched(checkpoint, out_dir, n, batch_size, ig_steps, processes)
-    from eval_suite.measure import MeasureConfig
+    from eval_suite.settings import MeasureConfig
     from eval_suite.runner import EvalRequest, run_evaluation
 
     request = EvalRequest(checkpoint=str(checkpoint), output_dir=str(out_dir), dataset="mr", split="test", limit=n,
-                          batch_size=batch_size, plot_examples=2, measure=MeasureConfig(ig_steps=ig_steps))
+                          batch_size=batch_size, plot_examples=2, measure=MeasureConfig.of(ig_steps=ig_steps))
     cpu_start = time.process_time()
     results = run_evaluation(request)
     info = json.loads((out_dir / "run_info.json").read_text())
@@ -142,7 +142,8 @@ def flop_budget(checkpoint: Path, n_batches: int, batch_size: int, ig_steps: int
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    import eval_suite.measure as measure_module
+    import eval_suite.batch_rows as measure_module
+    from eval_suite.settings import MeasureConfig
     from eval_suite.batching import collate, encode_texts
     from eval_suite.model_access import load_classifier
     from eval_suite.runner import plan_batches, select_examples
@@ -169,7 +170,7 @@ def flop_budget(checkpoint: Path, n_batches: int, batch_size: int, ig_steps: int
         for members in sample:
             batch = collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id)
             measure_module.measure_batch(classifier, batch, [0] * len(members), [indices[k] for k in members],
-                                         measure_module.MeasureConfig(ig_steps=ig_steps))
+                                         MeasureConfig.of(ig_steps=ig_steps))
     finally:
         measure_module._timed = timer
     threads = torch.get_num_threads()
@@ -323,6 +324,7 @@ def _fmt(v):
 
 
 def main(argv=None) -> int:
+    from eval_suite.agreement import HEADLINE, RAW
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="MR test sentences measured per mapping")
     parser.add_argument("--impls", default="softmax,sparsemax,entmax15", help="attention mappings to evaluate")
@@ -359,7 +361,7 @@ def main(argv=None) -> int:
             "minutes_per_1000": (1000 / rate / 60) if rate else None,
             "stage_seconds": info["stage_seconds_main_process"],
             "accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
-            "agreement": {m: {k: v[k]["mean"] for k in ("kendall_tau_b", "kendall_tau_b_excess")}
+            "agreement": {m: {k: v[k]["mean"] for k in (RAW, HEADLINE)}
                           for m, v in s["agreement"].items()},
             "heads_defined": s["heads_defined"],
             **{key: s[key]["mean"] for key in ("attention_sparsity", "attention_support_size", "attention_entropy",

@@ -66,7 +66,8 @@ def counted_flops(checkpoint: Path, n: int, batch_size: int, measures: str, n_ba
     from torch.utils.flop_counter import FlopCounterMode
 
     from eval_suite.batching import collate, encode_texts
-    from eval_suite.measure import MeasureConfig, measure_batch
+    from eval_suite.batch_rows import measure_batch
+    from eval_suite.settings import MeasureConfig
     from eval_suite.model_access import load_classifier
     from eval_suite.runner import plan_batches, select_examples
     from hf_sparse_attn.data import load_text_classification
@@ -78,7 +79,7 @@ def counted_flops(checkpoint: Path, n: int, batch_size: int, measures: str, n_ba
     plan = plan_batches(indices, [len(e["input_ids"]) for e in encodings], batch_size, 4096)
     n_batches = min(n_batches, len(plan))
     sample = [plan[int((k + 0.5) * len(plan) / n_batches)] for k in range(n_batches)]
-    config = MeasureConfig(measures=measures)
+    config = MeasureConfig.of(measures=measures)
     flops = 0
     for members in sample:
         batch = collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id)
@@ -91,12 +92,12 @@ def counted_flops(checkpoint: Path, n: int, batch_size: int, measures: str, n_ba
 def evaluate(checkpoint, out_dir: Path, dataset: str, split: str, limit, measures: str, batch_size: int,
              max_length: int | None = None, sample: int | None = None) -> dict:
     """One run_evaluation; its run_info.json plus the process CPU seconds (loading included) and peak memory."""
-    from eval_suite.measure import MeasureConfig
+    from eval_suite.settings import MeasureConfig
     from eval_suite.runner import EvalRequest, run_evaluation
 
     request = EvalRequest(checkpoint=str(checkpoint), output_dir=str(out_dir), dataset=dataset, split=split,
                           limit=limit, batch_size=batch_size, plot_examples=0, max_length=max_length, overwrite=True,
-                          cpu=True, measure=MeasureConfig(measures=measures, input_to_repr_sample=sample,
+                          cpu=True, measure=MeasureConfig.of(measures=measures, input_to_repr_sample=sample,
                                                           ig_steps=16))
     cpu, wall = time.process_time(), time.perf_counter()
     run_evaluation(request)
@@ -111,14 +112,14 @@ def forecast_only(checkpoint, encodings_text: str, measures: str, sample: int | 
     """Uncalibrated forecast seconds of one document (the cost model with this machine's measured rates)."""
     from eval_suite.batching import encode_texts
     from eval_suite.forecast import Forecast, Machine, batch_shapes
-    from eval_suite.measure import MeasureConfig
-    from eval_suite.measures import ModelShape
+    from eval_suite.settings import MeasureConfig
+    from eval_suite.cost import ModelShape
     from eval_suite.model_access import load_classifier
 
     classifier = load_classifier(str(checkpoint), device="cpu")
     encodings, _ = encode_texts(classifier.tokenizer, [encodings_text], DOC_TOKENS)
     model = ModelShape.of(classifier.model.config)
-    config = MeasureConfig(measures=measures, input_to_repr_sample=sample)
+    config = MeasureConfig.of(measures=measures, input_to_repr_sample=sample)
     forecast = Forecast(model, config, Machine.measure(classifier, model), batch_shapes(encodings, [[0]]))
     return forecast.total([[0]])[0]
 

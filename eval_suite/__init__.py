@@ -7,46 +7,40 @@ docs/eval_suite.md) for any sequence-classification checkpoint::
     accelerate launch --cpu --num_processes 2 -m eval_suite CHECKPOINT ...   # same numbers, split over processes
 
 Python API: :func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
-:func:`measure_batch`, the attribution classes (``GradientNorm``, ``GradientXInput``, ``IntegratedGradients``,
-``LeaveOneOut``, ``RepresentationGradientNorm``, ``RepresentationLeaveOneOut``, ``InputToRepresentation``,
-``AttentionRollout``, ``ProjectedAttention``: each ``method(ForwardContext) -> tensor``) and the metric functions
-in :mod:`eval_suite.metrics`.
+:func:`measure_batch`, the declarations every consumer iterates (:mod:`eval_suite.registry`: measures,
+:mod:`eval_suite.agreement`: agreement metrics, :mod:`eval_suite.settings`: settings), the attribution classes of
+:mod:`eval_suite.attribution` (each ``method(ForwardContext) -> tensor``; also importable from here) and the metric
+functions in :mod:`eval_suite.metrics`.
 """
 
 from .errors import EvalError
 
 __all__ = [
     "AggregateConfig",
-    "AttentionRollout",
     "EvalError",
     "EvalRequest",
     "ForwardContext",
-    "GradientNorm",
-    "GradientXInput",
-    "InputToRepresentation",
-    "IntegratedGradients",
-    "LeaveOneOut",
     "MeasureConfig",
-    "ProjectedAttention",
-    "RepresentationGradientNorm",
-    "RepresentationLeaveOneOut",
     "load_classifier",
     "measure_batch",
     "run_evaluation",
 ]
 
 _LAZY = {
-    "EvalRequest": "runner", "run_evaluation": "runner", "MeasureConfig": "measure", "measure_batch": "measure",
-    "load_classifier": "model_access", "AggregateConfig": "aggregate",
+    "EvalRequest": "settings", "run_evaluation": "runner", "MeasureConfig": "settings",
+    "measure_batch": "batch_rows", "load_classifier": "model_access", "AggregateConfig": "statistics",
+    "ForwardContext": "forward_context",
 }
 
 
 def __getattr__(name: str):
-    # Lazy so that `import eval_suite` (and the CLI's --help) does not import torch and transformers.
+    # Lazy so that `import eval_suite` (and the CLI's --help) does not import torch and transformers; the
+    # attribution classes are attribution.__all__'s, looked up there.
     import importlib
 
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in __all__:
-        return getattr(importlib.import_module(".attribution", __name__), name)
+    attribution = importlib.import_module(".attribution", __name__)
+    if name in attribution.__all__:
+        return getattr(attribution, name)
     raise AttributeError(f"module 'eval_suite' has no attribute {name!r}")

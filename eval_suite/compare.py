@@ -33,12 +33,12 @@ import numpy as np
 from hf_sparse_attn.constants import PLAN_FILE, RESULTS_FILE, ROWS_DIR
 from hf_sparse_attn.files import atomic_write_json
 
-from .aggregate import AggregateConfig, Bootstrap
+from .agreement import PAIRED
 from .errors import EvalError
+from .statistics import AggregateConfig, Bootstrap
 
 COMPARE_FILE = "compare.json"
-# (rows key, per-example array dimensions after the example) compared per layer x head (x method).
-HEAD_METRICS = ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support", "jensen_shannon")
+# The per-head summaries compared per layer x head (the agreement metrics: those declared ``paired``).
 HEAD_SUMMARIES = ("sparsity", "entropy", "special_mass")
 
 
@@ -114,7 +114,7 @@ def compare_evaluations(a: Evaluation, b: Evaluation, *, alpha: float = 0.05,
     n_layers, n_heads = a.results["n_layers"], a.results["n_heads"]
     tests = []
     for layer in range(n_layers):
-        for metric in HEAD_METRICS if methods else ():
+        for metric in PAIRED if methods else ():
             va, vb = a.rows[f"attention.{metric}"], b.rows[f"attention.{metric}"]
             for method in methods:
                 i, j = methods_a.index(method), methods_b.index(method)
@@ -185,7 +185,7 @@ def _mixing_tests(a: Evaluation, b: Evaluation, bootstrap: Bootstrap) -> list[di
 
             against = [m for m in compared_a.get(view, []) if m in compared_b.get(view, [])]
             for layer in range(n_layers):
-                for metric in HEAD_METRICS if against else ():
+                for metric in PAIRED if against else ():
                     va, vb = a.rows[f"{prefix}.{metric}"], b.rows[f"{prefix}.{metric}"]
                     for m in against:
                         i, j = compared_a[view].index(m), compared_b[view].index(m)

@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attribution import ForwardContext
+from .forward_context import ForwardContext
 from .metrics import top_k_mask
 
-DEFAULT_FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
+from .methods.faithfulness import DEFAULT_FRACTIONS
 
 
 def removal_counts(fraction: float, n_content: torch.Tensor) -> torch.Tensor:

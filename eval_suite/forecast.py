@@ -1,6 +1,6 @@
 """How long an evaluation will take, known before most of the work starts.
 
-The cost model (:mod:`eval_suite.measures`) gives, for every planned batch and stage, its FLOPs and its number of
+The cost model (:mod:`eval_suite.cost`, each measure's own in its declaration) gives, for every planned batch and stage, its FLOPs and its number of
 model calls. Two numbers of this machine turn them into seconds (:class:`Machine`: the model's own FLOP rate on a
 mid-size input and the time of a call on a minimal one), and a per-stage factor calibrated on the first batch
 corrects for what the model leaves out (a stage's efficiency, adaptive integrated-gradient steps, deduplicated
@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .measures import (STANDARD_TIERS, BatchShape, Cost, ModelShape, REGISTRY, describe_selection, stage_costs,
-                       tiers)
-
-STAGE_LABELS = {"base": "base pass + gradients", "input_to_repr": "eq. 5", "metrics": "metrics",
-                "bookkeeping": "bookkeeping", "context_mixing_split": "context-mixing split"}
+from .cost import BatchShape, Cost, ModelShape, stage_costs
+from .registry import STANDARD_TIERS, describe_selection, registry, stage_labels, tiers
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,8 @@ def stage_shares(per_stage: dict[str, float]) -> str:
     """"repr_loo 48%, eq. 5 37%, ...": each stage's share of the forecast, largest first."""
     spent = sum(per_stage.values()) or 1.0
     shares = sorted(per_stage.items(), key=lambda kv: -kv[1])
-    return ", ".join(f"{STAGE_LABELS.get(stage, stage)} {seconds / spent:.0%}" for stage, seconds in shares
+    labels = stage_labels()
+    return ", ".join(f"{labels.get(stage, stage)} {seconds / spent:.0%}" for stage, seconds in shares
                      if seconds / spent >= 0.005)
 
 
@@ -188,4 +186,4 @@ def cheaper_options(forecast: Forecast, batch_ids_per_process: list[list[int]], 
 
 
 def selection_name(measures) -> str:
-    return describe_selection(tuple(m for m in REGISTRY if m in measures))
+    return describe_selection(tuple(m for m in registry() if m in measures))

@@ -9,12 +9,15 @@ as shown there (:func:`shown_points` is that arithmetic). Undefined cells (NaN) 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from hf_sparse_attn.constants import PLOTS_DIR
 from hf_sparse_attn.files import atomic_path
+
+from .agreement import HEADLINE, RAW
 
 # Width in CSS pixels of the text column of a model card on huggingface.co (desktop layout); a wider image is
 # scaled down to it, and its labels with it.
@@ -149,6 +152,12 @@ def save_layer_head_heatmap(grid: np.ndarray, title: str, path: Path, *, vmin=No
     save_figure(fig, path, dpi=dpi)
 
 
+def file_part(name: str) -> str:
+    """A method's name as part of a file name: characters other than letters, digits, ``_``, ``-`` and ``.``
+    become ``_`` (``captum:NoiseTunnel(Saliency)`` -> ``captum_NoiseTunnel_Saliency_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def _symmetric_limit(grid: np.ndarray) -> float:
     """Half-width of a diverging scale centred on 0: the largest |value| rounded up to 0.1 (at least 0.1)."""
     finite = np.abs(grid[np.isfinite(grid)])
@@ -167,15 +176,15 @@ def layer_head_plots(results: dict, out_dir: Path) -> list[str]:
     written = []
     label = results.get("attn_impl", "")
     for method in results["importance_methods"]:
-        grid = layer_head_grid(results, lambda e, m=method: e["kendall_tau_b"][m])
-        name = f"kendall_tau_b_{method}.png"
+        grid = layer_head_grid(results, lambda e, m=method: e[RAW][m])
+        name = f"{RAW}_{file_part(method)}.png"
         save_layer_head_heatmap(grid, f"Kendall tau-b: attention vs {method}\n({label}, mean over examples)",
                                 plots_dir / name, vmin=-1, vmax=1, cmap="RdBu_r")
         written.append(f"{PLOTS_DIR}/{name}")
-        if _has_field(results, "kendall_tau_b_excess"):
-            grid = layer_head_grid(results, lambda e, m=method: e["kendall_tau_b_excess"][m])
+        if _has_field(results, HEADLINE):
+            grid = layer_head_grid(results, lambda e, m=method: e[HEADLINE][m])
             limit = _symmetric_limit(grid)
-            name = f"kendall_tau_b_excess_{method}.png"
+            name = f"{HEADLINE}_{file_part(method)}.png"
             save_layer_head_heatmap(grid, f"tau-b excess over the null: attention vs {method}\n({label})",
                                     plots_dir / name, vmin=-limit, vmax=limit, cmap="RdBu_r",
                                     note="0 = no more agreement than the structure-preserving null")
@@ -203,12 +212,12 @@ def mixing_grid(results: dict, method: str, against: str) -> tuple[np.ndarray, l
     the method has one, else [layers, views] from the per-layer figures (column names returned, None for heads)."""
     views = results["mixing_methods"][method]
     if "head" in views:
-        return layer_head_grid(results, lambda e: e["mixing"][method]["kendall_tau_b_excess"][against]), None
+        return layer_head_grid(results, lambda e: e["mixing"][method][HEADLINE][against]), None
     grid = np.full((results["n_layers"], len(views)), np.nan)
     for entry in results["per_layer"]:
         for column, view in enumerate(views):
             agreement = entry["mixing"][method][view]["agreement"].get(against)
-            value = stat_mean(agreement["kendall_tau_b_excess"]) if agreement else None
+            value = stat_mean(agreement[HEADLINE]) if agreement else None
             grid[entry["layer"], column] = np.nan if value is None else value
     return grid, views
 
@@ -224,7 +233,7 @@ def mixing_plots(results: dict, out_dir: Path) -> list[str]:
     for method in results["mixing_methods"]:
         grid, columns = mixing_grid(results, method, against)
         limit = _symmetric_limit(grid)
-        name = f"mixing_kendall_tau_b_excess_{method}_{against}.png"
+        name = f"mixing_{HEADLINE}_{method}_{file_part(against)}.png"
         save_layer_head_heatmap(grid, f"tau-b excess over the null: {method} vs {against}\n({label})",
                                 out_dir / PLOTS_DIR / name, vmin=-limit, vmax=limit, cmap="RdBu_r", columns=columns,
                                 note="[CLS] row over content tokens; inputs: through layers 0..l")

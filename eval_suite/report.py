@@ -27,6 +27,7 @@ from pathlib import Path
 from hf_sparse_attn.constants import REPORT_FILE
 from hf_sparse_attn.files import atomic_write_text
 
+from .agreement import grid_metrics
 from .errors import EvalError
 
 TOKEN_DIGITS = 4  # significant digits of token weights on the page: exact zeros stay 0, small ones non-zero
@@ -46,26 +47,7 @@ class GridMetric:
     fallback: str | None = None  # older name of the same field in results files written before it was renamed
 
 
-GRID_METRICS: tuple[GridMetric, ...] = (
-    GridMetric("kendall_tau_b_excess", "tau-b excess over the null",
-               "Kendall tau-b between attention and importance minus the tau-b of the structure-preserving null: "
-               "0 means no more agreement than chance with the same structure.",
-               per_method=True, scale="diverging", domain=None),
-    GridMetric("kendall_tau_b", "tau-b (raw)",
-               "Kendall tau-b between the head's attention and the importance method's ranking of content tokens.",
-               per_method=True, scale="diverging", domain=(-1.0, 1.0)),
-    GridMetric("kendall_tau_b_on_support", "tau-b on the attention support",
-               "tau-b restricted to the tokens the head gives non-zero attention.",
-               per_method=True, scale="diverging", domain=(-1.0, 1.0)),
-    GridMetric("kendall_tau_b_on_union", "tau-b on the union of supports",
-               "tau-b over the tokens with non-zero attention or non-zero importance.",
-               per_method=True, scale="diverging", domain=(-1.0, 1.0)),
-    GridMetric("kendall_tau_b_null", "tau-b of the null",
-               "tau-b expected from the structure-preserving null alone.",
-               per_method=True, scale="diverging", domain=(-1.0, 1.0)),
-    GridMetric("jensen_shannon", "Jensen-Shannon divergence",
-               "Jensen-Shannon divergence (base 2, in [0, 1]) between attention and importance over content tokens.",
-               per_method=True),
+HEAD_QUANTITIES: tuple[GridMetric, ...] = (
     GridMetric("attention_entropy", "attention entropy",
                "Normalised entropy of the head's attention over content tokens: 1 uniform, 0 one token."),
     GridMetric("attention_sparsity", "attention sparsity",
@@ -76,6 +58,10 @@ GRID_METRICS: tuple[GridMetric, ...] = (
                "Share of examples where the head's agreement metrics are defined."),
     GridMetric("support_size", "support size", "Number of tokens with non-zero attention.", domain=None),
 )
+# The agreement metrics the grid offers (declared in eval_suite.agreement, the headline first), then the heads' own.
+GRID_METRICS: tuple[GridMetric, ...] = tuple(
+    GridMetric(m.name, m.label, m.help, per_method=True, scale=m.scale, domain=m.domain) for m in grid_metrics()
+) + HEAD_QUANTITIES
 LAYER_METRICS = (
     ("input_to_repr_entropy", "input-to-representation entropy",
      "Normalised entropy of how much each input token contributes to a layer's representations (eq. 5)."),

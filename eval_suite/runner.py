@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,10 @@ from hf_sparse_attn.files import atomic_path, atomic_write_text
 from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, check_output_dir, \
     lock_for_processes, recover_interrupted_replace, replace_folder
 
-from .aggregate import AggregateConfig, aggregate, concatenate_rows, layer_head_table
+from .aggregate import aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
-from .attribution import InputToRepresentation
-from .measure import AOPC_BOUNDS, MeasureConfig
-from .measures import REGISTRY, describe_selection
+from .registry import describe_selection, registry
+from .settings import EvalRequest, MeasureConfig  # noqa: F401  (EvalRequest: the entry's argument)
 
 logger = logging.getLogger(__name__)
 
@@ -48,88 +48,6 @@ SPECIAL_TOKENS_POLICY = (
     "importance are restricted to them and renormalised; rollout and projection propagate through all "
     "non-padding positions before the restriction"
 )
-
-
-@dataclass
-class EvalRequest:
-    """Everything ``python -m eval_suite`` takes (see eval_suite/cli.py for the meaning of each field)."""
-
-    checkpoint: str
-    output_dir: str
-    dataset: str = "mr"
-    split: str = "test"
-    limit: int | None = None
-    attn_impl: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    batch_size: int = 32
-    max_length: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    label_map: str | None = None
-    plot_examples: int = 3
-    cpu: bool = False  # the same as device="cpu"
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    aggregation: AggregateConfig = field(default_factory=AggregateConfig)
-    device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:N"
-    budget_seconds: float | None = None  # refuse, before writing anything, when the forecast exceeds it
-    max_batch_tokens: int = 4096  # a batch holds at most this many padded tokens (long documents: fewer examples)
-
-    def validate(self) -> None:
-        """One-line EvalError for settings that are wrong before anything is loaded."""
-        m = self.measure
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"--limit must be a positive number of examples, got {self.limit}; leave it out to "
-                            "evaluate the whole split")
-        if self.batch_size < 1:
-            raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_length is not None and self.max_length < 3:
-            raise EvalError(f"--max-length must be >= 3 tokens, got {self.max_length}")
-        if m.ig_steps < 1 or m.ig_max_steps < m.ig_steps:
-            raise EvalError(f"--ig-steps must be >= 1 and --ig-max-steps >= --ig-steps, got {m.ig_steps} and "
-                            f"{m.ig_max_steps}")
-        if m.ig_tolerance is not None and not (m.ig_tolerance > 0 and math.isfinite(m.ig_tolerance)):
-            raise EvalError(f"--ig-tolerance must be a positive number (or 'none'), got {m.ig_tolerance}")
-        if m.aopc_bounds not in AOPC_BOUNDS:
-            raise EvalError(f"--aopc-bounds must be one of {', '.join(AOPC_BOUNDS)}, got {m.aopc_bounds!r}")
-        if m.input_to_repr not in InputToRepresentation.MODES:
-            raise EvalError(f"--input-to-repr must be one of {', '.join(InputToRepresentation.MODES)}, got "
-                            f"{m.input_to_repr!r}")
-        if m.ig_baseline not in ("pad", "zero"):
-            raise EvalError(f"--ig-baseline must be 'pad' or 'zero', got {m.ig_baseline!r}")
-        if m.attention_query not in ("cls", "mean"):
-            raise EvalError(f"--attention-query must be 'cls' or 'mean', got {m.attention_query!r}")
-        if m.faithfulness_attention not in ("layers", "none"):
-            raise EvalError(f"--faithfulness-attention must be 'layers' or 'none', got {m.faithfulness_attention!r}")
-        if not m.fractions or any(not (0 < f <= 1) for f in m.fractions):
-            raise EvalError(f"--fractions must be numbers in (0, 1], got {list(m.fractions)}")
-        if self.plot_examples < 0:
-            raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
-        if self.resume and self.overwrite:
-            raise EvalError("--resume and --overwrite contradict each other; pass one")
-        if self.label_map is not None:
-            from hf_sparse_attn.data import parse_label_map
-
-            parse_label_map(self.label_map)  # DataError in one line
-        try:
-            check_output_dir(self.output_dir)
-        except OutputDirError as error:
-            raise EvalError(str(error)) from None
-        if m.input_to_repr_sample is not None and m.input_to_repr_sample < 2:
-            raise EvalError(f"--input-to-repr-sample must be >= 2 positions per example (a standard error needs two), "
-                            f"got {m.input_to_repr_sample}")
-        if self.budget_seconds is not None and not (self.budget_seconds > 0 and math.isfinite(self.budget_seconds)):
-            raise EvalError(f"--budget must be a positive duration (e.g. 90s, 10m, 1.5h), got {self.budget_seconds}")
-        if self.max_batch_tokens < 1:
-            raise EvalError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise EvalError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.device.startswith("cuda") and not self.cpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise EvalError(f"--device {self.device}: no CUDA device is visible to this process; use --device cpu "
-                                "(or auto)")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -304,8 +222,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
                            request.max_batch_tokens)
-    measure = MeasureConfig(**{**request.measure.__dict__,
-                               "token_map_indices": frozenset(indices[: request.plot_examples])})
+    measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]))
     description = {
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
@@ -481,9 +398,8 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "dataset": public_dataset_name(request.dataset),
         "split": request.split,
     }
-    body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads,
-                     ranking_names=measure.ranking_names(classifier.n_layers), fractions=list(measure.fractions),
-                     config=request.aggregation, measures=measure.measures)
+    body = aggregate(rows, n_layers=classifier.n_layers, n_heads=classifier.n_heads, settings=measure,
+                     config=request.aggregation)
     results = {**head, "n_examples": body.pop("n_examples"), "n_split": plan.n_split,
                "selection": "all examples of the split" if request.limit is None or request.limit >= plan.n_split
                else f"a seeded random subset (seed {measure.seed}) of {len(plan.indices)} of {plan.n_split}",
@@ -492,7 +408,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
     results.update(body)
     results["measure_selection"] = describe_selection(measure.measures)
     results["measures_left_out"] = {name: measure.left_out.get(name, "not in the selection")
-                                    for name in REGISTRY if name not in measure.measures}
+                                    for name in registry() if name not in measure.measures}
     results["plots"] = []
     results["config"] = {
         **measure.to_dict(),

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import EvalError
-from .forecast import STAGE_LABELS, Forecast, Machine, batch_shapes, cheaper_options, describe, format_seconds, stage_shares
-from .measures import ModelShape
+from .cost import ModelShape
+from .forecast import Forecast, Machine, batch_shapes, cheaper_options, describe, format_seconds, stage_shares
+from .registry import stage_labels
 
 
 class BudgetExceeded(EvalError):
@@ -55,7 +56,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     from tqdm.auto import tqdm
 
     from .batching import collate
-    from .measure import measure_batch
+    from .batch_rows import measure_batch
 
     classifier = plan.classifier
     per_process = [sorted(remaining[k::state.num_processes], reverse=True) for k in range(state.num_processes)]
@@ -70,6 +71,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
                disable=not state.is_main_process, smoothing=0.1,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} ex [{elapsed}<{remaining}]{postfix}")
     position = float(n_done)
+    labels = stage_labels(plan.measure.measures)
 
     started = time.perf_counter()
     ready = not mine
@@ -87,7 +89,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
                     done_shares=done_shares, base=base):
             nonlocal position
             if stage not in done_shares:
-                bar.set_postfix_str(STAGE_LABELS.get(stage, stage), refresh=False)
+                bar.set_postfix_str(labels.get(stage, stage), refresh=False)
             done_shares[stage] = max(done_shares.get(stage, 0.0), share)
             weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
             target = base + len(members) * scale * min(1.0, weight)

@@ -17,7 +17,7 @@ from hf_sparse_attn.public_names import local_name
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
-from .results import CardScores, stat_mean
+from .results import HEADLINE, CardScores, stat_mean
 
 METADATA_KEY = "hf_sparse_attn"  # our machine-readable block: attn setting, weights fingerprint, results file
 OWNED_KEYS = ("library_name", "pipeline_tag", "tags", "base_model", "datasets", "metrics", "model-index", METADATA_KEY)
@@ -167,7 +167,7 @@ def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResu
             score = scores.layer(layer)
             if score is None:
                 continue
-            entries.append((f"kendall_tau_b_excess_grad_{which}_layer", stat_mean(score.excess),
+            entries.append((f"{HEADLINE}_grad_{which}_layer", stat_mean(score.excess),
                             f"Excess of Kendall tau-b (attention vs {method}) over the shared-zeros null, {which} layer "
                             f"({layer}; {score.n_heads_defined} of {score.n_heads} heads defined, "
                             f"{scores.n_examples} examples)",

@@ -21,6 +21,7 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
+from eval_suite.agreement import HEADLINE, RAW
 from eval_suite.report import write_report
 from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, REPORT_FILE, RESULTS_FILE
 
@@ -159,9 +160,7 @@ def _score_rows(scores: CardScores) -> list[list[str]]:
         rows.append(["Input-to-representation entropy, layers 1 and up", _stat(scores.input_to_repr_entropy),
                      "normalised entropy of how strongly each input token influences a layer's representations (eq. 5); "
                      "1 every input counts equally, 0 a single input (layer 0 is 0 by construction and left out)"])
-    if scores.ig_completeness_median is not None:
-        rows.append(["Integrated gradients: median completeness gap", _pct(scores.ig_completeness_median),
-                     "how far the attributions miss summing to the prediction change (quadrature error)"])
+    rows += [list(row) for row in scores.diagnostics]
     return rows
 
 
@@ -231,8 +230,8 @@ def _head_table(results: dict, alphas: list[list[float]] | None, gradient_method
             defined_on += f" — undefined: {_text_cell(rec['undefined_reason'].split(': ', 1)[-1])}"
         cell = lambda stat, digits=3: _stat(stat, digits, with_reason=False)  # noqa: E731  (reason shown once)
         row += [defined_on, cell(rec.get("attention_sparsity")), cell(rec.get("special_mass")),
-                cell(rec["kendall_tau_b_excess"].get(gradient_method)), cell(rec["kendall_tau_b"].get(gradient_method))]
-        row += [cell(rec["kendall_tau_b_excess"].get(m), 2) for m in methods[1:]]
+                cell(rec[HEADLINE].get(gradient_method)), cell(rec[RAW].get(gradient_method))]
+        row += [cell(rec[HEADLINE].get(m), 2) for m in methods[1:]]
         rows.append(row)
     return {"header": header, "rows": rows}
 
@@ -263,8 +262,8 @@ def _mixing_table(results: dict, gradient_method: str) -> dict | None:
     for method, views in mixing.items():
         for view, block in views.items():
             agreement = block.get("agreement", {}).get(gradient_method, {})
-            rows.append([f"`{method}`", view, _stat(agreement.get("kendall_tau_b_excess")),
-                         _stat(agreement.get("kendall_tau_b")), _stat(block.get("entropy")),
+            rows.append([f"`{method}`", view, _stat(agreement.get(HEADLINE)),
+                         _stat(agreement.get(RAW)), _stat(block.get("entropy")),
                          _stat(summary.get("attention_entropy")), _stat(block.get("sparsity")),
                          _stat(summary.get("attention_sparsity"))])
     note = ("The classification token's context mixing over content tokens: per head (`head`), for the whole "
@@ -366,8 +365,8 @@ def _draw_heatmaps(results: dict, gradient_method: str, outdir: Path) -> list[tu
 
     panels = [("attention_sparsity", "Attention sparsity over content tokens (share of exact zeros)",
                lambda r: stat_mean(r["attention_sparsity"]), (0, 1)),
-              (f"kendall_tau_b_excess_{gradient_method}", f"Excess tau-b over the shared-zeros null, attention vs "
-               f"{gradient_method}", lambda r: stat_mean(r["kendall_tau_b_excess"][gradient_method]), (-1, 1))]
+              (f"{HEADLINE}_{gradient_method}", f"Excess tau-b over the shared-zeros null, attention vs "
+               f"{gradient_method}", lambda r: stat_mean(r[HEADLINE][gradient_method]), (-1, 1))]
     drawn = []
     outdir.mkdir(parents=True, exist_ok=True)
     for name, title, value_of, (vmin, vmax) in panels:

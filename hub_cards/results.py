@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval_suite.agreement import HEADLINE, RAW
 from hf_sparse_attn.constants import TOKEN_EXAMPLES_FILE
 
 from .errors import CardError
@@ -19,7 +20,6 @@ from .errors import CardError
 # The importance method whose agreement with attention the card summarises: gradient feature importance of the
 # inputs, g(x_i) = ||d y_hat / d e_i|| normalised (measurement 1 of Meister et al. 2021).
 GRADIENT_METHOD = "grad_norm"
-HEADLINE = "kendall_tau_b_excess"
 
 _NUMBER = (int, float)
 _TOP_LEVEL_FIELDS = {
@@ -92,7 +92,7 @@ class CardScores:
     input_to_repr_entropy: dict | None  # stat, layers >= 1 (None: eq. 5 not measured)
     overall_excess: dict  # stat over every defined head
     overall_raw: dict
-    ig_completeness_median: float | None
+    diagnostics: tuple  # (label, value, meaning) per measured diagnostic, as its measure declares
     warnings: list[str]
     measures: tuple = ()  # what the evaluation measured
     not_measured: tuple = ()  # registered measurements it left out
@@ -142,13 +142,13 @@ def _check_heads(results: dict, name: str, gradient_method: str) -> None:
         where = f"{name} per_layer_head[{i}]"
         if not isinstance(rec, dict):
             raise CardError(f"{where} is not an object; {_RERUN}")
-        for key in ("layer", "head", "attention_sparsity", "kendall_tau_b", HEADLINE):
+        for key in ("layer", "head", "attention_sparsity", RAW, HEADLINE):
             if key not in rec:
                 raise CardError(f"{where} lacks required field {key!r} (written by an older evaluation suite?); "
                                 f"{_RERUN}")
         if not is_stat(rec["attention_sparsity"]):
             raise CardError(f"{where} attention_sparsity should be a stat (mean, n, defined); {_RERUN}")
-        for metric in ("kendall_tau_b", HEADLINE):
+        for metric in (RAW, HEADLINE):
             block = rec[metric]
             if not isinstance(block, dict) or not is_stat(block.get(gradient_method)):
                 raise CardError(f"{where} lacks {metric}.{gradient_method} (mean, n, defined); {_RERUN}")
@@ -183,14 +183,13 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
     layers = []
     for rec in sorted(results["per_layer"], key=lambda r: r["layer"]):
         agreement = rec["agreement"][gradient_method]
-        layers.append(LayerScore(rec["layer"], agreement[HEADLINE], agreement["kendall_tau_b"],
+        layers.append(LayerScore(rec["layer"], agreement[HEADLINE], agreement[RAW],
                                  agreement.get("kendall_tau_b_on_support", {}), rec.get("n_heads_defined", 0),
                                  rec.get("n_heads", results["n_heads"])))
     ranked = [s.layer for s in layers if stat_mean(s.excess) is not None]
     best = max(ranked, key=lambda layer: (stat_mean(layers[layer].excess), -layer)) if ranked else None
     summary = results["summary"]
     overall = summary["agreement"][gradient_method]
-    ig = (results.get("integrated_gradients") or {}).get("completeness_gap") or {}
     return CardScores(
         gradient_method=gradient_method,
         n_examples=results["n_examples"],
@@ -202,12 +201,30 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         heads_defined=summary["heads_defined"],
         input_to_repr_entropy=summary.get("input_to_repr_entropy"),
         overall_excess=overall[HEADLINE],
-        overall_raw=overall["kendall_tau_b"],
-        ig_completeness_median=ig.get("median"),
+        overall_raw=overall[RAW],
+        diagnostics=diagnostic_rows(results),
         warnings=list(summary.get("warnings", [])),
         measures=tuple(measured(results)),
         not_measured=tuple(results.get("measures_left_out") or ()),
     )
+
+
+def diagnostic_rows(results: dict) -> tuple:
+    """The card row of every diagnostic the evaluation recorded, as the measure that records it declares."""
+    from eval_suite.errors import EvalError
+    from eval_suite.registry import get
+
+    rows = []
+    for name in measured(results):
+        try:
+            diagnostics = get(name).diagnostics
+        except EvalError:  # a measure this version does not know: nothing to show for it
+            continue
+        if diagnostics is not None and diagnostics.card is not None and isinstance(results.get(name), dict):
+            row = diagnostics.card(results[name])
+            if row is not None:
+                rows.append(row)
+    return tuple(rows)
 
 
 def plot_sources(results: dict, results_path) -> list[tuple[str, Path]]:

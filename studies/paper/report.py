@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval_suite.agreement import HEADLINE, RAW
 from hf_sparse_attn.files import atomic_write_text
 
 from . import paper as P
@@ -190,7 +191,7 @@ def _main_tables(ctx: _Context) -> None:
                 "accuracy": mean_interval(seed_values(rs, accuracy)),
                 "best_step": mean_interval(seed_values(rs, lambda r: (r.get("train_metrics", {}).get("train") or {}).get("step"))),
                 **{f"{metric}/{method}": mean_interval(seed_values(rs, lambda r, m=method, k=metric: tau(r, m, metric=k)))
-                   for metric in ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support")
+                   for metric in (RAW, HEADLINE, "kendall_tau_b_on_support")
                    for method in INPUT_PAIR + REPR_PAIR},
                 "entropy": mean_interval(seed_values(rs, input_to_repr_entropy)),
             }
@@ -202,7 +203,7 @@ def _main_tables(ctx: _Context) -> None:
 
             def triple(method):
                 return " / ".join(_interval_text(cell[f"{k}/{method}"]) for k in
-                                  ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support"))
+                                  (RAW, HEADLINE, "kendall_tau_b_on_support"))
             add(f"| {dataset} | {mapping} | {_interval_text(cell['accuracy'], 3)} | {', '.join(f'{v:g}' for v in lrs) or '—'} | "
                 f"{fmt(cell['best_step'].mean, 0) if cell['best_step'].mean is not None else '—'} | {triple('grad_norm')} | "
                 f"{triple('loo')} | {_interval_text(cell['kendall_tau_b/repr_grad_norm'])} / "

@@ -89,7 +89,7 @@ def eval_request(unit: Unit, args, checkpoint: Path, eval_dir: Path):
     limit = args.scratch_limit if unit.family == "scratch" else args.minilm_limit
     # The full set, as the committed study was run (its tables use the paper tier's measurements), without context
     # mixing: it needs a stack of encoder layers, which the attention-pooling classifier's last layer is not.
-    measure = MeasureConfig(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0,
+    measure = MeasureConfig.of(ig_steps=args.ig_steps, faithfulness_attention="none", fractions=(0.1, 0.5), seed=0,
                             measures="full,-mixing")
     return EvalRequest(checkpoint=str(checkpoint), output_dir=str(eval_dir), dataset=unit.dataset, split="test",
                        limit=limit, max_length=args.max_length, resume=True, plot_examples=0, cpu=True, measure=measure)
@@ -112,6 +112,8 @@ def learned_alphas(run_dir: Path) -> list[dict] | None:
 
 def compact_results(results: dict) -> dict:
     """The part of eval_suite's results.json that the report needs (keeps committed JSONs small)."""
+    from eval_suite.agreement import HEADLINE, RAW
+
     def stat(value):
         return {k: value.get(k) for k in ("mean", "std", "n", "ci95", "defined")} if isinstance(value, dict) else value
 
@@ -122,7 +124,7 @@ def compact_results(results: dict) -> dict:
             **{k: stat(h.get(k)) for k in ("attention_sparsity", "attention_support_size", "attention_entropy",
                                            "special_mass")},
             **{metric: {m: stat(v) for m, v in h.get(metric, {}).items()}
-               for metric in ("kendall_tau_b", "kendall_tau_b_excess", "kendall_tau_b_on_support")},
+               for metric in (RAW, HEADLINE, "kendall_tau_b_on_support")},
         })
     layers = [{"layer": l["layer"], "n_heads_defined": l.get("n_heads_defined"),
                "agreement": {m: {k: stat(v) for k, v in a.items()} for m, a in l["agreement"].items()},

@@ -1,0 +1,129 @@
+"""What every aggregate is: a *stat* of per-example values with its n, its bootstrap interval and whether it is defined.
+
+``Stats`` and ``pooled_stat`` are shared by the measures that summarise their own rows and by
+:mod:`eval_suite.aggregate`, which builds the results dict from them (module docstring there: the definitions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EvalError
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class AggregateConfig:
+    """How per-example rows become aggregates (recorded in results.json as config.aggregation)."""
+
+    min_examples: int = _help("a value is defined when it rests on at least min(this, N) examples", default=10)
+    bootstrap_resamples: int = _help("resamples of the 95% bootstrap intervals", default=1000)
+    bootstrap_seed: int = field(default=0, metadata={"cli": False})  # the command line's --seed
+    confidence: float = field(default=0.95, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.min_examples < 1 or self.bootstrap_resamples < 10 or not 0 < self.confidence < 1:
+            raise EvalError(f"--min-examples must be >= 1 and --bootstrap-resamples >= 10 (got {self.min_examples} "
+                            f"and {self.bootstrap_resamples}), the confidence in (0, 1)")
+
+    def to_dict(self) -> dict:
+        return {"min_examples": self.min_examples, "bootstrap_resamples": self.bootstrap_resamples,
+                "bootstrap_seed": self.bootstrap_seed, "confidence": self.confidence}
+
+
+class Bootstrap:
+    """Seeded resamples of N examples, as a count matrix [R, N]: resampled sums are one matrix product."""
+
+    def __init__(self, n_examples: int, config: AggregateConfig):
+        rng = np.random.default_rng(config.bootstrap_seed)
+        self.counts = rng.multinomial(n_examples, np.full(n_examples, 1.0 / n_examples),
+                                      size=config.bootstrap_resamples).astype(np.float64)
+        self.tail = (1 - config.confidence) / 2 * 100
+
+    def interval(self, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of sum/count over resamples; ``sums`` and ``counts`` are per example [N, K]."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (self.counts @ sums) / (self.counts @ counts)  # [R, K]
+            return (np.nanpercentile(means, self.tail, axis=0), np.nanpercentile(means, 100 - self.tail, axis=0))
+
+
+class Stats:
+    """mean, std, n and interval of a per-example array [N, *S], for every cell of S at once (vectorised)."""
+
+    def __init__(self, values: np.ndarray, bootstrap: Bootstrap, min_n: int):
+        values = np.asarray(values, dtype=np.float64)
+        self.shape = values.shape[1:]
+        flat = values.reshape(values.shape[0], -1)
+        finite = np.isfinite(flat)
+        filled = np.where(finite, flat, 0.0)
+        self.n = finite.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = filled.sum(axis=0) / self.n
+            squares = np.where(finite, (flat - self.mean) ** 2, 0.0).sum(axis=0)
+            self.std = np.sqrt(squares / (self.n - 1))
+        self.low, self.high = bootstrap.interval(filled, finite.astype(np.float64))
+        self.min_n = min_n
+        self.n_total = values.shape[0]
+
+    def at(self, *index, reason: str | None = None) -> dict:
+        """The stat dict of one cell (``index`` into S); ``reason`` explains an undefined cell's missing values."""
+        k = int(np.ravel_multi_index(index, self.shape)) if self.shape else 0
+        return make_stat(self.mean[k], self.std[k], int(self.n[k]), self.low[k], self.high[k], self.min_n,
+                         self.n_total, reason)
+
+
+def make_stat(mean, std, n: int, low, high, min_n: int, n_total: int, reason: str | None = None) -> dict:
+    defined = n >= min_n and n > 0
+    why = None
+    if not defined:
+        why = f"defined on {n} of {n_total} examples (at least {min_n} needed)" + (f": {reason}" if reason else "")
+    return {"mean": finite_or_none(mean) if defined else None, "std": finite_or_none(std) if defined else None, "n": n,
+            "ci95": [finite_or_none(low), finite_or_none(high)] if defined and finite_or_none(low) is not None else None,
+            "defined": bool(defined), "reason": why}
+
+
+def finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def pooled_stat(values: np.ndarray, include: np.ndarray, bootstrap: Bootstrap, min_n: int) -> dict:
+    """One stat over the cells of ``values`` [N, *S] selected by ``include`` [*S] (defined cells): pooled values."""
+    values = np.asarray(values, dtype=np.float64).reshape(values.shape[0], -1)
+    include = np.asarray(include, dtype=bool).reshape(-1)
+    finite = np.isfinite(values) & include[None, :]
+    filled = np.where(finite, values, 0.0)
+    sums, counts = filled.sum(axis=1, keepdims=True), finite.sum(axis=1, keepdims=True).astype(np.float64)
+    n = int(counts.sum())
+    if n == 0:
+        return make_stat(np.nan, np.nan, 0, np.nan, np.nan, min_n, values.shape[0], "no defined value to pool")
+    mean = sums.sum() / n
+    pooled_values = values[finite]
+    std = pooled_values.std(ddof=1) if pooled_values.size > 1 else np.nan
+    low, high = bootstrap.interval(sums, counts)
+    stat = make_stat(mean, std, n, low[0], high[0], min(min_n, n), values.shape[0])
+    stat["n_cells"] = int(include.sum())
+    return stat
+
+
+def format_stat(stat) -> str:
+    """"0.123 [0.100, 0.150]" for a defined stat (a bare {"mean": x} prints the mean alone), else "undefined"."""
+    if not isinstance(stat, dict) or stat.get("mean") is None:
+        return "undefined"
+    ci = stat.get("ci95")
+    return f"{stat['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def percentiles(values) -> dict:
+    """median, p90, max and n of the finite values (None where there is none): a diagnostic's summary."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return {"median": finite_or_none(np.median(finite)) if finite.size else None,
+            "p90": finite_or_none(np.percentile(finite, 90)) if finite.size else None,
+            "max": finite_or_none(finite.max()) if finite.size else None, "n": int(finite.size)}
