@@ -38,7 +38,9 @@ __all__ = [
 
 
 class Attribution:
-    """Common call: ``method(ctx) -> tensor`` of non-negative importances; ``name`` is the results key."""
+    """Common call: ``method(ctx) -> tensor`` of non-negative importances. The measures that use a class are
+    declared (with their names) in :mod:`eval_suite.methods`; a context-mixing class names itself for the
+    registry of :mod:`eval_suite.context_mixing`."""
 
     name: str = ""
     per_layer: bool = False
@@ -53,7 +55,6 @@ class Attribution:
 class GradientNorm(Attribution):
     """||d y_hat / d x_i||_2 (paper eq. 4 before normalisation)."""
 
-    name = "grad_norm"
 
     def __call__(self, ctx):
         return ctx.gradients[0].norm(dim=-1)
@@ -62,7 +63,6 @@ class GradientNorm(Attribution):
 class GradientXInput(Attribution):
     """|sum_d x_id * d y_hat / d x_id|: the first-order contribution of token i."""
 
-    name = "grad_x_input"
 
     def __call__(self, ctx):
         return (ctx.gradients[0] * ctx.base.embeddings.detach()).sum(dim=-1).abs()
@@ -82,7 +82,6 @@ class IntegratedGradients(Attribution):
     sparse mappings make the integrand piecewise smooth with kinks, where a fixed rule converges slowly.
     """
 
-    name = "integrated_gradients"
     GAP_FLOOR = 0.01
 
     def __init__(self, steps: int = 16, baseline: str = "pad", tolerance: float | None = None, max_steps: int = 256):
@@ -171,7 +170,6 @@ class IntegratedGradients(Attribution):
 class LeaveOneOut(Attribution):
     """|y_hat - y_hat_{-i}| with content token i deleted from the sequence (paper eq. 6 before normalisation)."""
 
-    name = "loo"
 
     def __call__(self, ctx):
         batch = ctx.batch
@@ -190,7 +188,6 @@ class LeaveOneOut(Attribution):
 class RepresentationGradientNorm(Attribution):
     """||d y_hat / d h^(l)_i||_2 for the representations h^(l) that layer l attends over: [B, n, L]."""
 
-    name = "repr_grad_norm"
     per_layer = True
 
     def __call__(self, ctx):
@@ -204,7 +201,6 @@ class RepresentationLeaveOneOut(Attribution):
     the cached ``hidden_states[l]``) when the model's layer stack allows it (checked on a probe at load time).
     """
 
-    name = "repr_loo"
     per_layer = True
 
     def __call__(self, ctx):
@@ -250,7 +246,6 @@ class InputToRepresentation(Attribution):
     (:func:`sample_positions`).
     """
 
-    name = "input_to_repr"
     per_layer = True
     MODES = ("norm", "jacobian")
 
@@ -363,7 +358,6 @@ class AttentionRollout(Attribution):
     :meth:`full` is the classification token's row of R_n (the whole network), used as a ranking.
     """
 
-    name = "rollout"
 
     def __init__(self, query: str = "cls"):
         self.query = query
@@ -397,7 +391,6 @@ class AttentionRollout(Attribution):
 class ProjectedAttention(Attribution):
     """sum_p a_{l,h}(p) G[l, p, :]: attention over representations projected onto the inputs through eq. 5."""
 
-    name = "projected"
 
     def __init__(self, query: str = "cls"):
         self.query = query

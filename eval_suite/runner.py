@@ -38,7 +38,7 @@ from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirErro
 
 from .aggregate import aggregate, concatenate_rows, layer_head_table
 from .errors import EvalError
-from .registry import describe_selection, registry
+from .registry import describe_selection, tiers
 from .settings import EvalRequest, MeasureConfig  # noqa: F401  (EvalRequest: the entry's argument)
 
 logger = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
     results.update(body)
     results["measure_selection"] = describe_selection(measure.measures)
     results["measures_left_out"] = {name: measure.left_out.get(name, "not in the selection")
-                                    for name in registry() if name not in measure.measures}
+                                    for name in tiers()["full"] if name not in measure.measures}
     results["plots"] = []
     results["config"] = {
         **measure.to_dict(),

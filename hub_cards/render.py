@@ -238,7 +238,7 @@ def _head_table(results: dict, alphas: list[list[float]] | None, gradient_method
 
 def _layer_table(results: dict, scores: CardScores) -> dict:
     method = scores.gradient_method
-    eq5 = "input_to_repr" in scores.measures
+    eq5 = scores.input_to_repr_entropy is not None  # eq. 5 was measured
     header = ["layer", "heads defined", f"excess tau-b vs `{method}`", "raw tau-b", "tau-b on attention's support"]
     header += ["input-to-representation entropy", "co-indexed share"] if eq5 else []
     rows = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass, field
 
 from ..cost import Cost, chunks, forward_flops
@@ -146,7 +147,9 @@ def _attribute(name: str, ctx, settings, state):
     delta_wanted = method.has_convergence_delta()
     other = batch.model_inputs()
     extra = (batch.attention_mask, other.get("token_type_ids"))
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), warnings.catch_warnings():
+        # DeepLift announces the hooks it sets on the model's activations (and removes after the call)
+        warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
         torch.manual_seed(settings.seed * 1_000_003 + int(state.indices[0]))
         out = method.attribute(x.clone().requires_grad_(True), target=ctx.base.prediction,
                                additional_forward_args=extra, **kwargs,

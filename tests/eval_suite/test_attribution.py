@@ -9,7 +9,6 @@ import torch
 
 from eval_suite.attribution import (
     AttentionRollout,
-    ForwardContext,
     GradientNorm,
     GradientXInput,
     InputToRepresentation,
@@ -20,6 +19,7 @@ from eval_suite.attribution import (
     RepresentationLeaveOneOut,
     attention_rows,
 )
+from eval_suite.forward_context import ForwardContext
 from eval_suite.batching import collate, encode_texts
 from eval_suite.errors import EvalError
 from eval_suite.model_access import AttentionTap, drop_keys, load_classifier
@@ -230,7 +230,8 @@ def test_minilm_under_entmax15(minilm_path, tmp_path):
     """The real embedded MiniLM: refused as it is (no classification head), measured once it has one."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from eval_suite.measure import MeasureConfig, measure_batch
+    from eval_suite.batch_rows import measure_batch
+    from eval_suite.settings import MeasureConfig
 
     with pytest.raises(EvalError, match="not a trained sequence classifier"):
         load_classifier(minilm_path)
@@ -243,7 +244,7 @@ def test_minilm_under_entmax15(minilm_path, tmp_path):
     assert classifier.attn_impl == "entmax15" and (classifier.n_layers, classifier.n_heads) == (6, 12)
     texts = ["a gorgeous, witty, seductive movie.", "the plot is boilerplate.", "not bad at all"]
     batch = _batch(classifier, texts)
-    config = MeasureConfig(ig_steps=2, fractions=(0.5,), faithfulness_attention="none", token_map_indices=frozenset({0}),
+    config = MeasureConfig.of(ig_steps=2, fractions=(0.5,), faithfulness_attention="none", token_map_indices=frozenset({0}),
                            measures="full")
     arrays, maps = measure_batch(classifier, batch, [1, 0, 1], [0, 1, 2], config)
     assert arrays["attention.sparsity"].shape == (3, 6, 12)
@@ -258,7 +259,8 @@ def test_minilm_under_entmax15(minilm_path, tmp_path):
 
 
 def test_integrated_gradients_reports_its_completeness_gap_and_refines_where_it_is_large(tiny):
-    from eval_suite.attribution import ForwardContext, IntegratedGradients
+    from eval_suite.attribution import IntegratedGradients
+    from eval_suite.forward_context import ForwardContext
 
     batch = collate(encode_texts(tiny.tokenizer, TEXTS, 32)[0], tiny.tokenizer.pad_token_id)
     ctx = ForwardContext(tiny, batch)
@@ -276,7 +278,8 @@ def test_integrated_gradients_reports_its_completeness_gap_and_refines_where_it_
 
 
 def test_input_to_representation_jacobian_mode_is_the_frobenius_norm_of_the_jacobian(tmp_path):
-    from eval_suite.attribution import ForwardContext, InputToRepresentation
+    from eval_suite.attribution import InputToRepresentation
+    from eval_suite.forward_context import ForwardContext
 
     classifier = load_classifier(make_tiny_checkpoint(tmp_path / "jac", layers=2, heads=2))
     classifier.model.double()

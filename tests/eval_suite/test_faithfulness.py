@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_suite.attribution import ForwardContext
+from eval_suite.forward_context import ForwardContext
 from eval_suite.batching import collate, encode_texts
 from eval_suite.faithfulness import (faithfulness_curves, greedy_comprehensiveness_bounds, removal_counts,
                                      tie_break_keys)

@@ -11,8 +11,9 @@ import pytest
 
 from eval_suite.cli import main
 from eval_suite.forecast import Cheaper, Forecast, Machine, batch_shapes, cheaper_options
-from eval_suite.measure import MeasureConfig
-from eval_suite.measures import BatchShape, ModelShape, stage_costs, tiers
+from eval_suite.settings import MeasureConfig
+from eval_suite.cost import BatchShape, ModelShape, stage_costs
+from eval_suite.registry import tiers
 from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
 
 
@@ -44,7 +45,7 @@ def test_forecast_is_within_30_percent_of_the_measured_time(workspace):
 
 def test_the_forecast_grows_with_the_tier_and_the_length():
     model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
-    config = MeasureConfig()
+    config = MeasureConfig.of()
     machine = Machine(flop_rate=1e11, call_seconds=1e-3)
     short, long = BatchShape((20,) * 8, (18,) * 8), BatchShape((200,) * 8, (198,) * 8)
     seconds = {}
@@ -55,15 +56,15 @@ def test_the_forecast_grows_with_the_tier_and_the_length():
     # eq. 5 and representation leave-one-out grow with length squared or more; the quick tier about linearly
     assert seconds["paper", "long"] / seconds["paper", "short"] > 3 * seconds["quick", "long"] / seconds["quick", "short"]
     # sampling eq. 5's positions makes the long documents' eq. 5 stage cheaper
-    sampled = MeasureConfig(input_to_repr_sample=8, measures="paper")
-    exact_eq5 = stage_costs(long, model, MeasureConfig(measures="paper"), tiers()["paper"])["input_to_repr"]
+    sampled = MeasureConfig.of(input_to_repr_sample=8, measures="paper")
+    exact_eq5 = stage_costs(long, model, MeasureConfig.of(measures="paper"), tiers()["paper"])["input_to_repr"]
     sampled_eq5 = stage_costs(long, model, sampled, sampled.measures)["input_to_repr"]
     assert sampled_eq5.flops < exact_eq5.flops / 10
 
 
 def test_cheaper_options_name_the_largest_tier_that_fits():
     model = ModelShape(n_layers=2, n_heads=4, d_model=32, d_ff=37)
-    config = MeasureConfig(measures="full")
+    config = MeasureConfig.of(measures="full")
     shapes = [BatchShape((30,) * 4, (28,) * 4)] * 5
     forecast = Forecast(model, config, Machine(flop_rate=1e9, call_seconds=1e-3), shapes)
     per_process = [list(range(5))]

@@ -17,14 +17,15 @@ TEXTS = ["w1 w2 w3 w4 w5", "w9 w8 w7", "w10 w11 w12 w13 w14 w15 w16"]
 def measured(tmp_path_factory):
     pytest.importorskip("hf_sparse_attn")
     from eval_suite.batching import collate, encode_texts
-    from eval_suite.measure import MeasureConfig, measure_batch
+    from eval_suite.batch_rows import measure_batch
+    from eval_suite.settings import MeasureConfig
     from eval_suite.model_access import load_classifier
 
     folder = make_tiny_checkpoint(tmp_path_factory.mktemp("measure") / "ckpt", attn_impl="sparsemax")
     classifier = load_classifier(folder)
     encodings, _ = encode_texts(classifier.tokenizer, TEXTS, 32)
     batch = collate(encodings, classifier.tokenizer.pad_token_id)
-    config = MeasureConfig(ig_steps=2, token_map_indices=frozenset({10, 12}))
+    config = MeasureConfig.of(ig_steps=2, token_map_indices=frozenset({10, 12}))
     _, token_maps = measure_batch(classifier, batch, [0, 1, 0], [10, 11, 12], config)
     return folder, batch, token_maps
 

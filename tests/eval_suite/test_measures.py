@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from eval_suite import measure as measure_module
-from eval_suite.attribution import ForwardContext, InputToRepresentation, ProjectedAttention, attention_rows
+from eval_suite import batch_rows as measure_module
+from eval_suite.attribution import InputToRepresentation, ProjectedAttention
+from eval_suite.forward_context import ForwardContext, attention_rows
+from eval_suite.agreement import METRIC_NAMES
 from eval_suite.batching import collate, encode_texts
-from eval_suite.measure import MeasureConfig, measure_batch
-from eval_suite.measures import REGISTRY, MethodLists, describe_selection, resolve_measures, tiers
+from eval_suite.batch_rows import measure_batch
+from eval_suite.settings import MeasureConfig
+from eval_suite.registry import MethodLists, describe_selection, registry, resolve_measures, tiers
 from eval_suite.model_access import load_classifier
 from eval_suite.errors import EvalError
 from tests.helpers.tiny_models import VOCAB_WORDS, make_checkpoint, make_results, make_tiny_checkpoint
@@ -30,7 +33,9 @@ STANDARD = ("quick", "paper", "full")
 
 def test_tiers_are_cumulative_and_full_holds_every_measurement():
     named = tiers()
-    assert set(named["quick"]) < set(named["paper"]) < set(named["full"]) == set(REGISTRY)
+    tiered = {name for name, entry in registry().items() if entry.tier is not None}
+    assert set(named["quick"]) < set(named["paper"]) < set(named["full"]) == tiered
+    assert "smoothgrad" in registry() and "smoothgrad" not in tiered  # measured only when named
     assert named["quick"] == ("grad_norm", "grad_x_input", "repr_grad_norm", "rollout")
     for tier in STANDARD:
         assert resolve_measures(tier) == named[tier] and describe_selection(named[tier]) == tier
@@ -74,7 +79,7 @@ def test_each_tier_results_hold_exactly_its_measures(tier_runs, tier):
     methods = MethodLists.of(members)
     assert results["config"]["measures"] == list(members)
     assert results["measure_selection"] == tier
-    assert set(results["measures_left_out"]) == set(REGISTRY) - set(members)
+    assert set(results["measures_left_out"]) == set(tiers()["full"]) - set(members)
     assert results["importance_methods"] == methods.importance
     assert results["input_methods"] == methods.input and results["representation_methods"] == methods.representation
     for entry in results["per_layer_head"]:
@@ -99,7 +104,7 @@ def test_every_consumer_copes_with_each_tier(tier_runs, tier):
     folder = tier_runs[tier]
     results = json.loads((folder / "results.json").read_text())
     members = set(tiers()[tier])
-    left_out = set(REGISTRY) - members
+    left_out = set(tiers()["full"]) - members
     # plots: every listed file is a PNG, one pair per measured importance method and none for the others
     for rel in results["plots"]:
         assert (folder / rel).read_bytes()[:8] == PNG_MAGIC
@@ -163,14 +168,14 @@ def tiny(tmp_path_factory):
 
 def _measure(tiny, **config):
     classifier, batch = tiny
-    config = MeasureConfig(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), **config)
+    config = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), **config)
     return measure_batch(classifier, batch, [0, 1, 0, 1], [10, 11, 12, 13], config)[0], config
 
 
 def _method_axis(key: str, methods: MethodLists) -> list | None:
     """The methods along the last axis of a row key (None: the key has no method axis)."""
     prefix, metric = key.split(".", 1)
-    if metric not in measure_module.COMPARISON_METRICS and key != "importance.entropy":
+    if metric not in METRIC_NAMES and key != "importance.entropy":
         return None
     if prefix in ("attention", "importance"):
         return methods.importance

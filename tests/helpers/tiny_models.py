@@ -155,10 +155,10 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     suite's default tier).
     """
     from eval_suite import EvalRequest, MeasureConfig, run_evaluation
-    from eval_suite.measures import DEFAULT_SPEC
+    from eval_suite.registry import DEFAULT_SPEC
 
     outdir = Path(outdir)
-    measure = MeasureConfig(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
+    measure = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
                             measures=measures or DEFAULT_SPEC)
     run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
                                limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_suite.attribution import ForwardContext
+from eval_suite.forward_context import ForwardContext
 from eval_suite.batching import TokenBatch
 from eval_suite.model_access import AttentionTap, Classifier
 from tests.helpers.tiny_models import random_batch, tiny_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_suite.attribution import ForwardContext
+from eval_suite.forward_context import ForwardContext
 from eval_suite.context_mixing.decomposition import decomposition
 from eval_suite.errors import EvalError
 from tests.eval_suite.context_mixing import references as ref

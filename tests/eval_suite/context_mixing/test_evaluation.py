@@ -50,15 +50,16 @@ def _results(folder) -> dict:
 def direct(workspace, evaluated):
     """context_mixing_rows and the gradient importance, computed directly on each planned batch of the run,
     scattered back to dataset order: {key: [N, ...]}, with the stored rows of the run beside them."""
-    from eval_suite.attribution import ForwardContext, GradientNorm
+    from eval_suite.attribution import GradientNorm
+    from eval_suite.forward_context import ForwardContext
     from eval_suite.batching import collate
     from eval_suite.compare import load_evaluation
     from eval_suite.context_mixing import context_mixing_rows
-    from eval_suite.measure import MeasureConfig
+    from eval_suite.settings import MeasureConfig
     from eval_suite.runner import EvalRequest, plan_evaluation
 
     request = EvalRequest(checkpoint=workspace["checkpoint"], output_dir=str(evaluated), dataset=workspace["data"],
-                          split="train", limit=N, batch_size=5, measure=MeasureConfig(measures=SELECTION))
+                          split="train", limit=N, batch_size=5, measure=MeasureConfig.of(measures=SELECTION))
     plan = plan_evaluation(request, torch.device("cpu"))
     values: dict[str, list] = {}
     for members in plan.batches:
@@ -83,9 +84,9 @@ def test_stored_rows_equal_context_mixing_rows_on_the_same_batches(direct):
     computed, stored = direct
     compared = 0
     for method in MIXING:
-        from eval_suite.measures import mixing_views
+        from eval_suite.registry import get
 
-        for view in mixing_views(method):
+        for view in get(method).mixing.views():
             for summary in ("entropy", "sparsity", "special_mass"):
                 key = f"{method}.{view}.{summary}"
                 np.testing.assert_allclose(stored[f"mixing.{key}"], computed[key], atol=1e-6, equal_nan=True)
@@ -212,15 +213,16 @@ def test_resume_gives_the_same_results_and_compare_tests_the_mixing_views(worksp
 
 
 def test_mixing_is_a_tier_inside_full_with_a_cost_per_method_in_the_forecast(evaluated):
-    from eval_suite.measure import MeasureConfig
-    from eval_suite.measures import BatchShape, ModelShape, resolve_measures, stage_costs
+    from eval_suite.settings import MeasureConfig
+    from eval_suite.cost import BatchShape, ModelShape, stage_costs
+    from eval_suite.registry import resolve_measures
 
     assert resolve_measures("mixing") == MIXING
     assert set(MIXING) <= set(resolve_measures("full")) and not set(MIXING) & set(resolve_measures("paper"))
     assert resolve_measures("mixing,-value_zeroing,grad_norm") == ("grad_norm",) + tuple(
         m for m in MIXING if m != "value_zeroing")
     model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
-    config = MeasureConfig(measures="mixing,grad_norm")
+    config = MeasureConfig.of(measures="mixing,grad_norm")
 
     def costs(length):
         return stage_costs(BatchShape((length,) * 4, (length - 2,) * 4), model, config, config.measures)
@@ -241,14 +243,14 @@ def test_a_budget_too_small_for_full_suggests_a_standard_tier_never_the_mixing_t
     """``mixing`` alone measures no importance to compare with; the cheaper selection offered for ``full`` must be
     the largest standard tier that fits, even where the mixing tier would fit too."""
     from eval_suite.forecast import Forecast, Machine, cheaper_options
-    from eval_suite.measure import MeasureConfig
-    from eval_suite.measures import BatchShape, ModelShape
+    from eval_suite.settings import MeasureConfig
+    from eval_suite.cost import BatchShape, ModelShape
 
     model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
-    forecast = Forecast(model, MeasureConfig(measures="full"), Machine(flop_rate=1e10, call_seconds=0.01),
+    forecast = Forecast(model, MeasureConfig.of(measures="full"), Machine(flop_rate=1e10, call_seconds=0.01),
                         [BatchShape((30,) * 8, (28,) * 8)])
-    quick = forecast.with_measures(MeasureConfig(measures="quick").measures).total([[0]])[0]
-    mixing = forecast.with_measures(MeasureConfig(measures="mixing").measures).total([[0]])[0]
+    quick = forecast.with_measures(MeasureConfig.of(measures="quick").measures).total([[0]])[0]
+    mixing = forecast.with_measures(MeasureConfig.of(measures="mixing").measures).total([[0]])[0]
     full = forecast.total([[0]])[0]
     budget = max(quick, mixing) * 1.01
     assert budget < full

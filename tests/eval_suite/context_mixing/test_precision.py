@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_suite.attribution import ForwardContext
+from eval_suite.forward_context import ForwardContext
 from eval_suite.context_mixing import context_mixing_rows
 
 from .conftest import build_classifier, tiny_batch

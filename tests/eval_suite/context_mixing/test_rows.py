@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eval_suite import metrics as M
-from eval_suite.attribution import ForwardContext
+from eval_suite.forward_context import ForwardContext
 from eval_suite.batching import TokenBatch
 from eval_suite.context_mixing import CONTEXT_MIXING_METHODS, context_mixing_method, context_mixing_rows
 from tests.eval_suite.context_mixing.conftest import tiny_batch
