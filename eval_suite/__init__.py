@@ -28,7 +28,7 @@ __all__ = [
 
 _LAZY = {
     "EvalRequest": "settings", "run_evaluation": "runner", "MeasureConfig": "settings",
-    "measure_batch": "batch_rows", "load_classifier": "model_access", "AggregateConfig": "statistics",
+    "measure_batch": "batch_rows", "load_classifier": "model_access", "AggregateConfig": "settings",
     "ForwardContext": "forward_context",
 }
 
@@ -37,9 +37,12 @@ def __getattr__(name: str):
     # Lazy so that `import eval_suite` (and the CLI's --help) does not import torch and transformers; the
     # attribution classes are attribution.__all__'s, looked up there.
     import importlib
+    import importlib.util
 
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(f"module 'eval_suite' has no attribute {name!r}")  # a submodule: imported as such
     attribution = importlib.import_module(".attribution", __name__)
     if name in attribution.__all__:
         return getattr(attribution, name)

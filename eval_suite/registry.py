@@ -141,7 +141,9 @@ def _load() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import methods  # noqa: F401  (each module declares its measures)
+        import importlib
+
+        importlib.import_module(f"{__package__}.methods")  # each of its modules declares its measures
 
 
 def registry() -> dict[str, Measure]:

@@ -1,6 +1,6 @@
 """Every setting of an evaluation, as dataclasses with help text: :class:`EvalRequest` holds the data, model and
 output settings, :class:`MeasureConfig` what is measured (with each measure's own parameters nested, declared by the
-measure) and :class:`~eval_suite.statistics.AggregateConfig` the statistics.
+measure) and :class:`AggregateConfig` the statistics (:mod:`eval_suite.statistics` computes them).
 
 The command line is generated from these fields (:func:`build_parser`), the way training's ``TrainConfig`` is:
 each field with help text is one ``--flag`` (its name with hyphens), in the group its ``group`` metadata names,
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from .errors import EvalError
 from .registry import DEFAULT_SPEC, STANDARD_TIERS, MethodLists, families, get, parameter_types, registry, \
     resolve_measures, tiers
-from .statistics import AggregateConfig
 
 GROUPS = {
     "data": "data: what is evaluated",
@@ -40,6 +39,26 @@ def setting(help: str, group: str | None = None, **kwargs):
         if key in kwargs:
             metadata[key] = kwargs.pop(key)
     return field(metadata=metadata, **kwargs)
+
+
+@dataclass
+class AggregateConfig:
+    """How per-example rows become aggregates (recorded in results.json as config.aggregation)."""
+
+    min_examples: int = setting("a value is defined when it rests on at least min(this, N) examples", "statistics",
+                                default=10)
+    bootstrap_resamples: int = setting("resamples of the 95% bootstrap intervals", "statistics", default=1000)
+    bootstrap_seed: int = field(default=0, metadata={"cli": False})  # the command line's --seed
+    confidence: float = field(default=0.95, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.min_examples < 1 or self.bootstrap_resamples < 10 or not 0 < self.confidence < 1:
+            raise EvalError(f"--min-examples must be >= 1 and --bootstrap-resamples >= 10 (got {self.min_examples} "
+                            f"and {self.bootstrap_resamples}), the confidence in (0, 1)")
+
+    def to_dict(self) -> dict:
+        return {"min_examples": self.min_examples, "bootstrap_resamples": self.bootstrap_resamples,
+                "bootstrap_seed": self.bootstrap_seed, "confidence": self.confidence}
 
 
 def _measures_help() -> str:

@@ -7,34 +7,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import EvalError
-
-
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
-@dataclass
-class AggregateConfig:
-    """How per-example rows become aggregates (recorded in results.json as config.aggregation)."""
-
-    min_examples: int = _help("a value is defined when it rests on at least min(this, N) examples", default=10)
-    bootstrap_resamples: int = _help("resamples of the 95% bootstrap intervals", default=1000)
-    bootstrap_seed: int = field(default=0, metadata={"cli": False})  # the command line's --seed
-    confidence: float = field(default=0.95, metadata={"cli": False})
-
-    def __post_init__(self) -> None:
-        if self.min_examples < 1 or self.bootstrap_resamples < 10 or not 0 < self.confidence < 1:
-            raise EvalError(f"--min-examples must be >= 1 and --bootstrap-resamples >= 10 (got {self.min_examples} "
-                            f"and {self.bootstrap_resamples}), the confidence in (0, 1)")
-
-    def to_dict(self) -> dict:
-        return {"min_examples": self.min_examples, "bootstrap_resamples": self.bootstrap_resamples,
-                "bootstrap_seed": self.bootstrap_seed, "confidence": self.confidence}
+from .settings import AggregateConfig  # noqa: F401  (the statistics' settings; importable from here too)
 
 
 class Bootstrap:

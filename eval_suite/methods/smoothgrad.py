@@ -38,10 +38,12 @@ def smoothgrad(ctx, settings, state):
     x = base.embeddings.detach()
     B, L, d = x.shape
     content = batch.content_mask[..., None]
-    noise = torch.empty(B, p.smoothgrad_samples, L, d, dtype=x.dtype)
-    for row, index in enumerate(state.indices):
+    noise = torch.zeros(B, p.smoothgrad_samples, L, d, dtype=x.dtype)
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    for row, index in enumerate(state.indices):  # drawn over the example's own tokens: the same in any batch
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(index))
-        noise[row] = torch.randn(p.smoothgrad_samples, L, d, generator=generator, dtype=x.dtype)
+        noise[row, :, :lengths[row]] = torch.randn(p.smoothgrad_samples, lengths[row], d, generator=generator,
+                                                   dtype=x.dtype)
     spread = torch.stack([x[b][batch.content_mask[b]].max() - x[b][batch.content_mask[b]].min()
                           if batch.content_mask[b].any() else x.new_zeros(()) for b in range(B)])
     noisy = x[:, None] + (noise.to(x.device) * (p.smoothgrad_noise * spread)[:, None, None, None]) * content[:, None]
