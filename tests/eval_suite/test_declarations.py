@@ -96,14 +96,14 @@ def test_every_measure_parameter_is_a_flag_and_reaches_its_measure(tmp_path):
     from eval_suite.cli import build_parser
     from eval_suite.settings import request_from_args
 
-    args = build_parser().parse_args(["ckpt", "--ig-steps", "5", "--fractions", "0.2,0.4", "--smoothgrad-noise",
-                                      "0.3", "--captum-steps", "3", "--seed", "4", "--ig-tolerance", "none",
+    args = build_parser().parse_args(["ckpt", "--ig-steps", "5", "--fractions", "0.2,0.4", "--input-to-repr",
+                                      "jacobian", "--captum-steps", "3", "--seed", "4", "--ig-tolerance", "none",
                                       "--output-dir", str(tmp_path / "out")])
     request = request_from_args(args)
     measure = request.measure
     assert measure.params_of("integrated_gradients").ig_steps == 5 and measure.ig_tolerance is None
     assert measure.params_of("faithfulness").fractions == (0.2, 0.4)
-    assert measure.params_of("smoothgrad").smoothgrad_noise == 0.3
+    assert measure.params_of("input_to_repr").input_to_repr == "jacobian"
     assert measure.params_of("captum:DeepLift").captum_steps == 3
     assert request.aggregation.bootstrap_seed == 4 and measure.seed == 4
     recorded = measure.to_dict()
