@@ -26,7 +26,7 @@ import numpy as np
 
 from . import metrics as M
 from .agreement import HEADLINE, METRIC_NAMES, POOLED, RAW
-from .registry import MethodLists, methods_with_role, selected, with_role
+from .registry import MethodLists, methods_with_role, selected
 from .statistics import AggregateConfig, Bootstrap, Stats, format_stat, make_stat, pooled_stat  # noqa: F401
 
 MIXING_SUMMARIES = ("entropy", "sparsity", "special_mass")

@@ -33,7 +33,7 @@ import numpy as np
 from hf_sparse_attn.constants import (EVAL_OUTPUT_NAMES, LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR,
                                       RUN_INFO_FILE, TOKEN_EXAMPLES_FILE)
 from hf_sparse_attn.files import atomic_path, atomic_write_text
-from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, check_output_dir, \
+from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, \
     lock_for_processes, recover_interrupted_replace, replace_folder
 
 from .aggregate import aggregate, concatenate_rows, layer_head_table

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from eval_suite.agreement import AGREEMENT_METRICS, HEADLINE
-from eval_suite.registry import registry, tiers
+from eval_suite.registry import registry
 from tests.helpers.tiny_models import make_checkpoint, make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
