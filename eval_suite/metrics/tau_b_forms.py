@@ -220,7 +220,8 @@ def _pair_products_shared_signs(x: torch.Tensor, rank_x: torch.Tensor, rank_y: t
     if L < 2 or N == 0:
         return products
     width = (2 if with_support else 1) * H + 2 * M
-    rows = max(1, min(L - 1, PAIR_BLOCK_ELEMENTS // max(1, width * L)))  # pair-triangle rows per block
+    # rows of the pair triangle per block: about L / 8 (the square [a, b) x [a + 1, L) wastes rows^2 / 2 of it)
+    rows = max(1, min(L - 1, max(32, L // 8), PAIR_BLOCK_ELEMENTS // max(1, width * L)))
     step = max(1, PAIR_BLOCK_ELEMENTS // max(1, width * rows * L))  # examples per block
     positions = torch.arange(L, device=x.device)
     for e0 in range(0, N, step):

@@ -1,7 +1,7 @@
 """Kendall's tau-b counts in O(L log L) per vector pair (Knight 1966), vectorised over heads x methods.
 
 Knight's algorithm: sort the positions by (x, y) lexicographically; the discordant pairs are then exactly the
-inversions of the y-sequence (pairs i < j with y_i > y_j), counted by a merge sort. With n0 = n (n - 1) / 2 pairs,
+inversions of the y-sequence (pairs i < j with y_i > y_j), which Knight counts by a merge sort. With n0 = n (n - 1) / 2 pairs,
 T_x and T_y the pairs tied in x and in y and T_xy those tied in both,
 
     S = concordant - discordant = n0 - T_x - T_y + T_xy - 2 * inversions.
@@ -9,10 +9,10 @@ T_x and T_y the pairs tied in x and in y and T_xy those tied in both,
 Vectorised form used here: x and y are replaced by their "min ranks" over the mask (the number of counted positions
 with a strictly smaller value: equal values share a rank, order is kept; positions outside the mask get rank L), so
 the lexicographic key of (h, m) is the integer rank_x * (L + 1) + rank_y and one ``torch.sort`` of all H x M keys
-replaces the per-vector lexsort. Inversions are counted level by level of a bottom-up merge sort over all (h, m) at
-once: at block width b, every element of a right block counts the elements of its sorted left block that exceed it
-(``torch.searchsorted``), then the blocks are merged (sorted). Positions outside the mask sort last with the largest
-rank and add no inversion. T_x comes from the ranks (sum over counted i of #{j: x_j = x_i} - 1, halved), T_xy from
+replaces the per-vector lexsort. Inversions are counted for all (h, m) at once, chunk by chunk against a running
+histogram of the y-ranks already seen (:func:`_inversions`: O(L^1.5), faster here than a vectorised merge sort up to
+tens of thousands of positions). Positions outside the mask sort last with the largest rank and add no inversion.
+Each vector's min ranks come from one sort per vector (:func:`ranks`), shared by every view. T_x comes from the ranks (sum over counted i of #{j: x_j = x_i} - 1, halved), T_xy from
 runs of equal keys.
 
 The same counts restricted to x's support (on-support tau-b), when asked for, take a second sort with the positions
@@ -28,6 +28,8 @@ ranks across them, or give the on-support counts without a new call per subset.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -144,18 +146,25 @@ def _discordant_and_joint_ties(key: torch.Tensor, L: int):
 
 
 def _inversions(sequence: torch.Tensor, largest: int) -> torch.Tensor:
-    """Pairs i < j with sequence[i] > sequence[j] per row of [R, L] integers <= ``largest``, by a bottom-up merge
-    sort: log2(L) levels, each a batched ``searchsorted`` of right blocks into sorted left blocks and a block sort."""
+    """Pairs i < j with sequence[i] > sequence[j] per row of [R, L] integers in [0, ``largest``].
+
+    The sequence is read in chunks of about sqrt(L): an element's inversions with earlier chunks come from a running
+    histogram of the values seen (their count minus the cumulative count up to its value), those inside its chunk
+    from direct comparison. O(L^1.5) per row in a few dozen batched operations, about twice as fast here as a
+    bottom-up merge sort with ``torch.searchsorted`` (O(L log^2 L), but one sort and one search per level).
+    """
     R, L = sequence.shape
-    width = 1 << max(0, (L - 1).bit_length())
-    if width > L:  # pad with the largest value: no inversion with anything before it
-        sequence = torch.cat([sequence, sequence.new_full((R, width - L), largest)], dim=-1)
+    chunk = max(4, math.isqrt(L))
+    sequence = sequence.to(torch.int64)
+    seen = torch.zeros(R, largest + 1, dtype=torch.int32, device=sequence.device)
     total = torch.zeros(R, dtype=torch.int64, device=sequence.device)
-    block = 1
-    while block < width:
-        pairs = sequence.reshape(R, width // (2 * block), 2, block)
-        left, right = pairs[:, :, 0].contiguous(), pairs[:, :, 1].contiguous()
-        total += (block - torch.searchsorted(left, right, side="right")).sum(dim=(-1, -2))
-        sequence = torch.sort(pairs.reshape(R, width // (2 * block), 2 * block), dim=-1).values.reshape(R, width)
-        block *= 2
+    later = torch.triu(torch.ones(chunk, chunk, dtype=torch.bool, device=sequence.device), diagonal=1)
+    for start in range(0, L, chunk):
+        values = sequence[:, start:start + chunk]
+        k = values.shape[1]
+        if start:
+            at_most = torch.cumsum(seen, dim=-1, dtype=torch.int32).gather(-1, values)
+            total += (start - at_most).sum(dim=-1)
+        total += ((values[:, :, None] > values[:, None, :]) & later[:k, :k]).sum(dim=(-1, -2))
+        seen.scatter_add_(-1, values, torch.ones_like(values, dtype=torch.int32))
     return total

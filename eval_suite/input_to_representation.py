@@ -1,0 +1,194 @@
+"""Paper eq. 5 (input-to-representation influence) with the vector-Jacobian products of many positions per call.
+
+G[b, l, p, i] = ||d ||h^(l)_p||_2 / d x_i||_2, normalised over the inputs i (Meister et al. 2021, eq. 5): one
+vector-Jacobian product (VJP) per (example, layer, position p). :class:`eval_suite.attribution.InputToRepresentation`
+runs them as one backward pass per (layer, p-th wanted position) over the whole padded batch: every example pays for
+every p up to the batch's largest count, at the batch's padded length.
+
+:func:`input_to_representation_replicated` instead lays the wanted (example, position) pairs out as rows of a
+replicated batch: row r is a copy of example b_r, cut to its own length, and carries one cotangent, the unit vector
+h / ||h|| at its position p_r. One forward pass of a chunk of rows (with its graph) then serves every layer: the VJP
+of layer l for all rows of the chunk is ONE backward call from sum_r ||h^(l)_{p_r}|| (the rows are independent, so
+row r's gradient is exactly its own VJP). Rows are grouped by length, so short examples never run at a long one's
+length, and an example that lacks position p has no row for it. A batch needs (chunks) x (1 + layers) calls instead
+of layers x (largest count of wanted positions).
+
+The price is the forward pass of every row. With gradients taken w.r.t. the inputs only, a backward pass through
+l layers costs about as much as l layers forward, so per row the replicated layout does n + sum_l l layer-units of
+work against sum_l l for the per-position loop (n = 6: 36 against 30): it pays when the loop wastes more than that
+on padding, on examples without position p and on per-call overhead (batches of sentences), and loses on one long
+document (nothing wasted, calls already large). :func:`input_to_representation` chooses per batch by that count
+(:func:`replicated_work_ratio`); bench/agreement.py measures both.
+
+Sampling (long documents): :func:`sampled_position_summaries` turns the rows of a seeded sample of K content
+positions per document (:func:`eval_suite.attribution.sample_positions`) into the per-layer means of eq. 5's
+entropy and co-indexed share with their standard errors under sampling without replacement,
+sqrt((1 - n / N) s^2 / n) (the finite-population correction; 0 when the sample is every position), exactly the
+figures ``eval_suite.measure`` computes; with K >= the number of content positions they equal the exact means.
+
+Why hand-written: ``torch.func.vmap`` over ``torch.func.vjp`` (or ``autograd.grad(is_grads_batched=True)``) batches
+the cotangents without a forward pass per row, but in torch 2.13 layer_norm, gelu and softmax backward have no
+batching rule on CPU, so it falls back to a per-sample loop (measured no faster than the per-position loop), and a
+custom autograd mapping (the sparse attentions) has no vmap rule at all; captum computes input gradients of one scalar
+output per call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import metrics as M
+from .attribution import ForwardContext, InputToRepresentation
+
+__all__ = ["input_to_representation", "input_to_representation_replicated", "replicated_work_ratio",
+           "sampled_position_summaries"]
+
+
+def input_to_representation(ctx: ForwardContext, positions: torch.Tensor | None = None, *, mode: str = "norm",
+                            strategy: str = "auto") -> torch.Tensor:
+    """Eq. 5 rows ``[B, n_layers, L(p), L(i)]`` for the positions ``positions[b, l, p]`` (default: every non-padding
+    position), equal to ``InputToRepresentation(mode=mode)(ctx, positions)``.
+
+    ``strategy``: ``"replicated"`` (:func:`input_to_representation_replicated`), ``"per_position"`` (one backward
+    pass per layer and p-th position over the padded batch) or ``"auto"``: replicated when the per-position loop
+    would do more work (:func:`replicated_work_ratio` < 1).
+    """
+    if strategy not in ("auto", "replicated", "per_position"):
+        raise ValueError(f"strategy must be 'auto', 'replicated' or 'per_position', got {strategy!r}")
+    wanted = _wanted(ctx, positions)
+    if strategy == "auto":
+        strategy = "replicated" if replicated_work_ratio(ctx.batch.attention_mask, wanted) < 1 else "per_position"
+    if strategy == "per_position":
+        return InputToRepresentation(mode=mode)(ctx, wanted)
+    return input_to_representation_replicated(ctx, wanted, mode=mode)
+
+
+def replicated_work_ratio(attention_mask: torch.Tensor, wanted: torch.Tensor, overhead_tokens: int = 2048) -> float:
+    """Forecast work of the replicated layout over the per-position loop for one batch (< 1: replicated is cheaper).
+
+    Work is counted in token-layers: a backward pass through l layers over t tokens is l * t, a forward pass through
+    n layers n * t, and every call also costs ``overhead_tokens`` token-layers (fixed per-operation costs measured on
+    MiniLM with one thread: a small call costs about as much as a pass over 2,000 tokens). ``attention_mask`` [B, L],
+    ``wanted`` [B, n_layers, L] bool.
+    """
+    B, n_layers, L = wanted.shape
+    lengths = attention_mask.sum(dim=1).to(torch.float64)
+    depth = torch.arange(n_layers, dtype=torch.float64).clamp_min(0.1)  # layer 0: the embeddings only
+    counts = wanted.sum(dim=2).to(torch.float64)  # [B, n]
+    loop_calls = counts.max(dim=0).values  # per layer: one call per p-th position, over the padded batch
+    loop = float((loop_calls * depth * B * L).sum() + overhead_tokens * loop_calls.sum())
+    rows = wanted.any(dim=1).sum(dim=1).to(torch.float64)  # rows per example
+    row_tokens = float((rows * lengths).sum())
+    layer_share = counts.sum(dim=0) / rows.sum().clamp_min(1)  # backward passes carry zero cotangents too
+    chunks = max(1.0, row_tokens / 4096)
+    replicated = (row_tokens * (n_layers + float((depth * (layer_share > 0)).sum()))
+                  + overhead_tokens * chunks * (1 + n_layers))
+    return replicated / max(loop, 1.0)
+
+
+def input_to_representation_replicated(ctx: ForwardContext, positions: torch.Tensor | None = None, *,
+                                       mode: str = "norm") -> torch.Tensor:
+    """Eq. 5 rows (see :func:`input_to_representation`) from a replicated batch: one row per wanted (example,
+    position), rows of similar length chunked to ``ctx.max_grad_tokens`` tokens, one forward pass per chunk and one
+    backward call per layer (``mode="jacobian"``: one per layer and hidden unit)."""
+    if mode not in InputToRepresentation.MODES:
+        raise ValueError(f"input-to-representation mode must be one of {InputToRepresentation.MODES}, got {mode!r}")
+    ctx._check_graph()
+    batch, base = ctx.batch, ctx.base
+    wanted = _wanted(ctx, positions)
+    B, n_layers, L = wanted.shape
+    keep = batch.attention_mask.bool()
+    dtype = torch.promote_types(base.embeddings.dtype, torch.float32)
+    out = torch.zeros(B, n_layers, L, L, dtype=dtype, device=keep.device)
+    examples, where = torch.nonzero(wanted.any(dim=1), as_tuple=True)  # one row per wanted (example, position)
+    lengths = keep.sum(dim=1)
+    order = torch.sort(lengths[examples], stable=True).indices  # shortest rows first: chunks of similar length
+    examples, where = examples[order], where[order]
+    done = 0
+    for rows in _chunks(lengths[examples].tolist(), ctx.max_grad_tokens):
+        b, p = examples[rows], where[rows]
+        n = int(lengths[b].max())
+        grads = _row_gradients(ctx, b, p, n, wanted[b, :, p], mode)  # [n_layers] x ([R, n] or None)
+        for layer, values in enumerate(grads):
+            if values is not None:
+                out[b, layer, p, :n] = values.to(dtype) * wanted[b, layer, p, None]
+        done = rows.stop
+        ctx.tick(done / max(1, examples.numel()))
+    out = out * keep[:, None, :, None] * keep[:, None, None, :]
+    totals = out.sum(dim=-1, keepdim=True)
+    return torch.where(totals > 0, out / torch.where(totals > 0, totals, torch.ones_like(totals)), out)
+
+
+def _wanted(ctx: ForwardContext, positions: torch.Tensor | None) -> torch.Tensor:
+    keep = ctx.batch.attention_mask.bool()
+    n_layers = len(ctx.base.attentions)
+    if positions is None:
+        return keep[:, None, :].expand(keep.shape[0], n_layers, keep.shape[1]).clone()
+    return positions.to(torch.bool) & keep[:, None, :]
+
+
+def _chunks(lengths: list[int], max_tokens: int):
+    """Consecutive slices of rows sorted by length, each with rows x its longest row <= max_tokens (>= 1 row)."""
+    start = 0
+    while start < len(lengths):
+        stop = start + 1
+        while stop < len(lengths) and (stop - start + 1) * lengths[stop] <= max_tokens:
+            stop += 1
+        yield slice(start, stop)
+        start = stop
+
+
+def _row_gradients(ctx: ForwardContext, examples, positions, n: int, layers_wanted, mode: str) -> list:
+    """Per layer, [R, n] = ||d ||h^(l)_{p_r}|| / d x_i|| (``mode="norm"``) or ||d h^(l)_{p_r} / d x_i||_F
+    (``"jacobian"``) for the rows (example, position) cut to length ``n``; None for a layer no row wants."""
+    batch = ctx.batch
+    embeddings = ctx.base.embeddings.detach()[examples, :n].clone().requires_grad_(True)
+    inputs = {k: v[examples, :n] for k, v in batch.model_inputs().items() if k != "input_ids"}
+    rows = torch.arange(examples.numel(), device=examples.device)
+    needed = [layer for layer in range(layers_wanted.shape[1]) if bool(layers_wanted[:, layer].any())]
+    grads: list = [None] * layers_wanted.shape[1]
+    with torch.enable_grad():
+        hidden = ctx.model(inputs_embeds=embeddings, **inputs, output_hidden_states=True).hidden_states
+        for k, layer in enumerate(needed):
+            selected = hidden[layer][rows, positions]  # [R, d]
+            last = k == len(needed) - 1
+            if mode == "norm":
+                weight = layers_wanted[:, layer].to(selected.dtype)
+                (grad,) = torch.autograd.grad((selected.norm(dim=-1) * weight).sum(), embeddings, retain_graph=not last)
+                grads[layer] = grad.norm(dim=-1)
+            else:
+                grads[layer] = _jacobian_row_norms(selected, embeddings, retain_last=not last)
+    return grads
+
+
+def _jacobian_row_norms(selected: torch.Tensor, embeddings: torch.Tensor, retain_last: bool) -> torch.Tensor:
+    """[R, n]: ||d selected[r] / d embeddings[r, i]||_F, one backward call per hidden unit for all rows at once."""
+    d = selected.shape[-1]
+    squares = torch.zeros(embeddings.shape[:2], dtype=torch.float64, device=embeddings.device)
+    for k in range(d):
+        retain = retain_last or k < d - 1
+        (grad,) = torch.autograd.grad(selected[:, k].sum(), embeddings, retain_graph=retain)
+        squares += grad.double().pow(2).sum(dim=-1)
+    return squares.sqrt().float()  # float32, as the per-position implementation returns it
+
+
+def sampled_position_summaries(g: torch.Tensor, content: torch.Tensor, sampled: torch.Tensor | None = None) -> dict:
+    """Eq. 5's per-layer summaries from its rows ``g`` [B, n, L(p), L(i)] (any non-negative rows; renormalised over
+    the content inputs ``content`` [B, L]): the means over content positions p (or over the ``sampled`` [B, L]
+    positions) of each row's normalised entropy and co-indexed share G[p, p], [B, n] each, and with a sample their
+    standard errors (``*_se``) and the sample size (``positions``). The same keys and values as
+    ``eval_suite.measure``'s ``input_to_repr.*`` rows."""
+    g = M.normalise(g.double(), content[:, None, None, :])
+    entropy = M.normalised_entropy(g, content[:, None, None, :])  # [B, n, L]
+    share = torch.diagonal(g, dim1=-2, dim2=-1)
+    weights = (content if sampled is None else sampled)[:, None, :].double()
+    size = weights.sum(dim=-1)
+    out = {}
+    for key, values in (("entropy", entropy), ("coindexed_share", share)):
+        out[key] = torch.nansum(values * weights, dim=-1) / size
+        if sampled is not None:
+            out[f"{key}_se"] = M.sampled_mean_standard_error(torch.nan_to_num(values, nan=0.0), weights,
+                                                             content.sum(dim=-1)[:, None].double())
+    if sampled is not None:
+        out["positions"] = size
+    return out
