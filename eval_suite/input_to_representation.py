@@ -13,11 +13,11 @@ row r's gradient is exactly its own VJP). Rows are grouped by length, so short e
 length, and an example that lacks position p has no row for it. A batch needs (chunks) x (1 + layers) calls instead
 of layers x (largest count of wanted positions).
 
-The price is the forward pass of every row. With gradients taken w.r.t. the inputs only, a backward pass through
-l layers costs about as much as l layers forward, so per row the replicated layout does n + sum_l l layer-units of
-work against sum_l l for the per-position loop (n = 6: 36 against 30): it pays when the loop wastes more than that
-on padding, on examples without position p and on per-call overhead (batches of sentences), and loses on one long
-document (nothing wasted, calls already large). :func:`input_to_representation` chooses per batch by that count
+The price is the forward pass of every row. A backward pass w.r.t. the inputs only, through l layers, costs about
+l / 1.5 layers of forward (measured on MiniLM with entmax15), so per row the replicated layout does about
+1.5 n + sum_l l layer-units of work against sum_l l for the per-position loop (n = 6: 24 against 15): it pays when
+the loop wastes more than that on padding, on examples without position p and on per-call overhead (batches of
+sentences: 1.35-1.6x faster), and loses on one long document, where nothing is wasted and calls are already large. :func:`input_to_representation` chooses per batch by that count
 (:func:`replicated_work_ratio`); bench/agreement.py measures both.
 
 Sampling (long documents): :func:`sampled_position_summaries` turns the rows of a seeded sample of K content
@@ -35,6 +35,8 @@ output per call.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import metrics as M
@@ -42,6 +44,11 @@ from .attribution import ForwardContext, InputToRepresentation
 
 __all__ = ["input_to_representation", "input_to_representation_replicated", "replicated_work_ratio",
            "sampled_position_summaries"]
+
+# A forward pass through a layer costs this many backward passes (w.r.t. the inputs only) through it, per token.
+FORWARD_COST = 1.5
+# The fixed cost of one forward or backward call, in token-layers of backward work (MiniLM, one thread).
+CALL_COST = 120
 
 
 def input_to_representation(ctx: ForwardContext, positions: torch.Tensor | None = None, *, mode: str = "norm",
@@ -57,32 +64,35 @@ def input_to_representation(ctx: ForwardContext, positions: torch.Tensor | None 
         raise ValueError(f"strategy must be 'auto', 'replicated' or 'per_position', got {strategy!r}")
     wanted = _wanted(ctx, positions)
     if strategy == "auto":
-        strategy = "replicated" if replicated_work_ratio(ctx.batch.attention_mask, wanted) < 1 else "per_position"
+        ratio = replicated_work_ratio(ctx.batch.attention_mask, wanted, ctx.max_grad_tokens)
+        strategy = "replicated" if ratio < 1 else "per_position"
     if strategy == "per_position":
         return InputToRepresentation(mode=mode)(ctx, wanted)
     return input_to_representation_replicated(ctx, wanted, mode=mode)
 
 
-def replicated_work_ratio(attention_mask: torch.Tensor, wanted: torch.Tensor, overhead_tokens: int = 2048) -> float:
-    """Forecast work of the replicated layout over the per-position loop for one batch (< 1: replicated is cheaper).
+def replicated_work_ratio(attention_mask: torch.Tensor, wanted: torch.Tensor, max_tokens: int = 4096) -> float:
+    """Forecast cost of the replicated layout over the per-position loop for one batch (< 1: replicated is cheaper).
 
-    Work is counted in token-layers: a backward pass through l layers over t tokens is l * t, a forward pass through
-    n layers n * t, and every call also costs ``overhead_tokens`` token-layers (fixed per-operation costs measured on
-    MiniLM with one thread: a small call costs about as much as a pass over 2,000 tokens). ``attention_mask`` [B, L],
-    ``wanted`` [B, n_layers, L] bool.
+    Work is counted in token-layers of an input-gradient backward pass: the loop runs, per layer l, one call per p-th
+    wanted position over the padded batch (B x L tokens through l layers); the replicated layout runs every row at its
+    example's length through a forward pass of all n layers (:data:`FORWARD_COST` each) and a backward pass per
+    wanted layer. Every call also costs :data:`CALL_COST`. Both constants were fitted on MiniLM (entmax15, one
+    thread) to batches of MR sentences, where the replicated layout measured 1.35-1.6x faster, and to single
+    documents of 128-512 tokens, where it measured 1.6-2.5x slower (bench/agreement.py).
+    ``attention_mask`` [B, L], ``wanted`` [B, n_layers, L] bool.
     """
     B, n_layers, L = wanted.shape
-    lengths = attention_mask.sum(dim=1).to(torch.float64)
+    wanted = wanted & attention_mask.bool()[:, None, :]
     depth = torch.arange(n_layers, dtype=torch.float64).clamp_min(0.1)  # layer 0: the embeddings only
     counts = wanted.sum(dim=2).to(torch.float64)  # [B, n]
-    loop_calls = counts.max(dim=0).values  # per layer: one call per p-th position, over the padded batch
-    loop = float((loop_calls * depth * B * L).sum() + overhead_tokens * loop_calls.sum())
-    rows = wanted.any(dim=1).sum(dim=1).to(torch.float64)  # rows per example
-    row_tokens = float((rows * lengths).sum())
-    layer_share = counts.sum(dim=0) / rows.sum().clamp_min(1)  # backward passes carry zero cotangents too
-    chunks = max(1.0, row_tokens / 4096)
-    replicated = (row_tokens * (n_layers + float((depth * (layer_share > 0)).sum()))
-                  + overhead_tokens * chunks * (1 + n_layers))
+    calls = counts.max(dim=0).values  # the loop: per layer, one call per p-th wanted position
+    loop = float((calls * depth).sum()) * B * L + CALL_COST * float(calls.sum())
+    lengths = attention_mask.sum(dim=1).to(torch.float64)
+    row_tokens = float((wanted.any(dim=1).sum(dim=1) * lengths).sum())
+    needed = counts.sum(dim=0) > 0
+    replicated = (row_tokens * (FORWARD_COST * n_layers + float(depth[needed].sum()))
+                  + CALL_COST * math.ceil(row_tokens / max(1, max_tokens)) * (1 + int(needed.sum())))
     return replicated / max(loop, 1.0)
 
 
