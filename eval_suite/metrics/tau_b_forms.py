@@ -68,7 +68,8 @@ FORMS = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", 
 PAIR_BLOCK_ELEMENTS = 1 << 22
 # (example, head, method, rank) entries of the rank histograms held at once (8 bytes each).
 HISTOGRAM_ELEMENTS = 1 << 21
-KNIGHT_FROM_LENGTH = 1 << 30
+# c of knight_from_length: Knight from about 230 positions for 12 heads x 3 methods, 780 for 12 x 7.
+KNIGHT_CROSSOVER = 6.3
 _DTYPE = torch.float64
 
 
@@ -104,7 +105,7 @@ def kendall_tau_b_forms_by_view(x, y, masks: Mapping, *, algorithm: str = "auto"
     zeros_lead = bool((x >= 0).all())  # x = 0 is every vector's minimum: S^s by the closed form
     rank_x, rank_y = ranks(x), ranks(y)
     vectors = [_vector_counts(x, y, rank_x, rank_y, m, zeros_lead) for m in mask_list]
-    if algorithm == "knight" or (algorithm == "auto" and L >= knight_from_length(H, M)):
+    if algorithm == "knight" or (algorithm == "auto" and L >= knight_from_length(H, M, len(mask_list))):
         products = [pair_products_knight(x, y, m, v["rank_x"], v["rank_y"], v["ties_x"], v["ties_y"],
                                          v["ties_y_support"], with_support=not zeros_lead)
                     for m, v in zip(mask_list, vectors)]
@@ -121,10 +122,15 @@ def kendall_tau_b_forms_by_view(x, y, masks: Mapping, *, algorithm: str = "auto"
     return out
 
 
-def knight_from_length(n_sources: int, n_methods: int) -> int:
-    """Length from which Knight's algorithm beats the shared-sign product for ``n_sources`` x ``n_methods``
-    comparisons (measured by bench/agreement.py): the product's sign work grows with H + M, Knight's with H x M."""
-    return KNIGHT_FROM_LENGTH
+def knight_from_length(n_sources: int, n_methods: int, n_views: int = 1) -> int:
+    """Length from which Knight's algorithm is faster than the shared-sign product for ``n_sources`` x ``n_methods``
+    comparisons over ``n_views`` position sets.
+
+    The product's cost is dominated by the pair signs, ~ (H + M) L^2, shared by the views; Knight's by the
+    inversion count, ~ V H M L^1.5. They meet at L* = (c V H M / (H + M))^2, with c fitted to the crossovers
+    bench/agreement.py measures (docs/performance.md).
+    """
+    return int((KNIGHT_CROSSOVER * n_views * n_sources * n_methods / max(1, n_sources + n_methods)) ** 2)
 
 
 def _as_float64(values) -> torch.Tensor:
