@@ -54,6 +54,7 @@ against scipy (on the subsets) and against the reference functions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -96,9 +97,10 @@ def kendall_tau_b_forms_by_view(x, y, masks: Mapping, *, algorithm: str = "auto"
     names = list(masks)
     mask_list = [_mask_tensor(masks[name], x) for name in names]
     lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2], *(m.shape[:-1] for m in mask_list))
-    x = x.expand(*lead, H, L).reshape(-1, H, L)
-    y = y.expand(*lead, M, L).reshape(-1, M, L)
-    mask_list = [m.expand(*lead, L).reshape(-1, L) for m in mask_list]
+    N = math.prod(lead)
+    x = x.expand(*lead, H, L).reshape(N, H, L)
+    y = y.expand(*lead, M, L).reshape(N, M, L)
+    mask_list = [m.expand(*lead, L).reshape(N, L) for m in mask_list]
     nan_x, nan_y = torch.isnan(x), torch.isnan(y)
     # A vector with a NaN on the mask has NaN results; its values never meet another vector's, so they may be zeroed.
     x, y = torch.where(nan_x, 0.0, x), torch.where(nan_y, 0.0, y)

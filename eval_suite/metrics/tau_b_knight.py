@@ -109,8 +109,10 @@ def pair_products_knight(x, y, mask, rank_x, rank_y, ties_x, ties_y, ties_y_supp
     zero_count = (mask[:, None, :] & ~support).sum(dim=-1).to(_DTYPE)
     n0_support = _choose2(mask.sum(dim=-1).to(_DTYPE)[:, None] - zero_count)[:, :, None]
     ties_x_support = (ties_x - _choose2(zero_count))[:, :, None]
-    s = torch.empty(N, H, M, dtype=_DTYPE, device=x.device)
-    s_support = torch.empty_like(s) if with_support else None
+    s = torch.zeros(N, H, M, dtype=_DTYPE, device=x.device)
+    s_support = torch.zeros_like(s) if with_support else None
+    if L < 2:  # no pair
+        return s, s_support
     step = max(1, KEY_ELEMENTS // max(1, H * M * L))
     for start in range(0, N, step):
         ex = slice(start, min(N, start + step))
