@@ -97,9 +97,8 @@ def today(batch) -> dict:
 def one_pass(batch, algorithm: str) -> dict:
     from eval_suite.metrics.tau_b_forms import kendall_tau_b_forms, kendall_tau_b_forms_by_view
 
-    views = kendall_tau_b_forms_by_view(batch["attention"], batch["methods"],
-                                        {"attention": batch["content"][:, None], "all_positions": batch["real"][:, None]},
-                                        algorithm=algorithm)
+    masks = {"attention": batch["content"][:, None], "all_positions": batch["real"][:, None]}
+    views = kendall_tau_b_forms_by_view(batch["attention"], batch["methods"], masks, algorithm=algorithm)
     views["rollout"] = kendall_tau_b_forms(batch["rollout"], batch["inputs"], batch["content"][:, None],
                                            algorithm=algorithm)
     return views

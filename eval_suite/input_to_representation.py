@@ -17,8 +17,9 @@ The price is the forward pass of every row. A backward pass w.r.t. the inputs on
 l / 1.5 layers of forward (measured on MiniLM with entmax15), so per row the replicated layout does about
 1.5 n + sum_l l layer-units of work against sum_l l for the per-position loop (n = 6: 24 against 15): it pays when
 the loop wastes more than that on padding, on examples without position p and on per-call overhead (batches of
-sentences: 1.35-1.6x faster), and loses on one long document, where nothing is wasted and calls are already large. :func:`input_to_representation` chooses per batch by that count
-(:func:`replicated_work_ratio`); bench/agreement.py measures both.
+sentences: 1.35-1.6x faster), and loses on one long document, where nothing is wasted and calls are already large.
+:func:`input_to_representation` chooses per batch by that count (:func:`replicated_work_ratio`);
+bench/agreement.py measures both.
 
 Sampling (long documents): :func:`sampled_position_summaries` turns the rows of a seeded sample of K content
 positions per document (:func:`eval_suite.attribution.sample_positions`) into the per-layer means of eq. 5's

@@ -216,8 +216,8 @@ def _pair_products_shared_signs(x: torch.Tensor, rank_x: torch.Tensor, rank_y: t
 
     x [N, H, L] (no NaN), the min ranks of x and y over all positions [N, H or M, L], masks V x [N, L]. Signs come
     from the ranks (integers: exact in float32, and one set serves every view; a view's mask enters as pair weights on
-    the y side, the smaller one in the suite). The pair triangle is walked in blocks of rows [a, b) x columns [a + 1, L), a few examples at a
-    time, so at most about :data:`PAIR_BLOCK_ELEMENTS` pair entries are alive.
+    the y side, the smaller one in the suite). The pair triangle is walked in blocks of rows [a, b) x columns
+    [a + 1, L), a few examples at a time, so at most about :data:`PAIR_BLOCK_ELEMENTS` pair entries are alive.
     """
     N, H, L = x.shape
     M = rank_y.shape[1]

@@ -1,8 +1,8 @@
 """Kendall's tau-b counts in O(L log L) per vector pair (Knight 1966), vectorised over heads x methods.
 
 Knight's algorithm: sort the positions by (x, y) lexicographically; the discordant pairs are then exactly the
-inversions of the y-sequence (pairs i < j with y_i > y_j), which Knight counts by a merge sort. With n0 = n (n - 1) / 2 pairs,
-T_x and T_y the pairs tied in x and in y and T_xy those tied in both,
+inversions of the y-sequence (pairs i < j with y_i > y_j), which Knight counts by a merge sort. With
+n0 = n (n - 1) / 2 pairs, T_x and T_y the pairs tied in x and in y and T_xy those tied in both,
 
     S = concordant - discordant = n0 - T_x - T_y + T_xy - 2 * inversions.
 
@@ -12,8 +12,8 @@ the lexicographic key of (h, m) is the integer rank_x * (L + 1) + rank_y and one
 replaces the per-vector lexsort. Inversions are counted for all (h, m) at once, chunk by chunk against a running
 histogram of the y-ranks already seen (:func:`_inversions`: O(L^1.5), faster here than a vectorised merge sort up to
 tens of thousands of positions). Positions outside the mask sort last with the largest rank and add no inversion.
-Each vector's min ranks come from one sort per vector (:func:`ranks`), shared by every view. T_x comes from the ranks (sum over counted i of #{j: x_j = x_i} - 1, halved), T_xy from
-runs of equal keys.
+Each vector's min ranks come from one sort per vector (:func:`ranks`), shared by every view. T_x comes from the
+ranks (sum over counted i of #{j: x_j = x_i} - 1, halved), T_xy from runs of equal keys.
 
 The same counts restricted to x's support (on-support tau-b), when asked for, take a second sort with the positions
 off x's support moved last (for x >= 0, :mod:`eval_suite.metrics.tau_b_forms` gets them from S in closed form).

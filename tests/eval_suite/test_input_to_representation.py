@@ -175,9 +175,9 @@ def test_summaries_are_the_measure_rows_with_and_without_sampling(tiny):
 
 
 def test_sampled_estimate_is_unbiased_and_its_standard_error_is_the_spread_over_seeds(tiny):
-    """Over 400 seeded samples of k = 4 of the 7-12 content positions of each document: the mean estimate is the exact mean, the spread is the
-    finite-population standard error sqrt((1 - n/N) S^2 / n) of the population of positions, and the reported
-    (estimated) variance is that variance on average."""
+    """Over 400 seeded samples of k = 4 of the 7-12 content positions of each document: the mean estimate is the
+    exact mean, the spread is the finite-population standard error sqrt((1 - n/N) S^2 / n) of the population of
+    positions, and the reported (estimated) variance is that variance on average."""
     batch = _batch(tiny, DOCUMENTS)
     indices, k = [3, 8, 1, 5, 0, 2], 4
     ctx = ForwardContext(tiny, batch)

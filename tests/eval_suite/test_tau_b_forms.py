@@ -137,7 +137,8 @@ def test_undefined_is_nan_exactly_where_the_reference_is_nan():
         assert torch.isnan(forms["kendall_tau_b_on_support"][3]).all()
         assert torch.isfinite(forms["kendall_tau_b"][2, 0]) and torch.isfinite(forms["kendall_tau_b_on_union"][2, 0])
         short_x, short_y = torch.rand(2, 3, 1), torch.rand(2, 4, 1)  # one position: no pair
-        _assert_identical(kendall_tau_b_forms(short_x, short_y, algorithm=algorithm), _reference(short_x, short_y, None))
+        _assert_identical(kendall_tau_b_forms(short_x, short_y, algorithm=algorithm),
+                          _reference(short_x, short_y, None))
         empty = kendall_tau_b_forms(torch.rand(2, 3, 0), torch.rand(2, 4, 0), algorithm=algorithm)
         assert all(value.shape == (2, 3, 4) and torch.isnan(value).all() for value in empty.values())
 
