@@ -22,8 +22,9 @@ counts, scipy, and eq. 5 from a replicated batch. CPU time of this process with 
 4. eq5, per L (``--eq5-lengths``): MiniLM (embedded all-MiniLM-L6-v2 with a seeded random head) with entmax15 on
    B = min(32, 1024 / L) documents of 0.75 L to L tokens (MR test sentences joined). Rows for every content position
    up to L = 64; above, a seeded sample of ``--eq5-sample`` content positions per document (what long documents
-   use). The per-position loop (eval_suite.attribution.InputToRepresentation), the replicated batch and ``auto``;
-   max |difference| of the rows.
+   use); and the runner's two batches of 64 MR test sentences (every content position). The per-position loop
+   (eval_suite.attribution.InputToRepresentation), length buckets, the replicated batch and ``auto``; ``loop /
+   best`` = the loop's time over the faster of the two new layouts; max |difference| of the rows.
 """
 
 from __future__ import annotations
@@ -230,30 +231,51 @@ def documents(classifier, L: int, count: int):
     return collate(encodings, classifier.tokenizer.pad_token_id)
 
 
+def mr_batches(classifier, n: int = 64):
+    """The runner's batches (sorted by length, 32 per batch) of ``n`` seeded MR test sentences."""
+    from eval_suite.batching import collate, encode_texts
+    from eval_suite.runner import plan_batches, select_examples
+    from hf_sparse_attn.data import load_text_classification
+
+    test = load_text_classification("mr")["test"]
+    indices = select_examples(len(test), n, seed=0)
+    encodings, _ = encode_texts(classifier.tokenizer, [test[i]["text"] for i in indices], classifier.max_length)
+    plan = plan_batches(indices, [len(e["input_ids"]) for e in encodings], 32, 4096)
+    return [collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id) for members in plan]
+
+
 def bench_eq5(lengths, sample: int, work: Path) -> list[str]:
     from eval_suite.attribution import ForwardContext, InputToRepresentation, sample_positions
-    from eval_suite.input_to_representation import input_to_representation, replicated_work_ratio
-    from eval_suite.input_to_representation import input_to_representation_replicated
+    from eval_suite.input_to_representation import STRATEGIES, forecast_work, input_to_representation
 
     classifier = minilm_classifier(work)
-    lines = ["| L | B | positions per document | per-position loop s | replicated s | loop / replicated | "
-             "auto picks (forecast ratio) | auto s | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
-    for L in lengths:
-        B = max(1, min(32, 1024 // L))
-        batch = documents(classifier, L, B)
-        ctx = ForwardContext(classifier, batch)
-        content = batch.content_mask
-        wanted = content if L <= 64 else sample_positions(list(range(B)), content, sample, seed=0)
-        positions = wanted[:, None, :].expand(-1, classifier.n_layers, -1)
-        label = "all content" if L <= 64 else f"{sample} sampled"
-        loop_s, loop = cpu_seconds(lambda: InputToRepresentation()(ctx, positions))
-        rep_s, replicated = cpu_seconds(lambda: input_to_representation_replicated(ctx, positions))
-        ratio = replicated_work_ratio(batch.attention_mask, positions, ctx.max_grad_tokens)
-        picks = "replicated" if ratio < 1 else "per position"
-        auto_s, _ = cpu_seconds(lambda: input_to_representation(ctx, positions))
-        diff = float((loop - replicated).abs().max())
-        lines.append(f"| {L} | {B} | {label} | {loop_s:.1f} | {rep_s:.1f} | {loop_s / rep_s:.2f} | {picks} "
-                     f"({ratio:.2f}) | {auto_s:.1f} | {diff:.1e} |")
+    lines = ["| batch | positions per document | per-position loop s | length buckets s | replicated s | "
+             "loop / best | auto picks | auto s | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+    cases = [(f"L = {L}: {max(1, min(32, 1024 // L))} documents of {3 * L // 4}-{L} tokens", L,
+              [documents(classifier, L, max(1, min(32, 1024 // L)))]) for L in lengths]
+    cases.append(("64 MR test sentences, 2 runner batches", 0, mr_batches(classifier)))
+    for label, L, batches in cases:
+        seconds = dict.fromkeys(("loop", *STRATEGIES[1:], "auto"), 0.0)
+        picks, diff = set(), 0.0
+        for batch in batches:
+            ctx = ForwardContext(classifier, batch)
+            content = batch.content_mask
+            wanted = content if L <= 64 else sample_positions(list(range(batch.size)), content, sample, seed=0)
+            positions = wanted[:, None, :].expand(-1, classifier.n_layers, -1)
+            t, loop = cpu_seconds(lambda: InputToRepresentation()(ctx, positions))
+            seconds["loop"] += t
+            for strategy in STRATEGIES[1:]:
+                t, rows = cpu_seconds(lambda: input_to_representation(ctx, positions, strategy=strategy))
+                seconds[strategy] += t
+                diff = max(diff, float((rows - loop).abs().max()))
+            work = forecast_work(batch.attention_mask, positions, ctx.max_grad_tokens)
+            picks.add(min(STRATEGIES, key=work.get).replace("_", " "))
+            seconds["auto"] += cpu_seconds(lambda: input_to_representation(ctx, positions))[0]
+        best = min(seconds["length_buckets"], seconds["replicated"])
+        what = "all content" if L <= 64 else f"{sample} sampled"
+        lines.append(f"| {label} | {what} | {seconds['loop']:.1f} | {seconds['length_buckets']:.1f} | "
+                     f"{seconds['replicated']:.1f} | {seconds['loop'] / best:.2f} | {', '.join(sorted(picks))} | "
+                     f"{seconds['auto']:.1f} | {diff:.1e} |")
         _print_row(lines)
     return lines
 

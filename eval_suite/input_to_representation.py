@@ -15,11 +15,16 @@ of layers x (largest count of wanted positions).
 
 The price is the forward pass of every row. A backward pass w.r.t. the inputs only, through l layers, costs about
 l / 1.5 layers of forward (measured on MiniLM with entmax15), so per row the replicated layout does about
-1.5 n + sum_l l layer-units of work against sum_l l for the per-position loop (n = 6: 24 against 15): it pays when
-the loop wastes more than that on padding, on examples without position p and on per-call overhead (batches of
-sentences: 1.35-1.6x faster), and loses on one long document, where nothing is wasted and calls are already large.
-:func:`input_to_representation` chooses per batch by that count (:func:`replicated_work_ratio`);
-bench/agreement.py measures both.
+1.5 n + sum_l l layer-units of work against sum_l l for the per-position loop (n = 6: 24 against 15).
+
+:func:`input_to_representation_length_buckets` keeps the per-position loop and removes most of its waste instead:
+the batch's examples are grouped by length and count of wanted positions (the grouping that minimises the forecast
+work, by dynamic programming over the cut points of the sorted examples) and each group runs the loop at its own
+length, after a forward pass of its own (1.5 n layer-units per token, once, not per position).
+
+:func:`input_to_representation` picks the strategy with the least forecast work (:func:`forecast_work`). Measured
+on MiniLM (bench/agreement.py): on a runner batch of MR sentences, length buckets 1.8x and the replicated batch
+1.7x faster than the loop; on documents of similar lengths (nothing to save) the loop, which ``auto`` keeps.
 
 Sampling (long documents): :func:`sampled_position_summaries` turns the rows of a seeded sample of K content
 positions per document (:func:`eval_suite.attribution.sample_positions`) into the per-layer means of eq. 5's
@@ -27,11 +32,11 @@ entropy and co-indexed share with their standard errors under sampling without r
 sqrt((1 - n / N) s^2 / n) (the finite-population correction; 0 when the sample is every position), exactly the
 figures ``eval_suite.measure`` computes; with K >= the number of content positions they equal the exact means.
 
-Why hand-written: ``torch.func.vmap`` over ``torch.func.vjp`` (or ``autograd.grad(is_grads_batched=True)``) batches
-the cotangents without a forward pass per row, but in torch 2.13 layer_norm, gelu and softmax backward have no
-batching rule on CPU, so it falls back to a per-sample loop (measured no faster than the per-position loop), and a
-custom autograd mapping (the sparse attentions) has no vmap rule at all; captum computes input gradients of one scalar
-output per call.
+Why hand-written: ``torch.func.vmap`` over ``torch.func.vjp`` (``autograd.grad(is_grads_batched=True)``, the
+``vectorize`` option of the per-position class) batches the cotangents without a forward pass per row, but keeps
+the padded batch and every example for every p, and in torch 2.13 several backward ops (layer_norm, gelu, softmax)
+have no batching rule on CPU and fall back to a per-sample loop: measured 0.9x the loop's time on one MiniLM
+document, nothing like the waste removed here. captum computes input gradients of one scalar output per call.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ import torch
 
 from . import metrics as M
 from .attribution import ForwardContext, InputToRepresentation
+from .batching import TokenBatch
 
-__all__ = ["input_to_representation", "input_to_representation_replicated", "replicated_work_ratio",
-           "sampled_position_summaries"]
+__all__ = ["forecast_work", "input_to_representation", "input_to_representation_length_buckets",
+           "input_to_representation_replicated", "length_buckets", "sampled_position_summaries"]
 
 # A forward pass through a layer costs this many backward passes (w.r.t. the inputs only) through it, per token.
 FORWARD_COST = 1.5
@@ -52,49 +58,117 @@ FORWARD_COST = 1.5
 CALL_COST = 120
 
 
+STRATEGIES = ("per_position", "length_buckets", "replicated")
+
+
 def input_to_representation(ctx: ForwardContext, positions: torch.Tensor | None = None, *, mode: str = "norm",
                             strategy: str = "auto") -> torch.Tensor:
     """Eq. 5 rows ``[B, n_layers, L(p), L(i)]`` for the positions ``positions[b, l, p]`` (default: every non-padding
     position), equal to ``InputToRepresentation(mode=mode)(ctx, positions)``.
 
-    ``strategy``: ``"replicated"`` (:func:`input_to_representation_replicated`), ``"per_position"`` (one backward
-    pass per layer and p-th position over the padded batch) or ``"auto"``: replicated when the per-position loop
-    would do more work (:func:`replicated_work_ratio` < 1).
+    ``strategy``: ``"per_position"`` (one backward pass per layer and p-th position over the padded batch, on the base
+    pass's graph), ``"length_buckets"`` (:func:`input_to_representation_length_buckets`), ``"replicated"``
+    (:func:`input_to_representation_replicated`) or ``"auto"``: the one :func:`forecast_work` finds cheapest.
     """
-    if strategy not in ("auto", "replicated", "per_position"):
-        raise ValueError(f"strategy must be 'auto', 'replicated' or 'per_position', got {strategy!r}")
+    if strategy not in ("auto", *STRATEGIES):
+        raise ValueError(f"strategy must be 'auto' or one of {STRATEGIES}, got {strategy!r}")
     wanted = _wanted(ctx, positions)
     if strategy == "auto":
-        ratio = replicated_work_ratio(ctx.batch.attention_mask, wanted, ctx.max_grad_tokens)
-        strategy = "replicated" if ratio < 1 else "per_position"
+        work = forecast_work(ctx.batch.attention_mask, wanted, ctx.max_grad_tokens)
+        strategy = min(STRATEGIES, key=work.get)
     if strategy == "per_position":
         return InputToRepresentation(mode=mode)(ctx, wanted)
+    if strategy == "length_buckets":
+        return input_to_representation_length_buckets(ctx, wanted, mode=mode)
     return input_to_representation_replicated(ctx, wanted, mode=mode)
 
 
-def replicated_work_ratio(attention_mask: torch.Tensor, wanted: torch.Tensor, max_tokens: int = 4096) -> float:
-    """Forecast cost of the replicated layout over the per-position loop for one batch (< 1: replicated is cheaper).
+def forecast_work(attention_mask: torch.Tensor, wanted: torch.Tensor, max_tokens: int = 4096) -> dict[str, float]:
+    """Forecast work of each strategy for one batch, in token-layers of an input-gradient backward pass.
 
-    Work is counted in token-layers of an input-gradient backward pass: the loop runs, per layer l, one call per p-th
-    wanted position over the padded batch (B x L tokens through l layers); the replicated layout runs every row at its
-    example's length through a forward pass of all n layers (:data:`FORWARD_COST` each) and a backward pass per
-    wanted layer. Every call also costs :data:`CALL_COST`. Both constants were fitted on MiniLM (entmax15, one
-    thread) to batches of MR sentences, where the replicated layout measured 1.35-1.6x faster, and to single
-    documents of 128-512 tokens, where it measured 1.6-2.5x slower (bench/agreement.py).
-    ``attention_mask`` [B, L], ``wanted`` [B, n_layers, L] bool.
+    The per-position loop runs, per layer l, one call per p-th wanted position over the padded batch (B x L tokens
+    through l layers); length buckets run that loop on groups of examples of similar length and count (each group's
+    own forward pass first, :func:`length_buckets`); the replicated layout runs every row at its example's length
+    through a forward pass of all n layers and a backward pass per wanted layer. A forward pass through a layer costs
+    :data:`FORWARD_COST` backward ones and every call :data:`CALL_COST`, both fitted on MiniLM (entmax15, one thread;
+    bench/agreement.py). ``attention_mask`` [B, L], ``wanted`` [B, n_layers, L] bool.
     """
     B, n_layers, L = wanted.shape
     wanted = wanted & attention_mask.bool()[:, None, :]
-    depth = torch.arange(n_layers, dtype=torch.float64).clamp_min(0.1)  # layer 0: the embeddings only
+    depth = _depth(n_layers)
     counts = wanted.sum(dim=2).to(torch.float64)  # [B, n]
-    calls = counts.max(dim=0).values  # the loop: per layer, one call per p-th wanted position
-    loop = float((calls * depth).sum()) * B * L + CALL_COST * float(calls.sum())
     lengths = attention_mask.sum(dim=1).to(torch.float64)
     row_tokens = float((wanted.any(dim=1).sum(dim=1) * lengths).sum())
     needed = counts.sum(dim=0) > 0
     replicated = (row_tokens * (FORWARD_COST * n_layers + float(depth[needed].sum()))
                   + CALL_COST * math.ceil(row_tokens / max(1, max_tokens)) * (1 + int(needed.sum())))
-    return replicated / max(loop, 1.0)
+    return {"per_position": _loop_work(counts, L), "length_buckets": length_buckets(attention_mask, wanted)[1],
+            "replicated": replicated}
+
+
+def length_buckets(attention_mask: torch.Tensor, wanted: torch.Tensor) -> tuple[list[list[int]], float]:
+    """The grouping of a batch's examples that minimises the forecast work of the per-position loop run per group
+    (each group at its own longest length, its calls up to its own largest count of wanted positions, plus its own
+    forward pass unless it is the whole batch): groups of consecutive examples in (length, count) order, chosen by
+    dynamic programming over the cut points. Returns (groups of example indices, forecast work)."""
+    B, n_layers, _ = wanted.shape
+    lengths = attention_mask.sum(dim=1)
+    counts = (wanted & attention_mask.bool()[:, None, :]).sum(dim=2).to(torch.float64)
+    order = sorted(range(B), key=lambda b: (int(lengths[b]), float(counts[b].sum()), b))
+    best = [0.0] + [math.inf] * B  # best[j]: the first j examples of ``order`` grouped
+    cut = [0] * (B + 1)
+    for j in range(1, B + 1):
+        for i in range(j):
+            members = order[i:j]
+            group_length = int(lengths[members].max())
+            cost = _loop_work(counts[members], group_length)
+            if j - i < B:  # a group of its own: its forward pass with graph
+                cost += FORWARD_COST * n_layers * len(members) * group_length + CALL_COST
+            if best[i] + cost < best[j]:
+                best[j], cut[j] = best[i] + cost, i
+    groups, j = [], B
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1], best[B]
+
+
+def _depth(n_layers: int) -> torch.Tensor:
+    return torch.arange(n_layers, dtype=torch.float64).clamp_min(0.1)  # layer 0: the embeddings only
+
+
+def _loop_work(counts: torch.Tensor, length: int) -> float:
+    """The per-position loop over examples with ``counts`` [b, n] wanted positions per layer, padded to ``length``."""
+    calls = counts.max(dim=0).values
+    return float((calls * _depth(counts.shape[1])).sum()) * counts.shape[0] * length + CALL_COST * float(calls.sum())
+
+
+def input_to_representation_length_buckets(ctx: ForwardContext, positions: torch.Tensor | None = None, *,
+                                           mode: str = "norm") -> torch.Tensor:
+    """Eq. 5 rows (see :func:`input_to_representation`) from the per-position loop run on groups of examples of
+    similar length and count (:func:`length_buckets`), each group a forward pass of its own at its own length; a
+    single group is the batch itself, on the base pass's graph."""
+    wanted = _wanted(ctx, positions)
+    groups, _ = length_buckets(ctx.batch.attention_mask, wanted)
+    method = InputToRepresentation(mode=mode)
+    if len(groups) == 1:
+        return method(ctx, wanted)
+    ctx._check_graph()
+    batch = ctx.batch
+    B, n_layers, L = wanted.shape
+    dtype = torch.promote_types(ctx.base.embeddings.dtype, torch.float32)
+    out = torch.zeros(B, n_layers, L, L, dtype=dtype, device=wanted.device)
+    lengths = batch.attention_mask.sum(dim=1)
+    for done, members in enumerate(groups, start=1):
+        rows = torch.tensor(members, device=wanted.device)
+        n = int(lengths[rows].max())
+        sub = TokenBatch(batch.input_ids[rows, :n], batch.attention_mask[rows, :n], batch.content_mask[rows, :n],
+                         None if batch.token_type_ids is None else batch.token_type_ids[rows, :n])
+        group = ForwardContext(ctx.classifier, sub, max_tokens=ctx.max_tokens, max_grad_tokens=ctx.max_grad_tokens)
+        out[rows, :, :n, :n] = method(group, wanted[rows, :, :n]).to(dtype)
+        group.release()
+        ctx.tick(done / len(groups))
+    return out
 
 
 def input_to_representation_replicated(ctx: ForwardContext, positions: torch.Tensor | None = None, *,

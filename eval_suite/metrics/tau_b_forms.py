@@ -69,8 +69,8 @@ FORMS = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", 
 PAIR_BLOCK_ELEMENTS = 1 << 22
 # (example, head, method, rank) entries of the rank histograms held at once (8 bytes each).
 HISTOGRAM_ELEMENTS = 1 << 21
-# c of knight_from_length: Knight from about 230 positions for 12 heads x 3 methods, 780 for 12 x 7.
-KNIGHT_CROSSOVER = 6.3
+# c of knight_from_length: Knight from 504 positions for 12 heads x 3 methods, 928 for 12 x 7 (one position set).
+KNIGHT_CROSSOVER = 210
 _DTYPE = torch.float64
 
 
@@ -128,11 +128,12 @@ def knight_from_length(n_sources: int, n_methods: int, n_views: int = 1) -> int:
     """Length from which Knight's algorithm is faster than the shared-sign product for ``n_sources`` x ``n_methods``
     comparisons over ``n_views`` position sets.
 
-    The product's cost is dominated by the pair signs, ~ (H + M) L^2, shared by the views; Knight's by the
-    inversion count, ~ V H M L^1.5. They meet at L* = (c V H M / (H + M))^2, with c fitted to the crossovers
-    bench/agreement.py measures (docs/performance.md).
+    The product's cost is dominated by the pair signs of the H + M vectors, shared by the views; Knight's grows with
+    V x H x M. Measured (bench/agreement.py, docs/performance.md), the product's time over Knight's grows about in
+    proportion to L, so they meet at L* = c V H M / (H + M), c fitted to the measured crossovers (12 heads x 3
+    methods: about 512 positions; 12 x 7: about 1,000).
     """
-    return int((KNIGHT_CROSSOVER * n_views * n_sources * n_methods / max(1, n_sources + n_methods)) ** 2)
+    return int(KNIGHT_CROSSOVER * n_views * n_sources * n_methods / max(1, n_sources + n_methods))
 
 
 def _as_float64(values) -> torch.Tensor:

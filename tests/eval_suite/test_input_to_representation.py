@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from eval_suite import input_to_representation as input_to_representation_module
 from eval_suite import metrics as M
 from eval_suite.attribution import ForwardContext, InputToRepresentation, sample_positions
 from eval_suite.batching import collate, encode_texts
 from eval_suite.input_to_representation import (
+    forecast_work,
     input_to_representation,
+    input_to_representation_length_buckets,
     input_to_representation_replicated,
-    replicated_work_ratio,
+    length_buckets,
     sampled_position_summaries,
 )
 from eval_suite.measure import MeasureConfig, measure_batch
@@ -64,7 +67,7 @@ def test_replicated_rows_equal_the_per_position_loop(tiny, tmp_path):
                                    rtol=0, atol=1e-6)
 
 
-def test_replicated_rows_equal_the_per_position_loop_in_float64(tiny_path):
+def test_replicated_rows_equal_the_per_position_loop_in_float64(tiny_path, monkeypatch):
     classifier = load_classifier(tiny_path)
     classifier.model.double()
     batch = _batch(classifier)
@@ -74,6 +77,8 @@ def test_replicated_rows_equal_the_per_position_loop_in_float64(tiny_path):
     replicated = input_to_representation_replicated(ctx, positions)
     assert replicated.dtype == torch.float64
     torch.testing.assert_close(replicated, loop, rtol=0, atol=1e-12)
+    monkeypatch.setattr(input_to_representation_module, "CALL_COST", 0)
+    torch.testing.assert_close(input_to_representation_length_buckets(ctx, positions), loop, rtol=0, atol=1e-12)
 
 
 def test_jacobian_mode_rows_equal_the_per_position_loop(tiny):
@@ -85,7 +90,7 @@ def test_jacobian_mode_rows_equal_the_per_position_loop(tiny):
                                rtol=0, atol=1e-6)
 
 
-def test_minilm_rows_equal_the_per_position_loop(minilm_path, tmp_path):
+def test_minilm_rows_equal_the_per_position_loop(minilm_path, tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
@@ -96,8 +101,11 @@ def test_minilm_rows_equal_the_per_position_loop(minilm_path, tmp_path):
     batch = _batch(classifier, ["a gorgeous, witty, seductive movie.", "the plot is boilerplate.", "not bad"])
     ctx = ForwardContext(classifier, batch)
     content = batch.content_mask[:, None, :].expand(-1, classifier.n_layers, -1)
-    torch.testing.assert_close(input_to_representation_replicated(ctx, content),
-                               InputToRepresentation()(ctx, content), rtol=0, atol=1e-6)
+    loop = InputToRepresentation()(ctx, content)
+    torch.testing.assert_close(input_to_representation_replicated(ctx, content), loop, rtol=0, atol=1e-6)
+    monkeypatch.setattr(input_to_representation_module, "CALL_COST", 0)  # one group per length
+    assert len(length_buckets(batch.attention_mask, content)[0]) > 1
+    torch.testing.assert_close(input_to_representation_length_buckets(ctx, content), loop, rtol=0, atol=1e-6)
 
 
 def test_examples_without_a_position_never_pay(tiny):
@@ -126,16 +134,30 @@ def test_examples_without_a_position_never_pay(tiny):
     assert base.embeddings.shape[1] == batch.length > min(length for _, length in seen)
 
 
-def test_auto_replicates_a_ragged_batch_of_sentences_and_loops_over_one_long_document(tiny):
-    """The forecast that picks the layout: a MiniLM-shaped (6 layers) batch of 32 sentences of 6-27 tokens wastes
-    most of the loop's work on padding and missing positions; one 512-token document wastes none."""
+def test_length_buckets_give_the_loop_rows_and_group_a_ragged_batch(tiny, monkeypatch):
+    # free calls: on the tiny model the fixed cost of a call would keep the batch whole
+    monkeypatch.setattr(input_to_representation_module, "CALL_COST", 0)
+    batch = _batch(tiny, TEXTS + DOCUMENTS)
+    ctx = ForwardContext(tiny, batch)
+    positions = _some_positions(batch, tiny.n_layers, seed=3)
+    groups, _ = length_buckets(batch.attention_mask, positions)
+    assert len(groups) > 1 and sorted(sum(groups, [])) == list(range(batch.size))
+    torch.testing.assert_close(input_to_representation_length_buckets(ctx, positions),
+                               InputToRepresentation()(ctx, positions), rtol=0, atol=1e-6)
+
+
+def test_auto_picks_the_least_forecast_work(tiny):
+    """A MiniLM-shaped (6 layers) runner batch of 32 sentences of 6-27 tokens wastes most of the loop's work on
+    padding and missing positions, and both other layouts save it; one 512-token document wastes none."""
     lengths = torch.linspace(6, 27, 32).round().long()
     ragged = (torch.arange(27)[None, :] < lengths[:, None]).long()
-    assert replicated_work_ratio(ragged, ragged.bool()[:, None, :].expand(-1, 6, -1)) < 1
+    work = forecast_work(ragged, ragged.bool()[:, None, :].expand(-1, 6, -1))
+    assert work["length_buckets"] < work["per_position"] and work["replicated"] < work["per_position"]
     long = torch.ones(1, 512, dtype=torch.long)
-    assert replicated_work_ratio(long, torch.ones(1, 6, 512, dtype=torch.bool)) > 1
+    work = forecast_work(long, torch.ones(1, 6, 512, dtype=torch.bool))
+    assert min(work, key=work.get) == "per_position" and work["length_buckets"] == work["per_position"]
     ctx = ForwardContext(tiny, _batch(tiny))
-    for strategy in ("auto", "replicated", "per_position"):
+    for strategy in ("auto", "replicated", "length_buckets", "per_position"):
         torch.testing.assert_close(input_to_representation(ctx, strategy=strategy), InputToRepresentation()(ctx),
                                    rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="strategy must be"):
