@@ -1,5 +1,6 @@
 """The agreement figures and eq. 5 of one batch: today's code against the one-pass tau-b forms, Knight's O(L log L)
-counts, scipy, and eq. 5 from a replicated batch. CPU time of this process with one thread; ratios within one run.
+counts, scipy, and eq. 5 by length buckets and from a replicated batch. CPU time of this process with one thread;
+ratios within one run.
 
     python bench/agreement.py                                    # everything, about 15 minutes on one idle core
     python bench/agreement.py --what tau scipy --lengths 16 64 256
@@ -311,7 +312,7 @@ def main(argv=None) -> int:
         print("\nshared-sign matrix product against Knight's counts")
         sections.append(bench_crossover(args.crossover_lengths, args.crossover_methods, args.repeats))
     if "eq5" in args.what:
-        print("\neq. 5 rows on MiniLM (entmax15): per-position loop against the replicated batch")
+        print("\neq. 5 rows on MiniLM (entmax15): the per-position loop, length buckets, the replicated batch")
         sections.append(bench_eq5(args.eq5_lengths, args.eq5_sample, Path(args.work_dir)))
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     return 0
