@@ -2,7 +2,7 @@
 counts, scipy, and eq. 5 by length buckets and from a replicated batch. CPU time of this process with one thread;
 ratios within one run.
 
-    python bench/agreement.py                                    # everything, about 15 minutes on one idle core
+    python bench/agreement.py                               # everything: 38 min on the shared machine (load 5-6)
     python bench/agreement.py --what tau scipy --lengths 16 64 256
     python bench/agreement.py --what crossover --crossover-lengths 128 256 512 1024 2048
     python bench/agreement.py --what eq5 --eq5-lengths 16 32 64
