@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .agreement import compare_rows
+from .agreement import METRIC_NAMES, AgreementPass
 from .batching import TokenBatch
 from .forward_context import ForwardContext, attention_rows
 from .registry import Computed, MethodLists, selected, shared_demands, with_role
@@ -87,29 +87,34 @@ def _summarise(source: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict)
     out[f"{prefix}.support_size"] = M.support_size(source, mask)
 
 
-def _mixing_metric_rows(mixing: dict, measures, all_methods, per_layer_inputs, content, out: dict) -> None:
+def _reserve(out: dict, prefix: str) -> None:
+    """Keep the rows' order (the order of the comparisons) while the pass computes their values at the end."""
+    out.update(dict.fromkeys(f"{prefix}.{name}" for name in METRIC_NAMES))
+
+
+def _mixing_rows(mixing: dict, measures, agreement, n_input: int, out: dict) -> None:
     """The ``mixing.*`` rows (module docstring) from :func:`~eval_suite.context_mixing.context_mixing_rows`'s
-    ``mixing`` dict; ``all_methods`` [B, n, M, L] and ``per_layer_inputs`` [B, n, M_in, L] or None."""
+    ``mixing`` dict; its views' comparisons are registered with ``agreement`` (None: no method to compare with),
+    the input methods being the first ``n_input`` of its stack."""
     for method in with_role(measures, "mixing"):
         for view in method.mixing.views():
             key = f"{method.name}.{view}"
             prefix = f"mixing.{key}"
             for summary in MIXING_SUMMARIES:
                 out[f"{prefix}.{summary}"] = mixing[f"{key}.{summary}"]
-            target = per_layer_inputs if view == "inputs" else all_methods
-            if target is None:
+            if agreement is None or (view == "inputs" and not n_input):
                 continue
             # An undefined row (NaN: no mass on content tokens) is compared as all-zero: the metrics leave a
             # constant vector undefined, so it stays NaN.
             vector = torch.nan_to_num(mixing[key].double(), nan=0.0)
-            compared: dict[str, torch.Tensor] = {}
-            compare_rows(vector if view == "head" else vector[:, :, None], target, content, prefix, compared)
-            out.update({k: v if view == "head" else v[:, :, 0] for k, v in compared.items()})
+            agreement.add(prefix, vector, "content", range(n_input) if view == "inputs" else None)
+            _reserve(out, prefix)
 
 
 def _metric_rows(attention, values: dict, mixing: dict, content, real, measures) -> dict:
     """Every agreement and summary row of attention, the maps and the context-mixing views against the measured
-    importance methods (``values`` holds each input, representation and map measure's tensor)."""
+    importance methods (``values`` holds each input, representation and map measure's tensor), every comparison in
+    one :class:`~eval_suite.agreement.AgreementPass`."""
     n_layers = attention.shape[1]
     methods = MethodLists.of(measures)
     out: dict[str, torch.Tensor] = {}
@@ -118,29 +123,33 @@ def _metric_rows(attention, values: dict, mixing: dict, content, real, measures)
     out["attention.special_mass"] = 1 - content_mass / attention.sum(dim=-1)
     _summarise(attention, real, "all_positions", out)
 
-    per_layer_inputs = all_methods = None
     stacks = []
     if methods.input:
         input_stack = torch.stack([values[m] for m in methods.input], dim=1).double()  # [B, M_in, L]
-        per_layer_inputs = input_stack[:, None].expand(-1, n_layers, -1, -1)
-        stacks.append(per_layer_inputs)
+        stacks.append(input_stack[:, None].expand(-1, n_layers, -1, -1))
     if methods.representation:
         stacks.append(torch.stack([values[m] for m in methods.representation], dim=2).double())
+    agreement = None
     if stacks:
-        all_methods = torch.cat(stacks, dim=2)  # [B, n, M, L]
-        compare_rows(attention, all_methods, content, "attention", out)
+        all_methods = torch.cat(stacks, dim=2)  # [B, n, M, L], the input methods first
+        agreement = AgreementPass(all_methods, {"content": content, "all_positions": real})
+        agreement.add("attention", attention, "content")
+        _reserve(out, "attention")
         if methods.all_positions:
-            everywhere = torch.stack([all_methods[:, :, methods.importance.index(m)] for m in methods.all_positions],
-                                     dim=2)
-            compare_rows(attention, everywhere, real, "all_positions", out)
+            agreement.add("all_positions", attention, "all_positions",
+                          [methods.importance.index(m) for m in methods.all_positions])
+            _reserve(out, "all_positions")
         out["importance.entropy"] = M.normalised_entropy(all_methods, content[:, None, None, :])
     for source in with_role(measures, "map"):
         rows = values[source.name].double()
         _summarise(rows, content, source.name, out)
-        if per_layer_inputs is not None:
-            compare_rows(rows, per_layer_inputs, content, source.name, out)
+        if methods.input:
+            agreement.add(source.name, rows, "content", range(len(methods.input)))
+            _reserve(out, source.name)
     if mixing:
-        _mixing_metric_rows(mixing, measures, all_methods, per_layer_inputs, content, out)
+        _mixing_rows(mixing, measures, agreement, len(methods.input), out)
+    if agreement is not None:
+        out.update(agreement.rows())
     return out
 
 

@@ -163,3 +163,38 @@ def test_bad_arguments_are_one_line_errors():
         kendall_tau_b_forms(torch.zeros(2, 3), torch.zeros(1, 3), algorithm="fast")
     with pytest.raises(ValueError, match="same last dimension"):
         kendall_tau_b_forms(torch.zeros(2, 3), torch.zeros(1, 4))
+
+
+def test_agreement_pass_gives_every_comparison_the_per_form_values(monkeypatch):
+    """The batch's one pass (attention over two position sets, a map against a subset of the methods, a signed
+    per-layer view) equals each comparison computed alone by the per-form functions, bit for bit, and computes the
+    pair signs once for all of them."""
+    from eval_suite.agreement import AgreementPass
+
+    rng = np.random.default_rng(7)
+    attention, methods, mask = _hard_cases(rng, B=4, n=2, H=5, M_=4, L=13)
+    real = mask[:, 0].clone()
+    content = real.clone()
+    content[:, 0] = False
+    rollout = torch.tensor(_sparse_with_ties(rng, (4, 2, 3, 13)))
+    mixing_layer = torch.tensor(_sparse_with_ties(rng, (4, 2, 13), low=-2))  # one signed vector per layer
+    calls = []
+    original = F.kendall_tau_b_forms_by_view
+    monkeypatch.setattr(F, "kendall_tau_b_forms_by_view", lambda *a, **k: calls.append(1) or original(*a, **k))
+    agreement = AgreementPass(methods, {"content": content, "all_positions": real})
+    agreement.add("attention", attention, "content")
+    agreement.add("all_positions", attention, "all_positions", [0, 2])
+    agreement.add("rollout", rollout, "content", range(2))
+    agreement.add("mixing", mixing_layer, "content")
+    rows = agreement.rows()
+    assert len(calls) == 1
+    expected = {"attention": _reference(attention, methods, content[:, None]),
+                "all_positions": _reference(attention, methods[:, :, [0, 2]], real[:, None]),
+                "rollout": _reference(rollout, methods[:, :, :2], content[:, None]),
+                "mixing": {k: v[:, :, 0] for k, v in _reference(mixing_layer[:, :, None], methods,
+                                                                 content[:, None]).items()}}
+    for prefix, reference in expected.items():
+        _assert_identical({form: rows[f"{prefix}.{form}"] for form in FORMS}, reference)
+    js = M.jensen_shannon(attention[:, :, :, None], methods[:, :, None], content[:, None, None, None])
+    assert torch.equal(torch.isnan(js), torch.isnan(rows["attention.jensen_shannon"]))
+    assert torch.equal(torch.nan_to_num(js), torch.nan_to_num(rows["attention.jensen_shannon"]))
