@@ -61,7 +61,7 @@ class _Aggregator:
 
     def stats(self, key: str) -> Stats:
         if key not in self._cache:
-            self._cache[key] = Stats(self.rows[key], self.bootstrap, self.min_n)
+            self._cache[key] = Stats(self.rows[key], self.bootstrap, self.min_n, self.rows.get(f"{key}_se"))
         return self._cache[key]
 
     def reason(self, layer: int, head: int) -> str | None:
@@ -92,7 +92,7 @@ class _Aggregator:
         include = self.defined(key).reshape(self.stats(key).shape)
         if select is not None:
             include = include & np.broadcast_to(select, include.shape)
-        return pooled_stat(self.rows[key], include, self.bootstrap, self.min_n)
+        return pooled_stat(self.rows[key], include, self.bootstrap, self.min_n, self.rows.get(f"{key}_se"))
 
 
 def aggregate(rows: dict[str, np.ndarray], *, n_layers: int, n_heads: int, settings,
@@ -134,8 +134,25 @@ def aggregate(rows: dict[str, np.ndarray], *, n_layers: int, n_heads: int, setti
             if measure.diagnostics is not None:
                 results[measure.name] = measure.diagnostics.summarise(
                     {row: rows[f"{measure.name}.{row}"] for row in measure.diagnostics.rows})
+        if "positions.measured" in rows:
+            results["position_sampling"] = position_sampling(rows, settings)
         results["summary"] = _summary(agg, results)
     return results
+
+
+def position_sampling(rows: dict, settings) -> dict:
+    """How many documents the per-position measures measured on sampled positions (eval_suite.position_sample)."""
+    measured, content = rows["positions.measured"], rows["positions.content"]
+    sampled = measured < content
+    return {"positions_per_document": settings.sample_positions, "sample_above": settings.sample_above,
+            "documents_sampled": int(sampled.sum()), "documents": int(measured.shape[0]),
+            "content_positions_max": int(content.max()) if content.size else 0,
+            "methods": MethodLists.of(settings.measures).sampled + [m for m in settings.measures
+                                                                    if m == "input_to_repr"],
+            "text": f"estimated from {settings.sample_positions} of L content positions per document in "
+                    f"{int(sampled.sum())} of {int(measured.shape[0])} documents (those with more than "
+                    f"{settings.sample_above}; L up to {int(content.max()) if content.size else 0}); each such "
+                    "figure carries its sampling standard error"}
 
 
 def _layer_head(agg: _Aggregator, layer: int, head: int) -> dict:
@@ -340,6 +357,9 @@ def _summary_text(s: dict, results: dict, agg: _Aggregator) -> list[str]:
         f"{s['n_examples']} examples; {s['heads_defined']['n']} of {s['heads_defined']['of']} heads defined; means "
         f"pool defined heads, [95% bootstrap interval]; measured: {', '.join(results['measures'])}",
     ]
+    if "position_sampling" in results:
+        lines.append(f"{', '.join(results['position_sampling']['methods'])}: "
+                     f"{results['position_sampling']['text']}")
     for names, what in ((methods.input, "input"), (methods.representation, "representation")):
         if names:
             lines.append(f"tau-b(attention, {what} importance), excess" + (" over the shared-zeros null" if what ==
@@ -366,13 +386,15 @@ def _summary_text(s: dict, results: dict, agg: _Aggregator) -> list[str]:
 # --------------------------------------------------------------------------------------------- CSV
 
 
-def _stat_columns(prefix: str) -> list[str]:
-    return [f"{prefix}.{k}" for k in ("mean", "ci_low", "ci_high", "n", "defined")]
+def _stat_columns(prefix: str, stat: dict) -> list[str]:
+    sampling = ["sampling_se"] if "sampling_standard_error" in stat else []
+    return [f"{prefix}.{k}" for k in ("mean", "ci_low", "ci_high", "n", "defined", *sampling)]
 
 
 def _stat_values(stat: dict) -> list:
     ci = stat.get("ci95") or [None, None]
-    return [stat.get("mean"), ci[0], ci[1], stat.get("n"), stat.get("defined")]
+    sampling = [stat["sampling_standard_error"]] if "sampling_standard_error" in stat else []
+    return [stat.get("mean"), ci[0], ci[1], stat.get("n"), stat.get("defined"), *sampling]
 
 
 def _flatten(entry: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -391,7 +413,7 @@ def layer_head_table(results: dict) -> str:
     heads = results["per_layer_head"]
     scalar = ["layer", "head", "n_examples", "defined", "defined_share", "undefined_reason"]
     stats = _flatten({k: v for k, v in heads[0].items() if k not in scalar}) if heads else []
-    columns = scalar + [c for name, _ in stats for c in _stat_columns(name)]
+    columns = scalar + [c for name, stat in stats for c in _stat_columns(name, stat)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)

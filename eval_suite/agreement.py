@@ -118,12 +118,25 @@ class AgreementPass:
     """Every agreement metric of every comparison of one batch against one stack of importance vectors.
 
     ``importance`` [B, n, M, L] holds every method any comparison reads; ``masks`` maps a position set's name to its
-    mask [B, L]. :meth:`add` registers a comparison, :meth:`rows` computes them all."""
+    mask [B, L]. :meth:`add` registers a comparison, :meth:`rows` computes them all.
 
-    def __init__(self, importance, masks: dict):
+    With a ``sample`` (:class:`eval_suite.position_sample.PositionSample` of a run that samples long documents), the
+    ``sampled`` methods (indices into the stack) are measured at its positions only: their comparisons over content
+    tokens count the sampled positions (``masks["sampled"]``), and each such row gets ``<row>_se``, the delete-one
+    jackknife standard error over the sampled positions with the finite-population correction,
+    sqrt((1 - k / N) (k - 1) / k sum_i (v_(-i) - mean_i v_(-i))^2) over the k deletions that leave the metric
+    defined (0 for a document measured at every position and for the methods measured everywhere; NaN when fewer
+    than two deletions are defined).
+    """
+
+    def __init__(self, importance, masks: dict, sampled=(), sample=None):
         self.importance = importance
-        self.masks = masks
-        self._added: list[tuple[Comparison, bool]] = []
+        self.masks = dict(masks)
+        self.sampled = tuple(sampled) if sample is not None and sample.active else ()
+        self.sample = sample
+        if self.sampled:
+            self.masks["sampled"] = self.masks["content"] & sample.positions
+        self._added: list[tuple[str, list, int, bool]] = []  # prefix, [(comparison, columns)], methods, per head
         self._forms: dict | None = None
         self._offsets: dict = {}
 
@@ -132,11 +145,19 @@ class AgreementPass:
         methods ``methods`` (indices into the stack; None: all) over the positions of ``masks[view]``: rows
         ``prefix.<metric>``."""
         per_head = source.dim() == 4
-        methods = None if methods is None else tuple(methods)
-        importance = self.importance if methods is None else self.importance[:, :, list(methods)]
-        comparison = Comparison(prefix, source if per_head else source[:, :, None], importance,
-                                self.masks[view][:, None, :], view, methods, self)
-        self._added.append((comparison, per_head))
+        source = source if per_head else source[:, :, None]
+        methods = tuple(range(self.importance.shape[2])) if methods is None else tuple(methods)
+        on_sample = [k for k, m in enumerate(methods) if m in self.sampled] if view == "content" else []
+        parts = [(view, [k for k in range(len(methods)) if k not in on_sample]), ("sampled", on_sample)]
+        comparisons = []
+        for part_view, columns in parts:
+            if columns:
+                chosen = tuple(methods[k] for k in columns)
+                whole = chosen == tuple(range(self.importance.shape[2]))
+                importance = self.importance if whole else self.importance[:, :, list(chosen)]
+                comparisons.append((Comparison(prefix, source, importance, self.masks[part_view][:, None, :],
+                                               part_view, None if whole else chosen, self), columns))
+        self._added.append((prefix, comparisons, len(methods), per_head))
         self._forms = None
 
     def tau_b_forms(self, comparison: Comparison) -> dict:
@@ -157,35 +178,105 @@ class AgreementPass:
 
         from .metrics.tau_b_forms import kendall_tau_b_forms_by_view
 
-        sources, self._offsets, first = [], {}, 0
-        for comparison, _ in self._added:
-            if id(comparison.source) not in self._offsets:
-                self._offsets[id(comparison.source)] = (first, comparison.source.shape[2])
-                sources.append(comparison.source.double())
-                first += comparison.source.shape[2]
-        views = {c.view: c.mask for c, _ in self._added}
+        sources, self._offsets, first, views = [], {}, 0, {}
+        for _, comparisons, _, _ in self._added:
+            for comparison, _ in comparisons:
+                views[comparison.view] = comparison.mask
+                if id(comparison.source) not in self._offsets:
+                    self._offsets[id(comparison.source)] = (first, comparison.source.shape[2])
+                    sources.append(comparison.source.double())
+                    first += comparison.source.shape[2]
         return kendall_tau_b_forms_by_view(torch.cat(sources, dim=2), self.importance, views)
 
     def rows(self) -> dict:
-        """``prefix.<metric>`` -> [B, n, H, M] (or [B, n, M]) for every comparison and every metric."""
+        """``prefix.<metric>`` -> [B, n, H, M] (or [B, n, M]) for every comparison and every metric (and
+        ``prefix.<metric>_se`` for the comparisons with sampled methods)."""
         out = {}
-        for comparison, per_head in self._added:
-            done: dict = {}
-            for metric in AGREEMENT_METRICS:
-                if metric.compute is None:
-                    continue
-                value = metric.compute(comparison, done)
-                done.update(value if isinstance(value, dict) else {metric.name: value})
-            for metric in AGREEMENT_METRICS:
-                value = done[metric.name]
-                out[f"{comparison.prefix}.{metric.name}"] = value if per_head else value[:, :, 0]
+        for prefix, comparisons, n_methods, per_head in self._added:
+            values = [_metric_values(comparison) for comparison, _ in comparisons]
+            errors = [_jackknife_errors(comparison, self.sample) if comparison.view == "sampled" else None
+                      for comparison, _ in comparisons]
+            for name in METRIC_NAMES:
+                out[f"{prefix}.{name}"] = _columns([v[name] for v in values], comparisons, n_methods, per_head)
+                if any(e is not None for e in errors):
+                    out[f"{prefix}.{name}_se"] = _columns(
+                        [e[name] if e is not None else _zeros_like(v[name]) for v, e in zip(values, errors)],
+                        comparisons, n_methods, per_head)
         return out
+
+
+def _zeros_like(value):
+    import torch
+
+    return torch.zeros_like(value)
+
+
+def _metric_values(comparison: Comparison) -> dict:
+    """Every metric of one comparison, each declaration's ``compute`` in order."""
+    done: dict = {}
+    for metric in AGREEMENT_METRICS:
+        if metric.compute is not None:
+            value = metric.compute(comparison, done)
+            done.update(value if isinstance(value, dict) else {metric.name: value})
+    return done
+
+
+def _columns(parts: list, comparisons: list, n_methods: int, per_head: bool):
+    """The parts' method columns put back in the comparison's order (one part: itself)."""
+    import torch
+
+    if len(parts) == 1 and list(comparisons[0][1]) == list(range(n_methods)):
+        value = parts[0]
+    else:
+        value = torch.empty(*parts[0].shape[:-1], n_methods, dtype=parts[0].dtype, device=parts[0].device)
+        for part, (_, columns) in zip(parts, comparisons):
+            value[..., columns] = part
+    return value if per_head else value[:, :, 0]
+
+
+def _jackknife_errors(comparison: Comparison, sample) -> dict:
+    """Delete-one jackknife standard error of every metric of a comparison over sampled positions (class docstring
+    of :class:`AgreementPass`), [B, n, H, M] each: the comparison recomputed with each sampled position left out in
+    turn, all deletions of all sampled documents in one pass over their compacted positions."""
+    import torch
+
+    B, n, H, L = comparison.source.shape
+    M = comparison.importance.shape[2]
+    errors = {name: torch.zeros(B, n, H, M, dtype=torch.float64, device=comparison.source.device)
+              for name in METRIC_NAMES}
+    docs = torch.nonzero(sample.sampled).squeeze(-1)
+    if docs.numel() == 0:
+        return errors
+    kept = comparison.mask[docs, 0]  # [D, L]
+    counts = kept.sum(dim=-1)
+    K = int(counts.max())
+    order = torch.sort((~kept).to(torch.int8), dim=-1, stable=True).indices[:, :K]  # the sampled positions first
+    valid = torch.arange(K, device=kept.device)[None, :] < counts[:, None]  # [D, K]
+    x = comparison.source[docs].gather(-1, order[:, None, None, :].expand(-1, n, H, K)).double()
+    y = comparison.importance[docs].gather(-1, order[:, None, None, :].expand(-1, n, M, K)).double()
+    left_out = valid[None] & ~torch.eye(K, dtype=torch.bool, device=kept.device)[:, None, :]  # [K(i), D, K]
+    deletions = AgreementPass(y.repeat(K, 1, 1, 1), {"content": left_out.reshape(K * len(docs), K)})
+    deletions.add("jackknife", x.repeat(K, 1, 1, 1), "content")
+    rows = deletions.rows()
+    population = sample.population[docs].to(torch.float64)[:, None, None, None]
+    for name in METRIC_NAMES:
+        v = rows[f"jackknife.{name}"].reshape(K, len(docs), n, H, M)
+        # a deletion that leaves the metric undefined (e.g. attention constant on the rest) is left out
+        counted = valid.T[:, :, None, None, None] & torch.isfinite(v)
+        v = torch.where(counted, v, 0.0)
+        k = counted.sum(dim=0).to(torch.float64)
+        mean = v.sum(dim=0) / k.clamp_min(1.0)
+        spread = torch.where(counted, (v - mean) ** 2, 0.0).sum(dim=0)
+        correction = (1 - counts.to(torch.float64)[:, None, None, None] / population).clamp_min(0.0)
+        se = torch.sqrt(correction * (k - 1) / k.clamp_min(1.0) * spread)
+        errors[name][docs] = torch.where(k >= 2, se, float("nan"))
+    return errors
 
 
 def compare_rows(source, importance, mask, prefix: str, out: dict) -> None:
     """Every agreement metric between ``source`` [B, n, H, L] and ``importance`` [B, n, M, L] ->
     ``out[prefix.metric]`` [B, n, H, M]; ``mask`` [B, L] marks the positions compared (one comparison alone: a
     batch registers all of its comparisons with one :class:`AgreementPass`)."""
-    agreement = AgreementPass(importance, {"mask": mask})
-    agreement.add(prefix, source, "mask")
+    agreement = AgreementPass(importance, {"content": mask})
+    agreement.add(prefix, source, "content")
     out.update(agreement.rows())

@@ -171,9 +171,10 @@ class LeaveOneOut(Attribution):
     """|y_hat - y_hat_{-i}| with content token i deleted from the sequence (paper eq. 6 before normalisation)."""
 
 
-    def __call__(self, ctx):
+    def __call__(self, ctx, measured: torch.Tensor | None = None):
+        """[B, L]; ``measured`` [B, L] bool: the content positions to delete (default: all; 0 at the others)."""
         batch = ctx.batch
-        rows, positions = ctx.content_variants()
+        rows, positions = ctx.content_variants(measured)
         keep = batch.attention_mask[rows].bool().clone()
         keep[torch.arange(rows.numel()), positions] = False
         reduced = ctx.kept_probability(rows, keep)
@@ -203,9 +204,10 @@ class RepresentationLeaveOneOut(Attribution):
 
     per_layer = True
 
-    def __call__(self, ctx):
+    def __call__(self, ctx, measured: torch.Tensor | None = None):
+        """[B, n, L]; ``measured`` [B, L] bool: the content positions to mask (default: all; 0 at the others)."""
         batch, base, tap = ctx.batch, ctx.base, ctx.classifier.tap
-        rows, positions = ctx.content_variants()
+        rows, positions = ctx.content_variants(measured)
         n_layers = len(base.attentions)
         out = torch.zeros(batch.size, n_layers, batch.length, dtype=torch.float32, device=batch.input_ids.device)
         target = base.target.detach()

@@ -49,6 +49,7 @@ from . import metrics as M
 from .agreement import METRIC_NAMES, AgreementPass
 from .batching import TokenBatch
 from .forward_context import ForwardContext, attention_rows
+from .position_sample import KEY as POSITION_SAMPLE
 from .registry import Computed, MethodLists, selected, shared_demands, with_role
 from .settings import MeasureConfig
 
@@ -111,10 +112,10 @@ def _mixing_rows(mixing: dict, measures, agreement, n_input: int, out: dict) -> 
             _reserve(out, prefix)
 
 
-def _metric_rows(attention, values: dict, mixing: dict, content, real, measures) -> dict:
+def _metric_rows(attention, values: dict, mixing: dict, content, real, measures, sample=None) -> dict:
     """Every agreement and summary row of attention, the maps and the context-mixing views against the measured
     importance methods (``values`` holds each input, representation and map measure's tensor), every comparison in
-    one :class:`~eval_suite.agreement.AgreementPass`."""
+    one :class:`~eval_suite.agreement.AgreementPass`; ``sample``: the batch's position sample, if one was drawn."""
     n_layers = attention.shape[1]
     methods = MethodLists.of(measures)
     out: dict[str, torch.Tensor] = {}
@@ -132,7 +133,8 @@ def _metric_rows(attention, values: dict, mixing: dict, content, real, measures)
     agreement = None
     if stacks:
         all_methods = torch.cat(stacks, dim=2)  # [B, n, M, L], the input methods first
-        agreement = AgreementPass(all_methods, {"content": content, "all_positions": real})
+        sampled = [methods.importance.index(m) for m in methods.sampled]
+        agreement = AgreementPass(all_methods, {"content": content, "all_positions": real}, sampled, sample)
         agreement.add("attention", attention, "content")
         _reserve(out, "attention")
         if methods.all_positions:
@@ -140,6 +142,9 @@ def _metric_rows(attention, values: dict, mixing: dict, content, real, measures)
                           [methods.importance.index(m) for m in methods.all_positions])
             _reserve(out, "all_positions")
         out["importance.entropy"] = M.normalised_entropy(all_methods, content[:, None, None, :])
+        if agreement.sampled:  # a sampled method's distribution is over the positions it was measured at
+            on_sample = agreement.masks["sampled"][:, None, None, :]
+            out["importance.entropy"][:, :, sampled] = M.normalised_entropy(all_methods[:, :, sampled], on_sample)
     for source in with_role(measures, "map"):
         rows = values[source.name].double()
         _summarise(rows, content, source.name, out)
@@ -153,17 +158,18 @@ def _metric_rows(attention, values: dict, mixing: dict, content, real, measures)
     return out
 
 
-def _metric_rows_chunked(attention, values: dict, mixing: dict, content, real, measures) -> dict:
+def _metric_rows_chunked(attention, values: dict, mixing: dict, content, real, measures, sample=None) -> dict:
     """:func:`_metric_rows` a few examples at a time, so that long documents fit in memory (same values)."""
     B, n_layers, n_heads, L = attention.shape
     step = max(1, METRIC_ELEMENTS // max(1, n_layers * n_heads * L * L))
     if step >= B:
-        return _metric_rows(attention, values, mixing, content, real, measures)
+        return _metric_rows(attention, values, mixing, content, real, measures, sample)
     parts = []
     for start in range(0, B, step):
         sl = slice(start, start + step)
         parts.append(_metric_rows(attention[sl], {k: v[sl] for k, v in values.items()},
-                                  {k: v[sl] for k, v in mixing.items()}, content[sl], real[sl], measures))
+                                  {k: v[sl] for k, v in mixing.items()}, content[sl], real[sl], measures,
+                                  None if sample is None else sample.rows(sl)))
     return {key: torch.cat([part[key] for part in parts], dim=0) for key in parts[0]}
 
 
@@ -229,8 +235,12 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
     state.attention = attention_rows(base.attentions, ctx.batch.attention_mask, config.attention_query).double()
     chosen = selected(config.measures)
     with stage("metrics"):
+        sample = state.shared.get(POSITION_SAMPLE)
         out = _metric_rows_chunked(state.attention, state.values, state.mixing, content,
-                                   ctx.batch.attention_mask.bool(), config.measures)
+                                   ctx.batch.attention_mask.bool(), config.measures, sample)
+        if sample is not None and sample.active:
+            out["positions.measured"] = sample.positions.sum(dim=1).double()
+            out["positions.content"] = sample.population.double()
         for measure in chosen:
             if measure.rows is not None and measure.role != "check":
                 measure.rows(ctx, config, state, out)

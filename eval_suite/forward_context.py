@@ -150,9 +150,11 @@ class ForwardContext:
             return torch.empty(0, dtype=torch.float32, device=self.classifier.device)
         return torch.stack([self._kept_probability[key] for key in keys])
 
-    def content_variants(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(example row, position) for every content token of every example, example-major."""
-        rows, positions = torch.nonzero(self.batch.content_mask, as_tuple=True)
+    def content_variants(self, measured: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(example row, position) for every content token of every example (or every position of ``measured``
+        [B, L] among them), example-major."""
+        mask = self.batch.content_mask if measured is None else self.batch.content_mask & measured
+        rows, positions = torch.nonzero(mask, as_tuple=True)
         return rows, positions
 
 

@@ -91,6 +91,7 @@ class Measure:
     needs_graph: bool = False  # computed from the base pass's graph, before it is released
     uses_gradients: bool = False  # reads the base pass's backward pass (its cost is in the base stage)
     all_positions: bool = False  # has a value at special tokens too (compared in the all-positions view)
+    sampled_positions: bool = False  # measured at the shared position sample of long documents (position_sample)
     uses: tuple = ()  # ((Shared, demand), ...): shared work it reads from ``state[shared.name]``
     diagnostics: Diagnostics | None = None
     ranking: Callable | None = None  # map: (ctx, settings, state) -> [B, L], its whole-network ranking
@@ -257,6 +258,11 @@ class MethodLists:
     @property
     def all_positions(self) -> list[str]:
         return [m for m in self.importance if get(m).all_positions]
+
+    @property
+    def sampled(self) -> list[str]:
+        """The methods measured at a long document's sampled positions only."""
+        return [m for m in self.importance if get(m).sampled_positions]
 
 
 def shared_demands(measures) -> dict[str, tuple[Shared, list]]:

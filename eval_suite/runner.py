@@ -222,7 +222,9 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
                            request.max_batch_tokens)
-    measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]))
+    longest = max((len(e["special_tokens_mask"]) - sum(e["special_tokens_mask"]) for e in encodings), default=0)
+    measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]),
+                                  longest_content=longest)
     description = {
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,

@@ -87,6 +87,14 @@ class MeasureConfig:
                                    "non-padding queries (mean)", "measures", default="cls", choices=("cls", "mean"))
     seed: int = setting("seed of the example subset, the random ranking, tie-breaking, sampling and the bootstrap",
                         "measures", default=0)
+    sample_positions: int = setting("K: leave-one-out, representation leave-one-out and eq. 5 of a document with more "
+                                    "than --sample-above content tokens are measured at one seeded sample of K of "
+                                    "its content positions, shared by the three; every figure they give then "
+                                    "carries its sampling standard error", "measures", default=64, metavar="K")
+    sample_above: int = setting("documents with more content tokens than this are measured on sampled "
+                                       "positions (--sample-positions), shorter ones at every position; 0 samples "
+                                       "every document longer than K", "measures", default=128)
+    longest_content: int | None = None  # the longest document of the run (set by the runner): sampled rows or not
     max_tokens: int = 16384  # rows x length of one extra forward pass (memory)
     max_grad_tokens: int = 4096  # the same for passes that keep a graph
     token_map_indices: frozenset = field(default_factory=frozenset)  # examples whose token-level maps to keep
@@ -140,12 +148,16 @@ class MeasureConfig:
         """One-line EvalError for a value out of range (each measure checks its own parameters)."""
         if self.attention_query not in ("cls", "mean"):
             raise EvalError(f"--attention-query must be 'cls' or 'mean', got {self.attention_query!r}")
+        if self.sample_positions < 2 or self.sample_above < 0:
+            raise EvalError(f"--sample-positions must be >= 2 (a standard error needs two positions) and "
+                            f"--sample-above >= 0, got {self.sample_positions} and {self.sample_above}")
         for value in self.params.values():
             if hasattr(value, "validate"):
                 value.validate()
 
     def to_dict(self) -> dict:
-        out = {"attention_query": self.attention_query, "seed": self.seed, "measures": list(self.measures)}
+        out = {"attention_query": self.attention_query, "seed": self.seed, "measures": list(self.measures),
+               "sample_positions": self.sample_positions, "sample_above": self.sample_above}
         for value in self.params.values():
             out.update({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()})
         return out

@@ -30,9 +30,13 @@ class Bootstrap:
 
 
 class Stats:
-    """mean, std, n and interval of a per-example array [N, *S], for every cell of S at once (vectorised)."""
+    """mean, std, n and interval of a per-example array [N, *S], for every cell of S at once (vectorised).
 
-    def __init__(self, values: np.ndarray, bootstrap: Bootstrap, min_n: int):
+    With ``sampling`` [N, *S] (each example's standard error from position sampling, :mod:`eval_suite.position_sample`)
+    each stat also carries ``sampling_standard_error``, what the sampling alone adds to the error of the mean:
+    sqrt(sum_e se_e^2) / n over the examples the mean rests on (the examples' samples are independent)."""
+
+    def __init__(self, values: np.ndarray, bootstrap: Bootstrap, min_n: int, sampling: np.ndarray | None = None):
         values = np.asarray(values, dtype=np.float64)
         self.shape = values.shape[1:]
         flat = values.reshape(values.shape[0], -1)
@@ -46,12 +50,21 @@ class Stats:
         self.low, self.high = bootstrap.interval(filled, finite.astype(np.float64))
         self.min_n = min_n
         self.n_total = values.shape[0]
+        self.sampling = None
+        if sampling is not None:
+            se = np.asarray(sampling, dtype=np.float64).reshape(flat.shape)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                # an example whose own standard error is undefined adds nothing it could be estimated from
+                self.sampling = np.sqrt(np.where(finite & np.isfinite(se), se ** 2, 0.0).sum(axis=0)) / self.n
 
     def at(self, *index, reason: str | None = None) -> dict:
         """The stat dict of one cell (``index`` into S); ``reason`` explains an undefined cell's missing values."""
         k = int(np.ravel_multi_index(index, self.shape)) if self.shape else 0
-        return make_stat(self.mean[k], self.std[k], int(self.n[k]), self.low[k], self.high[k], self.min_n,
+        stat = make_stat(self.mean[k], self.std[k], int(self.n[k]), self.low[k], self.high[k], self.min_n,
                          self.n_total, reason)
+        if self.sampling is not None:
+            stat["sampling_standard_error"] = finite_or_none(self.sampling[k]) if stat["defined"] else None
+        return stat
 
 
 def make_stat(mean, std, n: int, low, high, min_n: int, n_total: int, reason: str | None = None) -> dict:
@@ -69,8 +82,11 @@ def finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def pooled_stat(values: np.ndarray, include: np.ndarray, bootstrap: Bootstrap, min_n: int) -> dict:
-    """One stat over the cells of ``values`` [N, *S] selected by ``include`` [*S] (defined cells): pooled values."""
+def pooled_stat(values: np.ndarray, include: np.ndarray, bootstrap: Bootstrap, min_n: int,
+                sampling: np.ndarray | None = None) -> dict:
+    """One stat over the cells of ``values`` [N, *S] selected by ``include`` [*S] (defined cells): pooled values.
+    With ``sampling`` (as for :class:`Stats`) its ``sampling_standard_error`` is sqrt(sum_e (sum_cells se)^2) / n:
+    the cells of one example share its sample, so their errors are added, not their variances (an upper bound)."""
     values = np.asarray(values, dtype=np.float64).reshape(values.shape[0], -1)
     include = np.asarray(include, dtype=bool).reshape(-1)
     finite = np.isfinite(values) & include[None, :]
@@ -85,6 +101,11 @@ def pooled_stat(values: np.ndarray, include: np.ndarray, bootstrap: Bootstrap, m
     low, high = bootstrap.interval(sums, counts)
     stat = make_stat(mean, std, n, low[0], high[0], min(min_n, n), values.shape[0])
     stat["n_cells"] = int(include.sum())
+    if sampling is not None:
+        se = np.asarray(sampling, dtype=np.float64).reshape(values.shape)
+        per_example = np.where(finite & np.isfinite(se), se, 0.0).sum(axis=1)
+        stat["sampling_standard_error"] = finite_or_none(np.sqrt((per_example ** 2).sum()) / n) \
+            if stat["defined"] else None
     return stat
 
 
@@ -93,7 +114,9 @@ def format_stat(stat) -> str:
     if not isinstance(stat, dict) or stat.get("mean") is None:
         return "undefined"
     ci = stat.get("ci95")
-    return f"{stat['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    se = stat.get("sampling_standard_error")
+    return (f"{stat['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            + (f" (sampling standard error {se:.3f})" if se else ""))
 
 
 def percentiles(values) -> dict:

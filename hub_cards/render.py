@@ -126,7 +126,9 @@ def _stat(stat, digits: int = 3, *, with_reason: bool = True) -> str:
         return "undefined" + (f" ({_text_cell(reason)})" if reason else "")
     ci = stat.get("ci95")
     interval = f" [{_num(ci[0], digits)}, {_num(ci[1], digits)}]" if ci else ""
-    return f"{_num(stat['mean'], digits)}{interval} (n={stat.get('n')})"
+    se = stat.get("sampling_standard_error")
+    sampling = f", sampling standard error {_num(se, digits)}" if se else ""
+    return f"{_num(stat['mean'], digits)}{interval} (n={stat.get('n')}{sampling})"
 
 
 def _score_rows(scores: CardScores) -> list[list[str]]:
@@ -282,6 +284,10 @@ def _measures_sentence(scores: CardScores, results: dict) -> str:
     if scores.not_measured:
         text += (" Not measured, so not reported here: " + ", ".join(f"`{m}`" for m in scores.not_measured)
                  + " (`python -m eval_suite ... --measures full` adds them).")
+    sampling = results.get("position_sampling")
+    if isinstance(sampling, dict) and sampling.get("documents_sampled"):
+        text += (f" {', '.join(f'`{m}`' for m in sampling.get('methods', []))} of long documents are "
+                 f"{sampling.get('text')}.")
     return text
 
 

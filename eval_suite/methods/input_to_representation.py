@@ -44,33 +44,43 @@ class Eq5:
 def _eq5(ctx, settings, state, demands) -> Eq5:
     import torch
 
-    from ..attribution import InputToRepresentation, sample_positions
+    from ..attribution import sample_positions
     from ..forward_context import attention_rows
+    from ..input_to_representation import input_to_representation
+    from ..position_sample import measured_positions
 
     p = settings.params_of("input_to_repr")
     content = ctx.batch.content_mask
     n_layers = len(ctx.base.attentions)
     wanted = torch.zeros(ctx.batch.size, n_layers, ctx.batch.length, dtype=torch.bool, device=content.device)
+    sample = measured_positions(ctx, settings, state)
     sampled = None
     if "content" in demands:
         if p.input_to_repr_sample:
             sampled = sample_positions(state.indices, content, p.input_to_repr_sample, settings.seed)
+        elif sample.active:  # the long documents' shared sample (every content position of the others)
+            sampled = sample.positions
         wanted |= (content if sampled is None else sampled)[:, None, :]
     if "attended" in demands:  # the rows a projection multiplies by a non-zero attention weight
         queries = attention_rows(ctx.base.attentions, ctx.batch.attention_mask, settings.attention_query)
-        wanted |= (queries != 0).any(dim=2)
-    return Eq5(InputToRepresentation(mode=p.input_to_repr)(ctx, wanted), sampled)
+        # a sampled document has no projection (it needs every attended row): its rows stay undefined
+        wanted |= (queries != 0).any(dim=2) & ~sample.sampled[:, None, None]
+    # Only the wanted rows, each example at its own length where a layout saves work (length buckets or one row
+    # per wanted (example, position)): an example without a position never pays for it.
+    return Eq5(input_to_representation(ctx, wanted, mode=p.input_to_repr), sampled)
 
 
 def _eq5_cost(shape, model, config, demands) -> Cost:
     """One backward pass per (layer, position) through the layers below, batched over the examples."""
+    from ..position_sample import measured_count
+
     p = config.params_of("input_to_repr")
     if "attended" in demands:
         positions = shape.length
     elif p.input_to_repr_sample:
         positions = min(p.input_to_repr_sample, max(shape.n_content))
     else:
-        positions = max(shape.n_content)
+        positions = max(measured_count(config, c) for c in shape.n_content)
     per_layer = model.layer_flops(shape.size, shape.length)
     layers = sum(range(model.n_layers))  # layer l's representations lie l layers above the embeddings
     flops = 2 * positions * per_layer * layers
@@ -167,8 +177,11 @@ def _summary_text(s: dict, results: dict) -> list[str]:
 
 def _projected(ctx, settings, state):
     from ..attribution import ProjectedAttention
+    from ..position_sample import measured_positions
 
-    return ProjectedAttention(settings.attention_query)(ctx, state.shared[EQ5.name].rows)
+    projected = ProjectedAttention(settings.attention_query)(ctx, state.shared[EQ5.name].rows)
+    projected[measured_positions(ctx, settings, state).sampled] = float("nan")  # needs every row: undefined
+    return projected
 
 
 def projected_cost(shape, model, config, measures) -> Cost:

@@ -8,23 +8,29 @@ from ..registry import Measure, declare
 
 def _loo(ctx, settings, state):
     from ..attribution import LeaveOneOut
+    from ..position_sample import measured_positions
 
-    return LeaveOneOut()(ctx)
+    return LeaveOneOut()(ctx, measured_positions(ctx, settings, state).positions)
 
 
 def _repr_loo(ctx, settings, state):
     from ..attribution import RepresentationLeaveOneOut
+    from ..position_sample import measured_positions
 
-    return RepresentationLeaveOneOut()(ctx)
+    return RepresentationLeaveOneOut()(ctx, measured_positions(ctx, settings, state).positions)
 
 
 def loo_cost(shape, model, config, measures) -> Cost:
-    lengths = [t - 1 for t, c in zip(shape.lengths, shape.n_content) for _ in range(c)]
+    from ..position_sample import measured_count
+
+    lengths = [t - 1 for t, c in zip(shape.lengths, shape.n_content) for _ in range(measured_count(config, c))]
     return Cost(forward_flops(model, lengths), chunks(len(lengths), shape.length, config.max_tokens))
 
 
 def repr_loo_cost(shape, model, config, measures) -> Cost:
-    variants = sum(shape.n_content)
+    from ..position_sample import measured_count
+
+    variants = sum(measured_count(config, c) for c in shape.n_content)
     layers = sum(model.n_layers - l for l in range(model.n_layers))
     calls = model.n_layers * chunks(variants, shape.length, config.max_tokens)
     return Cost(variants * model.layer_flops(1, shape.length) * layers, calls)
@@ -32,8 +38,8 @@ def repr_loo_cost(shape, model, config, measures) -> Cost:
 
 declare(
     Measure("loo", "input", "paper", "|y_hat - y_hat(x without token i)|: what deleting each token changes",
-            order=40, cost=loo_cost, compute=_loo),
+            order=40, cost=loo_cost, compute=_loo, sampled_positions=True),
     Measure("repr_loo", "representation", "paper",
             "|y_hat - y_hat(key i masked in layer l)|: what hiding one representation from one layer changes",
-            order=60, cost=repr_loo_cost, compute=_repr_loo),
+            order=60, cost=repr_loo_cost, compute=_repr_loo, sampled_positions=True),
 )
