@@ -147,8 +147,7 @@ def position_sampling(rows: dict, settings) -> dict:
     return {"positions_per_document": settings.sample_positions, "sample_above": settings.sample_above,
             "documents_sampled": int(sampled.sum()), "documents": int(measured.shape[0]),
             "content_positions_max": int(content.max()) if content.size else 0,
-            "methods": MethodLists.of(settings.measures).sampled + [m for m in settings.measures
-                                                                    if m == "input_to_repr"],
+            "methods": [m.name for m in selected(settings.measures) if m.sampled_positions],
             "text": f"estimated from {settings.sample_positions} of L content positions per document in "
                     f"{int(sampled.sum())} of {int(measured.shape[0])} documents (those with more than "
                     f"{settings.sample_above}; L up to {int(content.max()) if content.size else 0}); each such "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .batching import TokenBatch
 from .forward_context import ForwardContext, attention_rows
 
 __all__ = [
@@ -206,20 +207,29 @@ class RepresentationLeaveOneOut(Attribution):
 
     def __call__(self, ctx, measured: torch.Tensor | None = None):
         """[B, n, L]; ``measured`` [B, L] bool: the content positions to mask (default: all; 0 at the others)."""
+        from .input_to_representation import _chunks
+
         batch, base, tap = ctx.batch, ctx.base, ctx.classifier.tap
         rows, positions = ctx.content_variants(measured)
         n_layers = len(base.attentions)
         out = torch.zeros(batch.size, n_layers, batch.length, dtype=torch.float32, device=batch.input_ids.device)
         target = base.target.detach()
+        # shortest examples first, each chunk cut to its own longest example: no variant runs at a longer one's length
+        lengths = batch.attention_mask.sum(dim=1)
+        order = torch.sort(lengths[rows], stable=True).indices
+        rows, positions = rows[order], positions[order]
+        chunks = list(_chunks(lengths[rows].tolist(), ctx.max_tokens))
         for layer in range(n_layers):
             hidden = base.hidden_states[layer].detach()
             with torch.inference_mode():
-                for sl in ctx.chunks(rows.numel(), batch.length):
+                for sl in chunks:
                     r, p = rows[sl], positions[sl]
-                    sub = batch.rows(r)
+                    n = int(lengths[r].max())
+                    sub = TokenBatch(batch.input_ids[r, :n], batch.attention_mask[r, :n], batch.content_mask[r, :n],
+                                     None if batch.token_type_ids is None else batch.token_type_ids[r, :n])
                     with tap.mask_keys(layer, p):
                         if tap.can_skip_layers:
-                            with tap.start_at_layer(layer, hidden[r]):
+                            with tap.start_at_layer(layer, hidden[r, :n]):
                                 logits = ctx.model(**sub.model_inputs()).logits
                         else:
                             logits = ctx.model(**sub.model_inputs()).logits

@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, for every layer and head of an encoder classifier, how attention relates to the "
                     "influence of inputs and representations (Meister et al. 2021, generalised). Writes "
                     "OUTDIR/results.json, per_layer_head.csv, report.html and plots/*.png.")
-    p.groups["model"].add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.groups["model"].add_argument("--threads", type=int, default=None,
+                                   help="torch CPU threads per process (default: one per free core, the cores this "
+                                        "process may run on less the load average)")
     p.groups["output"].add_argument("--card", action="store_true",
                                     help="render the model card into the checkpoint folder (hub_cards)")
     try:
@@ -28,6 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
     add_push_arguments(p, flag="--push")
     return p
+
+
+def free_cores() -> int:
+    """The cores this process may run on (its affinity) less the one-minute load average, at least one: on a shared
+    machine more threads than free cores wait on each other (OpenMP threads spin), which costs more than it gains."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        load = 0.0
+    return max(1, min(cores, round(cores - load)))
 
 
 def _check_publishing(args, request: EvalRequest) -> None:
@@ -87,10 +102,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.push_repo_id = getattr(args, "push_repo_id", None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        import torch
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}; leave it out for one per free core", file=sys.stderr)
+        return 2
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or free_cores())
     import transformers
 
     # Our own progress bar and one-line errors are the output; transformers' load reports would bury them.

@@ -199,7 +199,7 @@ declare(
     Measure("input_to_repr", "summary", "paper",
             "eq. 5: how many inputs each representation mixes (entropy, co-indexed share)", order=80,
             params=InputToRepresentationParams, uses=((EQ5, "content"),), rows=_rows, per_layer=_per_layer,
-            summary=_summary, summary_text=_summary_text),
+            summary=_summary, summary_text=_summary_text, sampled_positions=True),
     Measure("projected", "map", "paper", "attention projected onto the inputs through eq. 5", order=90,
             cost=projected_cost, compute=_projected, uses=((EQ5, "attended"),), left_out=_projected_left_out,
             token_heads=True,

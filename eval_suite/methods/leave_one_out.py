@@ -28,12 +28,14 @@ def loo_cost(shape, model, config, measures) -> Cost:
 
 
 def repr_loo_cost(shape, model, config, measures) -> Cost:
+    """Per layer l, one pass through the layers l..n-1 per measured position, each at its own example's length."""
     from ..position_sample import measured_count
 
-    variants = sum(measured_count(config, c) for c in shape.n_content)
+    counts = [measured_count(config, c) for c in shape.n_content]
     layers = sum(model.n_layers - l for l in range(model.n_layers))
-    calls = model.n_layers * chunks(variants, shape.length, config.max_tokens)
-    return Cost(variants * model.layer_flops(1, shape.length) * layers, calls)
+    flops = sum(k * model.layer_flops(1, t) for k, t in zip(counts, shape.lengths)) * layers
+    calls = model.n_layers * chunks(sum(counts), shape.length, config.max_tokens)
+    return Cost(flops, calls)
 
 
 declare(
