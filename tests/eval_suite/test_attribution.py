@@ -155,6 +155,30 @@ def test_representation_loo_layer_skipping_changes_nothing(tiny):
     assert (skipped > 0).float().mean() > 0.3  # masking a key moves the prediction
 
 
+def test_representation_loo_runs_each_variant_at_its_own_examples_length(tiny, monkeypatch):
+    """A ragged batch: the variants of the short example run at its length, not at the batch's padded one (with a
+    token budget that fits one example's variants per chunk), and the values equal those of a batch of that example
+    alone."""
+    batch = _batch(tiny, ["good", "a b c d e f g h i j k l m n o p"])
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    assert lengths[0] < batch.length
+    ctx = ForwardContext(tiny, batch, max_tokens=lengths[0] * 2)
+    seen = []
+    forward = tiny.model.forward
+
+    def recording(*args, **kwargs):
+        if "input_ids" in kwargs:  # the variants (the base pass runs on embeddings)
+            seen.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.model, "forward", recording)
+    ours = RepresentationLeaveOneOut()(ctx)
+    monkeypatch.setattr(tiny.model, "forward", forward)
+    assert (1, lengths[0]) in seen and all(rows == 1 or rows * length <= lengths[0] * 2 for rows, length in seen)
+    alone = RepresentationLeaveOneOut()(ForwardContext(tiny, _batch(tiny, ["good"])))
+    torch.testing.assert_close(ours[:1, :, :lengths[0]], alone, rtol=0, atol=1e-6)
+
+
 def test_input_to_representation(tiny_sparse):
     classifier = tiny_sparse
     batch = _batch(classifier)
