@@ -21,7 +21,8 @@ from eval_suite.input_to_representation import (
     length_buckets,
     sampled_position_summaries,
 )
-from eval_suite.measure import MeasureConfig, measure_batch
+from eval_suite.batch_rows import measure_batch
+from eval_suite.settings import MeasureConfig
 from eval_suite.model_access import load_classifier
 from tests.helpers.tiny_models import make_tiny_checkpoint
 
