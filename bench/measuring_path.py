@@ -47,7 +47,8 @@ def _child(tree: str, case: str, sentences: int, k: int, repeats: int, work: str
         batches = [helpers.documents(classifier, 512, 1)]
     options = {"measures": case.split("_")[0]}
     if case == "paper_doc":
-        if "sample_positions" not in {f.name for f in settings_module.dataclasses.fields(settings_module.MeasureConfig)}:
+        fields = settings_module.dataclasses.fields(settings_module.MeasureConfig)
+        if "sample_positions" not in {f.name for f in fields}:
             return {"case": case, "skipped": "no position sampling in this tree"}
         options.update(sample_positions=k, sample_above=k)
     config = settings_module.MeasureConfig.of(**options)
