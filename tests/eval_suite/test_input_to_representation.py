@@ -170,7 +170,7 @@ def test_auto_picks_the_least_forecast_work(tiny):
 
 def _summaries_of_measure(classifier, batch, indices, **config):
     arrays, _ = measure_batch(classifier, batch, [0] * batch.size, indices,
-                              MeasureConfig(measures="input_to_repr", **config))
+                              MeasureConfig.of(measures="input_to_repr", **config))
     return {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith("input_to_repr.")}
 
 
