@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval_suite.cli import main
 from tests.helpers.crash import CRASH_EXIT_STATUS
@@ -192,13 +193,36 @@ def test_hostile_values_are_one_line_errors_and_write_nothing(ws, tmp_path, caps
 # Absurd config.json values, each refused before the model is allocated; one child process under an
 # address-space limit runs them all (tests/helpers/limited.py).
 CONFIG_EDITS = {
-    "layers_1e7": ({"num_hidden_layers": 1e7}, "num_hidden_layers 10000000"),
+    "layers_1e7": ({"num_hidden_layers": 10 ** 7}, "num_hidden_layers 10000000"),
     "hidden_negative": ({"hidden_size": -5}, "hidden_size must be a positive integer, got -5"),
     "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
-    "vocab_1e12": ({"vocab_size": 1e12}, "vocab_size 1000000000000"),
+    "vocab_1e12": ({"vocab_size": 10 ** 12}, "vocab_size 1000000000000"),
     "hidden_not_multiple_of_heads": ({"num_attention_heads": 3}, "hidden_size 32 is not a multiple of "
                                                                  "num_attention_heads 3"),
 }
+
+
+def _long_context_case(ws, root: Path) -> list:
+    """A checkpoint with 8192 positions and 64 texts of 4096 tokens measured in one batch: 17 GiB of attention maps
+    per layer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tests.helpers.tiny_models import TINY
+
+    folder = _copy(Path(ws["a"]), root / "long_context")
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**{**TINY, "max_position_embeddings": 8192})).save_pretrained(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 8192}))
+    data = root / "long.csv"
+    data.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(4100))},{i % 2}\n"
+                                             for i in range(100)))
+    return [folder, "--dataset", data, "--split", "train", "--limit", "64", "--batch-size", "64", "--max-batch-tokens",
+            "1000000", "--max-length", "4096", "--ig-steps", "2", "--output-dir", root / "out" / "batch_by_length"]
+
+
+SIZE_MESSAGES = {**{name: message for name, (_, message) in CONFIG_EDITS.items()},
+                 "batch_by_length": "lower --batch-size, --max-batch-tokens or --max-length"}
 
 
 @pytest.fixture(scope="module")
@@ -210,14 +234,15 @@ def size_runs(ws):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, **edit}))
         cases.append((name, "eval_suite.cli:main", [folder, *_args(ws, "a", root / "out" / name)[1:]]))
+    cases.append(("batch_by_length", "eval_suite.cli:main", _long_context_case(ws, root)))
     return root, run_limited(cases, root / "child")
 
 
-@pytest.mark.parametrize("name", list(CONFIG_EDITS))
-def test_absurd_config_sizes_are_refused_before_allocation(size_runs, name):
+@pytest.mark.parametrize("name", list(SIZE_MESSAGES))
+def test_absurd_sizes_are_refused_before_allocation(size_runs, name):
     root, runs = size_runs
     code, err = runs[name]
-    assert_one_line_error(code, err, CONFIG_EDITS[name][1])
+    assert_one_line_error(code, err, SIZE_MESSAGES[name])
     assert not (root / "out" / name).exists()
 
 

@@ -9,7 +9,7 @@ torch and transformers is paid once:
     python -m tests.helpers.limited HEADROOM_BYTES CASES.json RESULTS.jsonl
 
 CASES.json is a list of ``{"name", "main": "module:function", "argv"}``; RESULTS.jsonl gets one
-``{"name", "code", "err"}`` line per case as soon as it ends (``code`` is ``"crash"`` with the traceback in
+``{"name", "code", "err", "seconds"}`` line per case as soon as it ends (``code`` is ``"crash"`` with the traceback in
 ``err`` when ``main`` raised).
 """
 
@@ -23,6 +23,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -100,9 +101,11 @@ def _main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _on_alarm)
     for case in json.loads(cases_path.read_text()):
+        started = time.perf_counter()
         code, err = _run_case(case)
         with open(results_path, "a") as handle:
-            handle.write(json.dumps({"name": case["name"], "code": code, "err": err}) + "\n")
+            handle.write(json.dumps({"name": case["name"], "code": code, "err": err,
+                                     "seconds": round(time.perf_counter() - started, 2)}) + "\n")
     return 0
 
 

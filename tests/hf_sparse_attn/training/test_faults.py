@@ -208,14 +208,22 @@ def test_resume_unpickles_nothing_that_runs_code(tmp_path, capsys):
         (copy / "checkpoints" / "step-2" / planted).write_bytes(pickle.dumps(_RunsCode(marker)))
         return copy
 
-    # accelerate loads its RNG states with weights_only=True: the planted pickle is ignored, the run resumes.
-    out = edited("rng", "random_states_0.pkl")
-    code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
-    assert code == 0, err
-    assert not marker.exists() and (out / "final" / "final_metrics.json").is_file()
-    # accelerate's custom-state file (weights_only=False there) and a planted optimizer state: refused in one line.
-    for name, planted in (("custom", "custom_checkpoint_0.pkl"), ("optimizer", "optimizer.bin")):
+    # The checkpoint's digests refuse every planted file before anything is unpickled: the RNG states (which
+    # accelerate would load with weights_only=True), its custom-state file (weights_only=False there) and the
+    # optimizer state.
+    for name, planted in (("rng", "random_states_0.pkl"), ("custom", "custom_checkpoint_0.pkl"),
+                          ("optimizer", "optimizer.bin")):
         out = edited(name, planted)
+        code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
+        assert_one_line_error(code, err, "changed after it was written")
+        assert not marker.exists() and not (out / "final").exists()
+    # With the digests removed too (as a checkpoint of an older version), accelerate's loader still refuses the
+    # pickles that would run code.
+    for name, planted in (("custom_undigested", "custom_checkpoint_0.pkl"), ("optimizer_undigested", "optimizer.bin")):
+        out = edited(name, planted)
+        state_path = out / "checkpoints" / "step-2" / "trainer_state.json"
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({k: v for k, v in state.items() if k not in ("sha256", "files")}))
         code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
         assert_one_line_error(code, err, "cannot resume from")
         assert not marker.exists() and not (out / "final").exists()
@@ -281,10 +289,11 @@ def test_hostile_values_are_one_line_errors_and_write_nothing(hostile, capsys, t
 # regression fails with a MemoryError instead of waking the OOM killer; every one must be refused before the
 # allocation, naming the field and the limit.
 _CONFIG_EDITS = {
-    "layers_1e7": ({"num_hidden_layers": 1e7}, "num_hidden_layers 10000000"),
+    "layers_1e7": ({"num_hidden_layers": 10 ** 7}, "num_hidden_layers 10000000"),
+    "layers_as_float": ({"num_hidden_layers": 1e7}, "'num_hidden_layers' expected int, got float"),
     "hidden_negative": ({"hidden_size": -5}, "hidden_size must be a positive integer, got -5"),
     "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
-    "vocab_1e12": ({"vocab_size": 1e12}, "vocab_size 1000000000000"),
+    "vocab_1e12": ({"vocab_size": 10 ** 12}, "vocab_size 1000000000000"),
     "hidden_not_multiple_of_heads": ({"num_attention_heads": 3}, "hidden_size 32 is not a multiple of "
                                                                  "num_attention_heads 3"),
 }
@@ -300,7 +309,7 @@ def _long_texts_csv(path: Path, n: int = 80, words: int = 4100) -> Path:
 
 def _size_cases(root: Path) -> list[tuple[str, list, str]]:
     csv_path = make_text_csv(root / "sizes.csv", n=40)
-    cases = [("max_length_1e8", [*TINY, "--dataset", "mr", "--max-length", "100000000"],
+    cases = [("max_length_1e8", [*TINY, "--dataset", csv_path, "--max-length", "100000000"],
               "--max-length 100000000"),
              ("batch_by_length", [*TINY, "--dataset", _long_texts_csv(root / "long.csv"), "--max-length", "4096",
                                   "--batch-size", "64"], "lower --batch-size or --max-length")]
@@ -315,7 +324,7 @@ def _size_cases(root: Path) -> list[tuple[str, list, str]]:
         spec = root / f"scratch_{name}.json"
         spec.write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 2, "num_attention_heads": 4,
                                     "hidden_size": 32, "intermediate_size": 37, **edit}))
-        cases.append((f"from_scratch_{name}", [*TINY, "--from-scratch", spec, "--dataset", "mr"], message))
+        cases.append((f"from_scratch_{name}", [*TINY, "--from-scratch", spec, "--dataset", csv_path], message))
     return cases
 
 
@@ -357,7 +366,9 @@ def test_resume_refuses_data_that_changed_at_the_same_path(files, tmp_path, caps
     data = tmp_path / "data.csv"
     shutil.copyfile(files["csv"], data)
     out = _interrupted(tmp_path, data=data)
-    data.write_text(data.read_text().replace("w1 ", "w77 ").replace("w2 ", "w88 "))  # other words, same path
+    lines = data.read_text().splitlines()  # other labels, same path and words: the old code resumed silently
+    data.write_text("\n".join([lines[0]] + [f"{t.rsplit(',', 1)[0]},{1 - int(t.rsplit(',', 1)[1])}"
+                                             for t in lines[1:]]) + "\n")
     before = snapshot(out)
     code, err = _train(capsys, [*SHORT, "--dataset", data, "--output-dir", out, "--resume"])
     assert_one_line_error(code, err, f"the data of --dataset {data} changed since the interrupted run")
