@@ -69,8 +69,8 @@ NEW_FAULTS = [
     ("label_map_unknown_value", ["--dataset", "{gap}", "--label-map", "0,4"], "label 5"),
     ("label_map_repeated", ["--dataset", "{gap}", "--label-map", "0=a,5=a"], "lists the name 'a' twice"),
     ("label_map_embedded", ["--dataset", "mr", "--label-map", "0,1"], "fixed labels"),
-    ("truncated_weights", ["--model", "{truncated}", "--dataset", "{csv}", "--max-steps", "1", "--cpu"],
-     "not a readable safetensors file"),
+    ("truncated_weights", ["--model", "{truncated}", "--dataset", "{csv}", "--max-steps", "1", "--max-length", "32",
+                           "--cpu"], "not a readable safetensors file"),
 ]
 
 
