@@ -203,7 +203,7 @@ CONFIG_EDITS = {
 
 
 def _long_context_case(ws, root: Path) -> list:
-    """A checkpoint with 8192 positions and 64 texts of 4096 tokens measured in one batch: 17 GiB of attention maps
+    """A checkpoint with 8192 positions and 64 texts of 2048 tokens measured in one batch: 4 GiB of attention maps
     per layer."""
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -215,10 +215,10 @@ def _long_context_case(ws, root: Path) -> list:
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 8192}))
     data = root / "long.csv"
-    data.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(4100))},{i % 2}\n"
-                                             for i in range(100)))
+    data.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(2100))},{i % 2}\n"
+                                             for i in range(80)))
     return [folder, "--dataset", data, "--split", "train", "--limit", "64", "--batch-size", "64", "--max-batch-tokens",
-            "1000000", "--max-length", "4096", "--ig-steps", "2", "--output-dir", root / "out" / "batch_by_length"]
+            "1000000", "--max-length", "2048", "--ig-steps", "2", "--output-dir", root / "out" / "batch_by_length"]
 
 
 SIZE_MESSAGES = {**{name: message for name, (_, message) in CONFIG_EDITS.items()},
@@ -235,7 +235,7 @@ def size_runs(ws):
         (folder / "config.json").write_text(json.dumps({**config, **edit}))
         cases.append((name, "eval_suite.cli:main", [folder, *_args(ws, "a", root / "out" / name)[1:]]))
     cases.append(("batch_by_length", "eval_suite.cli:main", _long_context_case(ws, root)))
-    return root, run_limited(cases, root / "child")
+    return root, run_limited(cases, root / "child", preload=("eval_suite.runner", "eval_suite.model_access"))
 
 
 @pytest.mark.parametrize("name", list(SIZE_MESSAGES))

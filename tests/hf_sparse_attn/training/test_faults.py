@@ -301,7 +301,7 @@ _CONFIG_EDITS = {
 _FROM_SCRATCH_EDITS = [name for name in _CONFIG_EDITS if name != "vocab_1e12"]
 
 
-def _long_texts_csv(path: Path, n: int = 80, words: int = 4100) -> Path:
+def _long_texts_csv(path: Path, n: int = 80, words: int = 2100) -> Path:
     path.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(words))},{i % 2}\n"
                                              for i in range(n)))
     return path
@@ -311,7 +311,7 @@ def _size_cases(root: Path) -> list[tuple[str, list, str]]:
     csv_path = make_text_csv(root / "sizes.csv", n=40)
     cases = [("max_length_1e8", [*TINY, "--dataset", csv_path, "--max-length", "100000000"],
               "--max-length 100000000"),
-             ("batch_by_length", [*TINY, "--dataset", _long_texts_csv(root / "long.csv"), "--max-length", "4096",
+             ("batch_by_length", [*TINY, "--dataset", _long_texts_csv(root / "long.csv"), "--max-length", "2048",
                                   "--batch-size", "64"], "lower --batch-size or --max-length")]
     for name, (edit, message) in _CONFIG_EDITS.items():
         folder = Path(make_tiny_checkpoint(root / f"model_{name}"))
@@ -339,7 +339,7 @@ def size_runs(tmp_path_factory):
     assert [name for name, _, _ in cases] == SIZE_CASE_NAMES
     runs = run_limited([(name, "hf_sparse_attn.training.cli:main",
                          [*argv, "--max-steps", "1", "--output-dir", root / "out" / name]) for name, argv, _ in cases],
-                       root / "child")
+                       root / "child", preload=("hf_sparse_attn.training.loop",))
     return root, {name: (runs[name], message) for name, _, message in cases}
 
 
