@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import EvalError
+
 
 @dataclass
 class TokenBatch:
@@ -101,3 +103,19 @@ def collate(encodings: list[dict], pad_token_id: int) -> TokenBatch:
         if has_types:
             types[i, :n] = torch.tensor(e["token_type_ids"])
     return TokenBatch(ids, mask, content, types)
+
+
+def check_batches_fit(model_config, batches: list[list[int]], lengths: list[int], device) -> None:
+    """EvalError before the first measurement when the planned batch with the largest activations cannot fit in
+    the memory available to ``device`` (hf_sparse_attn.limits). ``batches`` hold positions into ``lengths``."""
+    from hf_sparse_attn.limits import LimitError, activation_bytes, check_batch_memory
+
+    shapes = [(len(batch), max(lengths[k] for k in batch)) for batch in batches if batch]
+    if not shapes:
+        return
+    size, length = max(shapes, key=lambda shape: activation_bytes(model_config, *shape))
+    try:
+        check_batch_memory(model_config, size, length, device=device, what="the largest batch",
+                           fix="lower --batch-size, --max-batch-tokens or --max-length")
+    except LimitError as error:
+        raise EvalError(str(error)) from None

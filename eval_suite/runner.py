@@ -32,7 +32,7 @@ import numpy as np
 
 from hf_sparse_attn.constants import (EVAL_OUTPUT_NAMES, LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR,
                                       RUN_INFO_FILE, TOKEN_EXAMPLES_FILE)
-from hf_sparse_attn.files import atomic_path, atomic_write_text
+from hf_sparse_attn.files import DiskFullError, atomic_path, atomic_write_text, reporting_disk_full
 from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, \
     lock_for_processes, recover_interrupted_replace, replace_folder
 
@@ -201,7 +201,7 @@ class _Plan:
 
 def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) -> _Plan:
     """Everything that can be wrong is checked here, before the first measurement; returns the batch plan."""
-    from .batching import encode_texts
+    from .batching import check_batches_fit, encode_texts
     from .model_access import load_classifier
 
     split = load_split(request)
@@ -222,6 +222,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
                            request.max_batch_tokens)
+    check_batches_fit(classifier.model.config, batches, [len(e["input_ids"]) for e in encodings], device)
     measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]))
     description = {
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
@@ -335,8 +336,12 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         lock = lock_for_processes(out_dir, state)  # before anything loads; names the holder's pid
     except OutputDirError as error:
         raise EvalError(str(error)) from None
+    staging = [overwrite_staging_dir(out_dir)] if request.overwrite and state.is_main_process else []
     try:
-        return _run_locked(request, state, device, out_dir)
+        with reporting_disk_full(out_dir, what="the evaluation", fix="run the same command again", remove=staging):
+            return _run_locked(request, state, device, out_dir)
+    except DiskFullError as error:  # the staging folder of an --overwrite is gone; the old results are intact
+        raise EvalError(str(error)) from None
     finally:
         if lock is not None:
             lock.release()

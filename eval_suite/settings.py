@@ -208,6 +208,7 @@ class EvalRequest:
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
+        from hf_sparse_attn.limits import LimitError, check_seed
         from hf_sparse_attn.output_dir import OutputDirError, check_output_dir
 
         self.measure.validate()
@@ -221,6 +222,10 @@ class EvalRequest:
             raise EvalError(f"--max-length must be >= 3 tokens, got {self.max_length}")
         if self.plot_examples < 0:
             raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
+        try:
+            check_seed(self.measure.seed)
+        except LimitError as error:
+            raise EvalError(str(error)) from None
         if self.resume and self.overwrite:
             raise EvalError("--resume and --overwrite contradict each other; pass one")
         if self.label_map is not None:

@@ -383,17 +383,34 @@ def _mapped_labels(values: list, label_map: dict[str, str], column: str, where: 
     return labels
 
 
+def _integer_label(value):
+    """``value`` as an int class id when it is one (``1``, ``1.0``, ``"1"``, ``" 1.0 "``, ``True``), else None."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
 def _integer_labels(values: list, column: str, where: str) -> list[int]:
+    """Class ids of a label column; DataError naming the first value that is not one and its row (1 = the first
+    data row; a CSV's header is not counted). A column that mixes numbers with text is read as text by pandas,
+    so numbers written as text count as numbers."""
     labels = []
-    for value in values:
-        if isinstance(value, (bool, np.bool_)):
-            value = int(value)
-        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-            value = int(value)
-        if not isinstance(value, (int, np.integer)):
-            raise DataError(f"{where}: label column '{column}' holds a non-integer value {value!r}; "
-                            "pass --label-map RAW=NAME,... (or pick the right --label-column)")
-        labels.append(int(value))
+    for row, value in enumerate(values, start=1):
+        label = _integer_label(value)
+        if label is not None:
+            labels.append(label)
+            continue
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+            raise DataError(f"{where}: row {row} of column '{column}' is empty; give it a label or remove the row")
+        raise DataError(f"{where}: label {value!r} in row {row} of column '{column}' is not an integer class; fix "
+                        "that row, or pass --label-map RAW=NAME,... (or pick the right --label-column)")
     return labels
 
 

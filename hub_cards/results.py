@@ -137,6 +137,15 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
 
 def _check_heads(results: dict, name: str, gradient_method: str) -> None:
     n_layers, n_heads = results["n_layers"], results["n_heads"]
+    records = len(results["per_layer_head"])
+    for key in ("n_layers", "n_heads"):
+        if results[key] < 1:
+            raise CardError(f"{name} field {key!r} must be >= 1, got {results[key]}; {_RERUN}")
+    # Checked before the expected pairs are enumerated: a tampered count (1e9 x 1e9) must not allocate them.
+    if n_layers * n_heads != records:
+        largest = "n_layers" if n_layers >= n_heads else "n_heads"
+        raise CardError(f"{name} field {largest} {results[largest]} does not match its per_layer_head: "
+                        f"{n_layers} x {n_heads} layer/head pairs, but {records} records; {_RERUN}")
     seen = set()
     for i, rec in enumerate(results["per_layer_head"]):
         where = f"{name} per_layer_head[{i}]"

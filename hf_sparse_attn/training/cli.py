@@ -15,13 +15,16 @@ import os
 import sys
 
 from ..data import DataError
+from ..files import DiskFullError
+from ..limits import LimitError
 from ..output_dir import OutputDirError
 from ..sparse_attn_modeling import SparseAttnError
 from .config import TrainConfig, TrainError
 from .from_scratch import FromScratchConfigError
 from .metrics import per_layer_sparsity
 
-KNOWN_ERRORS = (TrainError, DataError, FromScratchConfigError, SparseAttnError, OutputDirError)
+KNOWN_ERRORS = (TrainError, DataError, FromScratchConfigError, SparseAttnError, OutputDirError, LimitError,
+                DiskFullError)
 
 
 def build_parser():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..assets import embedded_minilm_path
 from ..data import parse_label_map
+from ..limits import check_seed
 from ..output_dir import check_output_dir
 from ..sparse_attn_modeling import parse_attn_impl
 from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
@@ -26,8 +27,8 @@ class TrainConfig:
     """Every setting of a fine-tuning or from-scratch run (``python -m hf_sparse_attn.training`` takes the same names).
 
     ``__post_init__`` checks every value that can be wrong before anything is loaded (raising :class:`TrainError`,
-    ``SparseAttnError``, ``FromScratchConfigError``, ``DataError`` or ``OutputDirError`` with a one-line message:
-    numbers must be finite, the output folder must be creatable), canonicalises ``attn_impl`` and fills ``model``
+    ``SparseAttnError``, ``FromScratchConfigError``, ``DataError``, ``LimitError`` or ``OutputDirError`` with a
+    one-line message: numbers must be finite, seeds in numpy's range, the output folder must be creatable), canonicalises ``attn_impl`` and fills ``model``
     with the embedded all-MiniLM-L6-v2 when neither ``model`` nor ``from_scratch`` is given.
     """
 
@@ -104,6 +105,7 @@ class TrainConfig:
             raise TrainError(f"--max-grad-norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         if self.label_map is not None:
             parse_label_map(self.label_map)  # DataError in one line
+        check_seed(self.seed)  # LimitError in one line
         if self.save_total_limit < 1:
             raise TrainError("--save-total-limit must be >= 1 so that --resume has a checkpoint to continue from")
         if self.resume and self.overwrite:

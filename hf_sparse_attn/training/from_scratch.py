@@ -63,8 +63,12 @@ def build_from_scratch_config(config_dict: dict, tokenizer: PreTrainedTokenizerF
     """A transformers config for ``config_dict`` sized to the tokenizer's vocabulary and ``max_length``."""
     config_dict = dict(config_dict)
     model_type = config_dict.pop("model_type")
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         config = AutoConfig.for_model(model_type, **config_dict)
+    except StrictDataclassError as error:  # transformers' configs check field types ("num_hidden_layers": 1e7)
+        raise FromScratchConfigError(f"--from-scratch config: {' '.join(str(error).split())}; fix the field") from None
     except ValueError as error:
         raise FromScratchConfigError(f"unknown model_type {model_type!r} in --from-scratch config ({error}); "
                                  "use an encoder type such as bert or roberta") from None

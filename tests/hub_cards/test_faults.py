@@ -25,6 +25,7 @@ from hf_sparse_attn import weights_fingerprint
 from hub_cards.sections import parse_sections
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.faults import REPO_ROOT, assert_one_line_error, run_command, snapshot, subprocess_env
+from tests.helpers.limited import run_limited
 from tests.helpers.tiny_models import make_checkpoint, make_results
 
 TOKEN = "hf_test_token"
@@ -211,6 +212,32 @@ def test_a_marker_inside_the_dataset_name_cannot_break_the_card(tmp_path, capsys
     assert "scores" in parse_sections(card.text)
     assert "my &lt;!-- hf-sparse-attn:end:scores --> data" in card.text
     assert card.data.eval_results[0].dataset_name == name  # the metadata keeps the name as it is
+
+
+# ------------------------------------------------------------------------------------------ hostile sizes
+
+
+@pytest.mark.slow
+def test_absurd_layer_and_head_counts_in_results_are_refused_before_allocation(tmp_path):
+    """n_layers / n_heads 1e9 made render build 1e18 (layer, head) pairs until the kernel killed it at 22 GB; the
+    rows run in one child process under an address-space limit (tests/helpers/limited.py)."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", attn_impl="entmax15")
+    # The top-level fields of a results.json of this 2 x 4 checkpoint; the counts are checked before any record is.
+    record = {"weights_fingerprint": weights_fingerprint(checkpoint), "attn_impl": "entmax15", "dataset": "mr",
+              "split": "test", "n_examples": 16, "accuracy": 0.5, "macro_f1": 0.5, "n_layers": 2, "n_heads": 4,
+              "importance_methods": ["grad_norm"], "per_layer_head": [{} for _ in range(8)], "per_layer": [],
+              "summary": {}, "plots": []}
+    cases, messages = [], {}
+    for field in ("n_layers", "n_heads"):
+        edited = tmp_path / f"{field}.json"
+        edited.write_text(json.dumps({**record, field: 10 ** 9}))
+        cases.append((field, "hub_cards.cli:main", ["render", checkpoint, "--results", edited]))
+        messages[field] = f"{field} 1000000000"
+    runs = run_limited(cases, tmp_path / "child", preload=("hub_cards.render",))
+    for field, (code, err) in runs.items():
+        assert_one_line_error(code, err, messages[field])
+        assert "per_layer_head" in err
+    assert not (checkpoint / "README.md").exists()
 
 
 # ------------------------------------------------------------------------------------------ already handled
