@@ -20,10 +20,12 @@ from urllib.parse import quote
 # An ampersand that would start a character reference; a lone "&" (as in "Pang & Lee") is shown as it is.
 _ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
 # Characters that start inline Markdown anywhere in a line: escapes, code, emphasis, links and images, tables,
-# strikethrough, math on the Hub. (HTML's < > & are entities by then.)
-_INLINE = re.compile(r"([\\`*_\[\]|~$])")
-# What starts a block only at the beginning of a line: headings, quotes, lists, rules, ordered lists.
-_BLOCK_START = re.compile(r"^([#>+=-]|\d+[.)])")
+# strikethrough, math on the Hub; an underscore only next to a non-word character (intraword "_" is no emphasis, so
+# "entmax_learned" stays as it is). HTML's < > & are entities by then.
+_INLINE = re.compile(r"([\\`*\[\]|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# What starts a block at the beginning of a line (headings, lists, rules, setext underlines): the marker followed by
+# a space, the end, or more of the same. "1.5" or "-0.2" start nothing.
+_BLOCK_START = re.compile(r"^([#+=-]|\d+[.)])(?=[\s#=-]|$)")
 MAX_CELL_CHARS = 80
 
 

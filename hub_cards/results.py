@@ -20,6 +20,7 @@ from .errors import CardError
 # inputs, g(x_i) = ||d y_hat / d e_i|| normalised (measurement 1 of Meister et al. 2021).
 GRADIENT_METHOD = "grad_norm"
 HEADLINE = "kendall_tau_b_excess"
+NULL = "kendall_tau_b_null"
 
 _NUMBER = (int, float)
 _TOP_LEVEL_FIELDS = {
@@ -53,6 +54,15 @@ def _is_number(value) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def null_is_zero(stat) -> bool:
+    """Whether a defined null stat is exactly 0 on every value it pools (mean and spread both 0), so that the excess
+    equals the raw tau-b: the zero patterns alone predict no agreement."""
+    if not is_stat(stat) or not stat.get("defined") or not stat.get("n"):
+        return False
+    spread = stat.get("std") if "std" in stat else max(map(abs, stat.get("ci95") or [1.0]))
+    return stat.get("mean") == 0 and spread == 0
+
+
 def is_stat(value) -> bool:
     return isinstance(value, dict) and "mean" in value and "n" in value and "defined" in value
 
@@ -75,6 +85,7 @@ class LayerScore:
     on_support: dict  # stat: tau-b over attention's support
     n_heads_defined: int
     n_heads: int
+    null: dict | None = None  # stat: the structure-preserving null subtracted from raw (None: older results)
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,14 @@ class CardScores:
     gradient_method: str
     n_examples: int
     layers: list[LayerScore]
-    best_layer: int | None  # highest defined excess
-    last_layer: int
+    last_layer: int  # the one layer a card reports alone: fixed in advance, never picked on the numbers
     attention_sparsity: dict  # stat, [CLS] (or mean-query) attention over content tokens, pooled
     special_mass: dict  # stat
     heads_defined: dict  # {"n", "of", "share"}
     input_to_repr_entropy: dict | None  # stat, layers >= 1 (None: eq. 5 not measured)
-    overall_excess: dict  # stat over every defined head
+    overall_excess: dict  # stat over every defined head: the card's headline agreement
     overall_raw: dict
+    overall_null: dict | None
     ig_completeness_median: float | None
     warnings: list[str]
     measures: tuple = ()  # what the evaluation measured
@@ -132,7 +143,34 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
         raise CardError(f"{path.name} field 'plots' should be a list of relative paths; {_RERUN}")
     _check_heads(results, path.name, gradient_method)
     _check_layers(results, path.name, gradient_method)
+    _check_reported_numbers(results, path.name, gradient_method)
     return results
+
+
+def _check_number(value, where: str, low: float, high: float) -> None:
+    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+        raise CardError(f"{where} is {value!r}; it should be a number in [{low:g}, {high:g}]; {_RERUN}")
+
+
+def _check_reported_numbers(results: dict, name: str, gradient_method: str) -> None:
+    """The numbers a card shows on its first screen and in its model-index: finite and in range (a NaN, an inf or
+    an accuracy of 12345 is a damaged or edited file, never a score to publish)."""
+    for key in ("accuracy", "macro_f1"):
+        _check_number(results[key], f"{name} field {key!r}", 0, 1)
+    for bound in results.get("accuracy_ci95") or []:
+        _check_number(bound, f"{name} field 'accuracy_ci95'", 0, 1)
+    if results["n_examples"] < 1:
+        raise CardError(f"{name} field 'n_examples' is {results['n_examples']}; it should be at least 1; {_RERUN}")
+    summary = results["summary"]
+    blocks = [("summary", summary["agreement"].get(gradient_method) or {})]
+    blocks += [(f"per_layer[{i}]", rec["agreement"][gradient_method]) for i, rec in enumerate(results["per_layer"])]
+    stats = [(f"{where}.agreement.{gradient_method}.{key}", block.get(key), low)
+             for where, block in blocks for key, low in (("kendall_tau_b", -1), (NULL, -1), (HEADLINE, -2))]
+    stats += [(f"summary.{key}", summary.get(key), 0) for key in ("attention_sparsity", "input_to_repr_entropy")]
+    for where, stat, low in stats:
+        if is_stat(stat) and stat.get("defined"):
+            for part, value in [("mean", stat["mean"])] + [("ci95", v) for v in stat.get("ci95") or []]:
+                _check_number(value, f"{name} {where}.{part}", low, 1 if low >= -1 else 2)
 
 
 def _check_heads(results: dict, name: str, gradient_method: str) -> None:
@@ -185,9 +223,7 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         agreement = rec["agreement"][gradient_method]
         layers.append(LayerScore(rec["layer"], agreement[HEADLINE], agreement["kendall_tau_b"],
                                  agreement.get("kendall_tau_b_on_support", {}), rec.get("n_heads_defined", 0),
-                                 rec.get("n_heads", results["n_heads"])))
-    ranked = [s.layer for s in layers if stat_mean(s.excess) is not None]
-    best = max(ranked, key=lambda layer: (stat_mean(layers[layer].excess), -layer)) if ranked else None
+                                 rec.get("n_heads", results["n_heads"]), agreement.get(NULL)))
     summary = results["summary"]
     overall = summary["agreement"][gradient_method]
     ig = (results.get("integrated_gradients") or {}).get("completeness_gap") or {}
@@ -195,7 +231,6 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         gradient_method=gradient_method,
         n_examples=results["n_examples"],
         layers=layers,
-        best_layer=best,
         last_layer=results["n_layers"] - 1,
         attention_sparsity=summary["attention_sparsity"],
         special_mass=summary.get("special_mass", {}),
@@ -203,6 +238,7 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         input_to_repr_entropy=summary.get("input_to_repr_entropy"),
         overall_excess=overall[HEADLINE],
         overall_raw=overall["kendall_tau_b"],
+        overall_null=overall.get(NULL),
         ig_completeness_median=ig.get("median"),
         warnings=list(summary.get("warnings", [])),
         measures=tuple(measured(results)),

@@ -57,6 +57,10 @@ def _first_screen(body: str) -> str:
     return body.split("\n<details>", 1)[0]
 
 
+def section_of(body: str, name: str) -> str:
+    return body[slice(*parse_sections(body)[name])]
+
+
 def _fmt_interval(stat: dict) -> str:
     return f"**{stat['mean']:.3f}** [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
 
@@ -148,14 +152,22 @@ def test_excess_equals_raw_is_explained_exactly_when_the_null_is_zero(fresh):
     assert NULL_IS_ZERO in _first_screen(body)
     assert f"on all {null['n']} values" in _first_screen(body)
 
-    def a_null_of_005(data):
-        overall = data["summary"]["agreement"]["grad_norm"]
-        overall["kendall_tau_b_null"].update(mean=0.05, std=0.01, ci95=[0.04, 0.06])
-        raw = overall["kendall_tau_b"]
-        overall["kendall_tau_b_excess"].update(mean=raw["mean"] - 0.05,
-                                               ci95=[raw["ci95"][0] - 0.05, raw["ci95"][1] - 0.05])
+    def a_null_of_005(block):
+        block["kendall_tau_b_null"].update(mean=0.05, std=0.01, ci95=[0.04, 0.06])
+        raw = block["kendall_tau_b"]
+        block["kendall_tau_b_excess"].update(mean=raw["mean"] - 0.05,
+                                             ci95=[raw["ci95"][0] - 0.05, raw["ci95"][1] - 0.05])
 
-    _edit(results_path, a_null_of_005)
+    _edit(results_path, lambda data: a_null_of_005(data["per_layer"][0]["agreement"]["grad_norm"]))
+    per_layer = section_of(_body(render_card(checkpoint, results_path)), "per-head")
+    assert f"In layers {', '.join(str(i) for i in range(1, results['n_layers']))} {NULL_IS_ZERO}" in per_layer
+
+    def everywhere(data):
+        for layer in data["per_layer"]:
+            a_null_of_005(layer["agreement"]["grad_norm"])
+        a_null_of_005(data["summary"]["agreement"]["grad_norm"])
+
+    _edit(results_path, everywhere)
     body = _body(render_card(checkpoint, results_path))
     assert NULL_IS_ZERO not in body
     assert "null 0.050" in _first_screen(body)  # the null it subtracted, said beside the excess
@@ -164,7 +176,7 @@ def test_excess_equals_raw_is_explained_exactly_when_the_null_is_zero(fresh):
 def test_usage_says_how_to_install_and_names_the_repository(fresh):
     checkpoint, results_path = fresh
     body = _body(render_card(checkpoint, results_path))
-    usage = body[slice(*parse_sections(body)["usage"])]
+    usage = section_of(body, "usage")
     assert "pip install hf-sparse-attn" not in body  # not on a package index
     assert "not published on a package index" in usage and "trust_remote_code=True" in _first_screen(body)
     assert "ORG/NAME" in usage and "replace ORG/NAME" in usage  # a placeholder says it is one

@@ -212,15 +212,15 @@ def test_a_marker_inside_the_dataset_name_cannot_break_the_card(tmp_path, capsys
         assert code == 0, err
     card = ModelCard.load(checkpoint / "README.md")
     assert "scores" in parse_sections(card.text)
-    assert "my &lt;!-- hf-sparse-attn:end:scores --> data" in card.text
+    assert "my &lt;!-- hf-sparse-attn:end:scores --&gt; data" in card.text
     assert card.data.eval_results[0].dataset_name == name  # the metadata keeps the name as it is
 
 
 # ------------------------------------------------------------------------------------------ hostile numbers and text
 
 # Markup a card may hold: our section markers and the note beside them, and the folding of details.
-_OUR_HTML = re.compile(r"^(<!-- hf-sparse-attn:(begin|end):[\w-]+ -->|<!-- Text between hf-sparse-attn:begin .*-->|"
-                       r"</?details>|</?summary>|</?b>)$")
+_OUR_HTML = re.compile(r"<!-- hf-sparse-attn:(begin|end):[\w-]+ -->|<!-- Text between hf-sparse-attn:begin [^<>]*-->|"
+                       r"</?details>|</?summary>|</?b>")
 _HOSTILE = "<img src=x onerror=alert(1)>\n# Injected heading\n[click](javascript:alert(1)) <!-- x --> *em* `c` | p"
 
 
@@ -261,9 +261,10 @@ def test_render_refuses_a_score_that_is_not_a_fraction(copied, capsys, field, va
 def _markdown_tokens(text: str):
     markdown_it = pytest.importorskip("markdown_it")
     parser = markdown_it.MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
-    for token in parser.parse(text):
+    tokens = parser.parse(text)
+    while tokens:  # depth first, children (inline text, an image's alt text) after their parent
+        token, tokens = tokens[0], (tokens[0].children or []) + tokens[1:]
         yield token
-        yield from token.children or []
 
 
 @pytest.mark.parametrize("where", ["dataset", "local file name", "plot file name"])
@@ -288,7 +289,7 @@ def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, w
         body = page.split("\n---\n", 1)[-1] if page.startswith("---") else page
         tokens = list(_markdown_tokens(body))
         markup = [t.content.strip() for t in tokens if t.type in ("html_block", "html_inline")]
-        assert all(_OUR_HTML.match(line) for m in markup for line in m.splitlines() if line.strip()), markup
+        assert not [m for m in markup if "<" in _OUR_HTML.sub("", m)], markup  # no other tag, no other comment
         links = [t.attrGet("href") or t.attrGet("src") or "" for t in tokens if t.type in ("link_open", "image")]
         assert not any(link.startswith("javascript:") for link in links), links
         headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
