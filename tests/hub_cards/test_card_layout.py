@@ -183,3 +183,17 @@ def test_usage_says_how_to_install_and_names_the_repository(fresh):
 
     body = _body(render_card(checkpoint, results_path, repo_id="me/tiny-entmax15"))
     assert "ORG/NAME" not in body and body.count('"me/tiny-entmax15"') == 2
+
+
+def test_the_scores_page_is_published_and_its_images_are_checked(fresh):
+    from hub_cards import CardError
+    from hub_cards.validation import files_to_publish, validate_folder
+
+    checkpoint, results_path = fresh
+    render_card(checkpoint, results_path)
+    assert "interpretability/scores.md" in files_to_publish(checkpoint)
+    validate_folder(checkpoint, load_check=False)
+    image = next((checkpoint / "interpretability" / "plots").glob("*.png"))
+    image.unlink()
+    with pytest.raises(CardError, match=f"interpretability/scores.md shows image plots/{image.name}, which is not in"):
+        validate_folder(checkpoint, load_check=False)

@@ -352,7 +352,7 @@ def test_card_links_the_report_drawn_from_the_published_results(checkpoint, resu
     (results_path.parent / "token_examples.json").write_text(json.dumps(examples))
     text = render_card(checkpoint, results_path).read_text()
     results = json.loads(results_path.read_text())
-    assert "[report.html](report.html)" in section(text, "scores")
+    assert "[report.html](report.html)" in section(text, "header")  # on the first screen
     report = checkpoint / "report.html"
     data = embedded(report)
     assert data["meta"]["checkpoint"] == "."  # the published copy's: no local path goes to the Hub
