@@ -52,15 +52,12 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def check_repo_id(repo_id: str) -> None:
-    """PushError unless ``repo_id`` is a valid ORG/NAME Hub id."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    """PushError unless ``repo_id`` is a valid ORG/NAME Hub id (the check render applies to --repo-id too)."""
+    from .hub_ids import repo_id_problem
 
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PushError(f"repo id {repo_id!r} should be ORG/NAME (or USER/NAME)")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise PushError(f"invalid repo id {repo_id!r}: {first_line(err)}") from None
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise PushError(problem)
 
 
 def _refresh_card(folder: Path, repo_id: str) -> None:

@@ -31,10 +31,10 @@ PUBLISHED_FILES = {
 
 
 def published(folder: Path) -> set[str]:
-    """The files a push of ``folder`` must upload: PUBLISHED_FILES and the card's images."""
+    """The files a push of ``folder`` must upload: PUBLISHED_FILES, the card's images and its scores page."""
     images = {p.relative_to(folder).as_posix() for p in (folder / "interpretability").rglob("*.png")}
     assert images, "the card has images"
-    return PUBLISHED_FILES | images
+    return PUBLISHED_FILES | images | {"interpretability/scores.md"}
 
 
 @pytest.fixture
@@ -222,7 +222,8 @@ def test_real_minilm_checkpoint_renders_validates_and_publishes_its_tokenizer(mi
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
             "results.json", "training_args.json"} <= set(files)
     assert [f for f in files if f.startswith("interpretability/")] == [
-        "interpretability/attention_sparsity_heatmap.png", "interpretability/kendall_tau_b_excess_grad_norm_heatmap.png"]
+        "interpretability/attention_sparsity_heatmap.png", "interpretability/kendall_tau_b_excess_grad_norm_heatmap.png",
+        "interpretability/scores.md"]
 
 
 def test_push_options_for_training_and_eval_commands(carded, hub, skip_load_check):
