@@ -174,8 +174,10 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     return path
 
 
-def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0) -> str:
-    """A tiny BERT classifier whose layer-0 head 0 gives all of the [CLS] query's attention to [CLS] and [SEP].
+def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0,
+                                       heads: tuple = (0,)) -> str:
+    """A tiny BERT classifier whose layer-0 ``heads`` (head 0; ``range(4)``: the whole layer) give all of the [CLS]
+    query's attention to [CLS] and [SEP].
 
     The [CLS]/[SEP] word embeddings get a large first coordinate, and that head's key reads only it while its query
     is a constant: every query scores the special tokens far above any content token, so a sparse mapping gives the
@@ -194,11 +196,13 @@ def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", 
     with torch.no_grad():
         for token in ("[CLS]", "[SEP]"):
             model.bert.embeddings.word_embeddings.weight[tokenizer.convert_tokens_to_ids(token), 0] = 20.0
-        attention.key.weight[:head_dim] = 0.0
-        attention.key.weight[:head_dim, 0] = 1.0
-        attention.key.bias[:head_dim] = 0.0
-        attention.query.weight[:head_dim] = 0.0
-        attention.query.bias[:head_dim] = 5.0
+        for head in heads:
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            attention.key.weight[rows] = 0.0
+            attention.key.weight[rows, 0] = 1.0
+            attention.key.bias[rows] = 0.0
+            attention.query.weight[rows] = 0.0
+            attention.query.bias[rows] = 5.0
     import hf_sparse_attn
 
     hf_sparse_attn.sparsify(model, attn_impl=attn_impl)
