@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the attention mapping (e.g. sparsemax, entmax15, entmax:alpha=1.3); default: the "
                         "checkpoint's own (stock checkpoints: softmax)")
     p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column", default=None,
+                   help="second text of each example (sentence pairs: NLI, paraphrase, QA relevance), encoded with "
+                        "the first as one pair; both texts' tokens are content tokens")
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-map", default=None, metavar="RAW=NAME,...",
                    help="label values to use, numbered 0..K-1 in this order (as in training)")
@@ -145,7 +148,8 @@ def request_from_args(args: argparse.Namespace) -> EvalRequest:
                        label_column=args.label_column, batch_size=args.batch_size, max_length=args.max_length,
                        resume=args.resume, overwrite=args.overwrite, label_map=args.label_map,
                        plot_examples=args.plot_examples, cpu=args.cpu, measure=measure, aggregation=aggregation,
-                       device=args.device, budget_seconds=args.budget, max_batch_tokens=args.max_batch_tokens)
+                       device=args.device, budget_seconds=args.budget, max_batch_tokens=args.max_batch_tokens,
+                       text_pair_column=args.text_pair_column)
 
 
 def _check_publishing(args, request: EvalRequest) -> None:

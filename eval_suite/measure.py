@@ -51,7 +51,7 @@ from .attribution import (
     attention_rows,
     sample_positions,
 )
-from .batching import TokenBatch
+from .batching import TokenBatch, content_segments
 from .faithfulness import DEFAULT_FRACTIONS, faithfulness_curves, greedy_comprehensiveness_bounds, tie_break_keys
 from .measures import DEFAULT_SPEC, REGISTRY, MethodLists, methods_with_role, mixing_views, resolve_measures
 
@@ -392,6 +392,7 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
     arrays["example.index"] = np.asarray(indices, dtype=np.int64)
 
     token_maps = {}
+    segments = content_segments(content)
     for row, index in enumerate(indices):
         if index not in config.token_map_indices:
             continue
@@ -422,6 +423,8 @@ def measure_batch(classifier, batch: TokenBatch, labels: list[int], indices: lis
         }
         if projected is not None:
             token_maps[int(index)]["projected"] = _token_values(M.normalise(projected[row].double()[..., keep]))
+        if int(segments[row].max()) > 0:  # a text pair: which text each token is from (the [SEP] boundary)
+            token_maps[int(index)]["segments"] = segments[row][keep].tolist()
     return arrays, token_maps
 
 

@@ -263,6 +263,23 @@ def _hatch_undefined_columns(ax, columns: list[int], n_tokens: int) -> None:
                 rotation=90 if n_tokens > 1 else 0)
 
 
+SECOND_TEXT_COLOR = "#1f4e9c"
+
+
+def _mark_second_text(ax, segments) -> None:
+    """A text pair: a line where the [SEP] between the two texts was, and the second text's tokens in blue."""
+    if not segments:
+        return
+    for position in range(1, len(segments)):
+        if segments[position] != segments[position - 1]:
+            ax.axhline(position - 0.5, color="black", linewidth=2.0)
+            ax.text(1.0, position - 0.5, " [SEP]", transform=ax.get_yaxis_transform(), ha="left", va="center",
+                    fontsize=FONT_PT, color="black")
+    for label, segment in zip(ax.get_yticklabels(), segments):
+        if segment > 0:
+            label.set_color(SECOND_TEXT_COLOR)
+
+
 def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
     """One heatmap per stored example: tokens down, attention and importance maps across (each sums to 1 over the
     content tokens; a map with no weight on them, such as a layer whose heads all attend only to special tokens,
@@ -289,6 +306,7 @@ def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
         ax.set_xticklabels([_short_map_name(n) for n in names], rotation=60, ha="left", fontsize=FONT_PT)
         undefined = [column for column in range(len(names)) if not np.isfinite(grid[:, column]).any()]
         _hatch_undefined_columns(ax, undefined, len(tokens))
+        _mark_second_text(ax, example.get("segments"))
         claim = "each defined column sums to 1" if undefined else "each column sums to 1"
         ax.set_title(f"{example_title(index, example, label_names)}\n{claim} over the content tokens",
                      fontsize=FONT_PT + 0.5, loc="left")

@@ -192,6 +192,7 @@ def _examples_payload(token_examples: dict | None) -> list[dict]:
             "representation": {m: _rounded(v) for m, v in (example.get("representation") or {}).items()},
             "mixing": {m: {view: _rounded(v) for view, v in views.items()}
                        for m, views in (example.get("mixing") or {}).items()},
+            "segments": example.get("segments"),  # a text pair: 0 / 1 per token (the [SEP] between them)
         })
     return examples
 

@@ -100,6 +100,31 @@ def make_text_csv(path, *, n: int = 40, n_classes: int = 2, seed: int = 0, min_w
     return str(path)
 
 
+def make_text_pair_file(path, *, n: int = 40, seed: int = 0, columns=("premise", "hypothesis", "label"),
+                        words=VOCAB_WORDS) -> str:
+    """Write ``n`` random sentence pairs (.csv or .jsonl by the suffix of ``path``) labelled 0, 1, 0, 1, ...; the
+    second text of a pair labelled 1 repeats a word of the first."""
+    rng = random.Random(seed)
+    first_column, second_column, label_column = columns
+    rows = []
+    for i in range(n):
+        first = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+        second = [rng.choice(words) for _ in range(rng.randint(2, 6))]
+        if i % 2:
+            second[rng.randrange(len(second))] = rng.choice(first)
+        rows.append({first_column: " ".join(first), second_column: " ".join(second),
+                     label_column: i % 2})
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+    return str(path)
+
+
 def make_checkpoint(folder, *, attn_impl: str | None = "entmax_learned", seed: int = 0, tokenizer: bool = True,
                     training_files: bool = True, config_overrides: dict | None = None) -> Path:
     """A tiny BERT classifier saved the way the core saves one (``attn_impl=None``: a stock checkpoint), with the
