@@ -266,18 +266,18 @@ def _hatch_undefined_columns(ax, columns: list[int], n_tokens: int) -> None:
 SECOND_TEXT_COLOR = "#1f4e9c"
 
 
-def _mark_second_text(ax, segments) -> None:
-    """A text pair: a line where the [SEP] between the two texts was, and the second text's tokens in blue."""
-    if not segments:
-        return
+def _mark_second_text(ax, segments) -> str | None:
+    """A text pair: a line where the [SEP] between the two texts was and the second text's tokens in blue; returns
+    the note that says so (None for a single text)."""
+    if not segments or max(segments) < 1:
+        return None
     for position in range(1, len(segments)):
         if segments[position] != segments[position - 1]:
             ax.axhline(position - 0.5, color="black", linewidth=2.0)
-            ax.text(1.0, position - 0.5, " [SEP]", transform=ax.get_yaxis_transform(), ha="left", va="center",
-                    fontsize=FONT_PT, color="black")
     for label, segment in zip(ax.get_yticklabels(), segments):
         if segment > 0:
             label.set_color(SECOND_TEXT_COLOR)
+    return "line: the [SEP] between the texts;\nblue: the second text"
 
 
 def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
@@ -306,13 +306,15 @@ def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
         ax.set_xticklabels([_short_map_name(n) for n in names], rotation=60, ha="left", fontsize=FONT_PT)
         undefined = [column for column in range(len(names)) if not np.isfinite(grid[:, column]).any()]
         _hatch_undefined_columns(ax, undefined, len(tokens))
-        _mark_second_text(ax, example.get("segments"))
+        notes = [_mark_second_text(ax, example.get("segments"))]
         claim = "each defined column sums to 1" if undefined else "each column sums to 1"
         ax.set_title(f"{example_title(index, example, label_names)}\n{claim} over the content tokens",
                      fontsize=FONT_PT + 0.5, loc="left")
         if undefined:
-            ax.set_xlabel(f"hatched n/a: {len(undefined)} of {len(names)} maps put\nno weight on content tokens "
-                          "(attention:\nall on special tokens)", fontsize=FONT_PT)
+            notes.append(f"hatched n/a: {len(undefined)} of {len(names)} maps put\nno weight on content tokens "
+                         "(attention:\nall on special tokens)")
+        if any(notes):
+            ax.set_xlabel("\n".join(note for note in notes if note), fontsize=FONT_PT)
         colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.03)
         colorbar.ax.tick_params(labelsize=FONT_PT)
         name = f"tokens_{int(index)}.png"
