@@ -6,7 +6,9 @@ docs/eval_suite.md) for any sequence-classification checkpoint::
     python -m eval_suite CHECKPOINT --dataset mr --split test --limit 500 --output-dir out/eval
     accelerate launch --cpu --num_processes 2 -m eval_suite CHECKPOINT ...   # same numbers, split over processes
 
-Python API: :func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
+Python API: :func:`evaluate_checkpoint` (checkpoint and settings -> an :class:`Evaluation`, which a notebook shows
+inline as the report's grid and token view; :func:`load_evaluation` reads one back from its folder),
+:func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
 :func:`measure_batch`, the attribution classes (``GradientNorm``, ``GradientXInput``, ``IntegratedGradients``,
 ``LeaveOneOut``, ``RepresentationGradientNorm``, ``RepresentationLeaveOneOut``, ``InputToRepresentation``,
 ``AttentionRollout``, ``ProjectedAttention``: each ``method(ForwardContext) -> tensor``) and the metric functions
@@ -20,6 +22,7 @@ __all__ = [
     "AttentionRollout",
     "EvalError",
     "EvalRequest",
+    "Evaluation",
     "ForwardContext",
     "GradientNorm",
     "GradientXInput",
@@ -30,7 +33,9 @@ __all__ = [
     "ProjectedAttention",
     "RepresentationGradientNorm",
     "RepresentationLeaveOneOut",
+    "evaluate_checkpoint",
     "load_classifier",
+    "load_evaluation",
     "measure_batch",
     "run_evaluation",
 ]
@@ -38,6 +43,7 @@ __all__ = [
 _LAZY = {
     "EvalRequest": "runner", "run_evaluation": "runner", "MeasureConfig": "measure", "measure_batch": "measure",
     "load_classifier": "model_access", "AggregateConfig": "aggregate",
+    "evaluate_checkpoint": "notebook", "load_evaluation": "notebook", "Evaluation": "notebook",
 }
 
 
