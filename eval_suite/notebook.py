@@ -76,26 +76,28 @@ def load_evaluation(output_dir) -> Evaluation:
 
 
 def _request(checkpoint, dataset, output_dir, settings: dict):
-    """An EvalRequest from keyword settings named as the fields of EvalRequest, MeasureConfig and AggregateConfig
-    (the command line's options with underscores); a one-line EvalError for a name none of them has."""
-    from .aggregate import AggregateConfig
-    from .measure import MeasureConfig
+    """An EvalRequest from keyword settings named as the command line's options with underscores: the request's own
+    fields, the aggregation's, and every other one the measurement config takes; a one-line EvalError otherwise."""
+    from hf_sparse_attn.files import first_line
+
     from .runner import EvalRequest
 
-    def names(cls):
-        return {f.name for f in dataclasses.fields(cls)}
-
-    measure = {k: settings.pop(k) for k in list(settings) if k in names(MeasureConfig)}
-    aggregation = {k: settings.pop(k) for k in list(settings) if k in names(AggregateConfig) and k not in
-                   names(EvalRequest)}
-    unknown = sorted(set(settings) - names(EvalRequest))
-    if unknown:
-        raise EvalError(f"evaluate_checkpoint() got an unknown setting {unknown[0]!r}; use the names of "
-                        "python -m eval_suite's options with underscores (limit, split, text_column, measures, ...)")
-    if "measures" in measure and measure["measures"] is None:
-        del measure["measures"]
-    return EvalRequest(checkpoint=str(checkpoint), output_dir=str(output_dir), dataset=dataset,
-                       measure=MeasureConfig(**measure), aggregation=AggregateConfig(**aggregation), **settings)
+    fields = {f.name: f for f in dataclasses.fields(EvalRequest)}
+    measure_cls, aggregation_cls = fields["measure"].default_factory, fields["aggregation"].default_factory
+    own = {k: settings.pop(k) for k in list(settings) if k in fields}
+    aggregation = {k: settings.pop(k) for k in list(settings)
+                   if k in {f.name for f in dataclasses.fields(aggregation_cls)}}
+    if settings.get("measures", "") is None:
+        del settings["measures"]
+    try:  # what is left configures the measurements (a measure's own parameters too, where the config has them)
+        measure = measure_cls.of(**settings) if hasattr(measure_cls, "of") else measure_cls(**settings)
+    except TypeError as error:
+        raise EvalError(f"evaluate_checkpoint() got an unknown setting ({first_line(error)}); use the names of "
+                        "python -m eval_suite's options with underscores (limit, split, text_column, measures, "
+                        "...)") from None
+    own.setdefault("measure", measure)
+    own.setdefault("aggregation", aggregation_cls(**aggregation))
+    return EvalRequest(checkpoint=str(checkpoint), output_dir=str(output_dir), dataset=dataset, **own)
 
 
 def evaluate_checkpoint(checkpoint, dataset: str = "mr", *, output_dir=None, **settings) -> Evaluation:

@@ -17,8 +17,10 @@ EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 
 
 def run_python(args, cwd) -> subprocess.CompletedProcess:
+    # One thread: on a shared 2-core machine OpenMP threads spin-wait on each other (the Trainer example took 760 s
+    # with two threads there, against 64 s of CPU time with one).
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", HF_MODULES_CACHE=str(Path(cwd) / "modules"))
+               TOKENIZERS_PARALLELISM="false", HF_MODULES_CACHE=str(Path(cwd) / "modules"), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -78,3 +78,16 @@ def test_a_missing_output_dir_is_a_one_line_error(capsys):
         train_cli.main(["--dataset", "mr"])
     assert exit_info.value.code == 2
     assert "required: --output-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, light", [
+    (["-m", "--help"], True),  # python -m hf_sparse_attn.training --help, while Python locates the module
+    (["/site/eval_suite/__main__.py", "--dataset", "mr", "-h"], True),  # python -m eval_suite ... -h
+    (["-m", "--output-dir", "out"], False),  # a real run registers everything at import
+    (["train.py", "--help"], False),  # a user's script: its imports must behave as always
+    ([], False),
+])
+def test_only_a_help_request_of_a_python_m_command_keeps_the_import_light(argv, light):
+    import hf_sparse_attn
+
+    assert hf_sparse_attn.printing_help_only(argv) is light
