@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..assets import embedded_minilm_path
-from ..data import parse_label_map
 from ..limits import check_seed
 from ..output_dir import check_output_dir
-from ..sparse_attn_modeling import parse_attn_impl
 from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
 
 
@@ -49,6 +47,9 @@ class TrainConfig:
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
     text_column: str = _help("text column of a local file or Hub dataset", default="text")
+    text_pair_column: str | None = _help("second text of each example, for sentence-pair tasks (NLI, paraphrase, QA "
+                                         "relevance): encoded with the first as one pair, [CLS] text [SEP] pair "
+                                         "[SEP]", default=None)
     label_column: str = _help("label column of a local file or Hub dataset", default="label")
     label_map: str | None = _help("RAW=NAME,RAW=NAME,...: the label values to use, numbered 0..K-1 in this order "
                                   "(for labels that are not 0..K-1 or not integers)", default=None)
@@ -79,6 +80,10 @@ class TrainConfig:
     cpu: bool = _help("train on CPU even when a GPU is present", default=False)
 
     def __post_init__(self) -> None:
+        # Imported here so that the command's --help needs neither torch nor datasets.
+        from ..data import parse_label_map
+        from ..sparse_attn_modeling import parse_attn_impl
+
         check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
         # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
         if self.attn_layers is None and "layers=" not in self.attn_impl and self.from_scratch in PRESET_SPARSE_LAYERS:
@@ -128,6 +133,7 @@ class TrainConfig:
 # Settings that change what a run computes or how its log records are measured; --resume refuses to continue a
 # run under different values.
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
+                 "text_pair_column",
                  "label_column", "label_map", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr",
                  "weight_decay", "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm",
                  "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every", "patience")

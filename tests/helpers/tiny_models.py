@@ -100,6 +100,31 @@ def make_text_csv(path, *, n: int = 40, n_classes: int = 2, seed: int = 0, min_w
     return str(path)
 
 
+def make_text_pair_file(path, *, n: int = 40, seed: int = 0, columns=("premise", "hypothesis", "label"),
+                        words=VOCAB_WORDS) -> str:
+    """Write ``n`` random sentence pairs (.csv or .jsonl by the suffix of ``path``) labelled 0, 1, 0, 1, ...; the
+    second text of a pair labelled 1 repeats a word of the first."""
+    rng = random.Random(seed)
+    first_column, second_column, label_column = columns
+    rows = []
+    for i in range(n):
+        first = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+        second = [rng.choice(words) for _ in range(rng.randint(2, 6))]
+        if i % 2:
+            second[rng.randrange(len(second))] = rng.choice(first)
+        rows.append({first_column: " ".join(first), second_column: " ".join(second),
+                     label_column: i % 2})
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+    return str(path)
+
+
 def make_checkpoint(folder, *, attn_impl: str | None = "entmax_learned", seed: int = 0, tokenizer: bool = True,
                     training_files: bool = True, config_overrides: dict | None = None) -> Path:
     """A tiny BERT classifier saved the way the core saves one (``attn_impl=None``: a stock checkpoint), with the
@@ -174,8 +199,10 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     return path
 
 
-def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0) -> str:
-    """A tiny BERT classifier whose layer-0 head 0 gives all of the [CLS] query's attention to [CLS] and [SEP].
+def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0,
+                                       heads: tuple = (0,)) -> str:
+    """A tiny BERT classifier whose layer-0 ``heads`` (head 0; ``range(4)``: the whole layer) give all of the [CLS]
+    query's attention to [CLS] and [SEP].
 
     The [CLS]/[SEP] word embeddings get a large first coordinate, and that head's key reads only it while its query
     is a constant: every query scores the special tokens far above any content token, so a sparse mapping gives the
@@ -194,11 +221,13 @@ def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", 
     with torch.no_grad():
         for token in ("[CLS]", "[SEP]"):
             model.bert.embeddings.word_embeddings.weight[tokenizer.convert_tokens_to_ids(token), 0] = 20.0
-        attention.key.weight[:head_dim] = 0.0
-        attention.key.weight[:head_dim, 0] = 1.0
-        attention.key.bias[:head_dim] = 0.0
-        attention.query.weight[:head_dim] = 0.0
-        attention.query.bias[:head_dim] = 5.0
+        for head in heads:
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            attention.key.weight[rows] = 0.0
+            attention.key.weight[rows, 0] = 1.0
+            attention.key.bias[rows] = 0.0
+            attention.query.weight[rows] = 0.0
+            attention.query.bias[rows] = 5.0
     import hf_sparse_attn
 
     hf_sparse_attn.sparsify(model, attn_impl=attn_impl)
