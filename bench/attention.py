@@ -146,9 +146,9 @@ def reference_mapping_module(reference, spec, num_heads, alpha_logit=None):
             if impl == "entmax15":
                 return reference.entmax15(scores)
             if impl == "entmax":
-                return _reference_entmax(reference)(scores, self.spec.alpha)
+                return _reference_entmax(reference)(scores, self.spec.parameters["alpha"])
             if impl == "sparsegen_lin":
-                return reference.sparsegen_lin(scores, self.spec.lambda_)
+                return reference.sparsegen_lin(scores, self.spec.parameters["lambda"])
             alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
             return _reference_entmax(reference)(scores, alpha.view(1, -1, 1, 1))
 

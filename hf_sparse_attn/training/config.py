@@ -9,7 +9,7 @@ from pathlib import Path
 from ..assets import embedded_minilm_path
 from ..data import parse_label_map
 from ..output_dir import check_output_dir
-from ..sparse_attn_modeling import parse_attn_impl
+from ..sparse_attn_modeling import ATTN_IMPLS, parse_attn_impl
 from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
 
 
@@ -39,8 +39,7 @@ class TrainConfig:
         f"train a random-init encoder: a preset ({', '.join(PRESETS)}) or a JSON config file with model_type; its "
         "word-level tokenizer is built from the training texts", default=None)
     from_scratch_vocab_size: int = _help("vocabulary of the --from-scratch tokenizer", default=8000)
-    attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
-                           "sparsegen_lin:lambda=L", default="entmax15")
+    attn_impl: str = _help(" | ".join(impl.usage() for impl in ATTN_IMPLS.values()), default="entmax15")
     attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
                                     "last), 0,2 or [0,2] (negative indices count from the end); default every layer "
                                     "(for --from-scratch paper-pooling: -1, its attention-pooling layer)",
