@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -658,6 +659,14 @@ def _validate_output_attentions(self):
         PretrainedConfig.validate_output_attentions(self)
 
 
+def _validate_by_name(self):
+    """The config's checks, as ``save_pretrained`` runs them: huggingface_hub's @strict gave the stock class a
+    validate() that calls the validators it collected from that class (the stock validate_output_attentions among
+    them), so the override above would never run there. Run the same validators, each looked up on this class."""
+    for validator in getattr(stock_class(type(self)), "__class_validators__", ()):
+        getattr(self, validator.__name__)()
+
+
 def sparse_config_class(base: type) -> type:
     """``Sparse<BaseConfig>``: the stock config class with model_type ``sparse_attn_<type>`` (see MODEL_TYPE_PREFIX)."""
     if base.__dict__.get("_is_sparse_attn_config", False):
@@ -674,6 +683,7 @@ def sparse_config_class(base: type) -> type:
             "_is_sparse_attn_config": True,
             "output_attentions": property(_output_attentions_getter, _output_attentions_setter),
             "validate_output_attentions": _validate_output_attentions,
+            "validate": _validate_by_name,
         })
         _SPARSE_CONFIGS[base] = cls
         for hook in NEW_CONFIG_CLASS_HOOKS:
@@ -688,6 +698,43 @@ def _refuse_stock_implementation(cls, kwargs) -> None:
             f"{cls.__name__} runs sparse attention, so attn_implementation={requested!r} would be ignored; to run "
             f"these weights with softmax pass attn_impl='softmax' to an Auto class, or load them with "
             f"{stock_class(cls).__name__}")
+
+
+def _writes_problem_type(model_cls: type) -> bool:
+    """Does this head's forward fill in config.problem_type (transformers' classification heads do)?"""
+    try:
+        return "config.problem_type =" in inspect.getsource(model_cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _problem_type_settled_first(forward):
+    """``forward`` that, while torch.compile traces it, fills in ``config.problem_type`` before the model runs.
+
+    transformers' classification heads set problem_type from the labels on their first call, after the encoder.
+    torch.compile (torch 2.13) drops a config attribute written after a higher-order op, such as the while_loop of
+    the traced solver in sparse_attn_mappings.py, once the config's ``__dict__`` has been read (transformers reads it
+    on every config attribute): the head then sees problem_type None and returns loss=None. A value written before
+    the encoder runs is kept. The choice is transformers' own (loss_utils.ForSequenceClassificationLoss).
+    """
+    names = list(inspect.signature(forward).parameters)[1:]  # after self
+    labels_at = names.index("labels") if "labels" in names else None
+
+    @functools.wraps(forward)
+    def settled_forward(self, *args, **kwargs):
+        labels = kwargs.get("labels")
+        if labels is None and labels_at is not None and len(args) > labels_at:
+            labels = args[labels_at]
+        if labels is not None and torch.compiler.is_compiling() and self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        return forward(self, *args, **kwargs)
+
+    return settled_forward
 
 
 def sparse_model_class(base: type) -> type:
@@ -738,6 +785,8 @@ def sparse_model_class(base: type) -> type:
             if kwargs.get("is_main_process", True):
                 write_remote_code(save_directory)
 
+    if _writes_problem_type(base):
+        SparseModel.forward = _problem_type_settled_first(base.forward)
     SparseModel.__name__ = SparseModel.__qualname__ = "Sparse" + base.__name__
     SparseModel.__module__ = __name__
     SparseModel.__doc__ = f"{base.__name__} with sparse attention (see config.{CONFIG_KEY})."
