@@ -20,13 +20,9 @@ medians are reported; compare ratios within one run, not across runs.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import entmax  # noqa: E402  (the baseline being compared against)
 
+from bench.startup import bench_parser, finish, start  # noqa: E402
+
 import hf_sparse_attn  # noqa: E402  (registers our attention functions and attn_impl=)
 from hf_sparse_attn import sparse_attn_mappings as ours  # noqa: E402
 
-OUR_IMPLS = ["softmax", "sparsemax", "entmax15", "entmax:alpha=1.3", "entmax_learned", "sparsegen_lin:lambda=0.5"]
+OUR_IMPLS = [impl.example() for impl in hf_sparse_attn.ATTN_IMPLS.values()]
 # The package's counterparts, dropped into the model: name -> (our attn_impl that creates the parameters, mapping).
 PACKAGE_IMPLS = {
     "entmax.sparsemax": ("sparsemax", lambda scores, module: entmax.sparsemax(scores, dim=-1)),
@@ -388,7 +386,7 @@ def bench_memory(args, reference) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, threads=None, clock=True, json=True)
     parser.add_argument("--what", nargs="+", choices=["model", "mapping", "memory"], default=["model", "mapping", "memory"])
     parser.add_argument("--rounds", type=int, default=3, help="model level: timed rounds over all variants (default 3)")
     parser.add_argument("--batch", type=int, default=16)
@@ -399,32 +397,22 @@ def parse_args(argv=None):
     parser.add_argument("--mapping-elements", type=int, default=16 * 128 * 128,
                         help="mapping level: B*L*L per head, so every L times the same amount of work (default 16*128*128)")
     parser.add_argument("--score-std", type=float, default=2.0, help="mapping level: std of the random scores (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time (default) or this process's CPU time: on a machine shared with other jobs, "
-                             "'--clock cpu --threads 1' gives steadier ratios (CPU time adds up all threads)")
     parser.add_argument("--reference", default=None, help="an older sparse_attn_mappings.py to compare with")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args = start(parser, argv)
     for flag in ("rounds", "batch", "length", "repeats", "heads", "mapping_elements"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.length < 2 or any(L < 2 for L in args.lengths):
         parser.error("lengths must be at least 2")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: the folder does not exist; create it first")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    CLOCK = args.timer
     reference = load_reference(args.reference)
-    results = {"torch": torch.__version__, "entmax": getattr(entmax, "__version__", "?"), "threads": torch.get_num_threads(),
-               "clock": args.clock}
+    results = {"entmax": getattr(entmax, "__version__", "?")}
     started = time.perf_counter()
     if "model" in args.what:
         results["model"] = bench_model(args, reference)
@@ -433,12 +421,7 @@ def main(argv=None) -> dict:
     if "memory" in args.what:
         results["memory"] = bench_memory(args, reference)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
-    if args.json:
-        target = Path(args.json)
-        with tempfile.NamedTemporaryFile("w", dir=target.resolve().parent, suffix=".tmp", delete=False) as f:
-            json.dump(results, f, indent=2)
-        os.replace(f.name, target)
-    return results
+    return finish(args, results)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,11 @@ class AttnImpl:
         optional = ",".join(f"{p.key}={p.symbol}" for p in self.parameters if p.default is not None)
         return self.name + (":" + required if required else "") + (f"[:{optional}]" if optional else "")
 
+    def example(self) -> str:
+        """A valid name with every required parameter at its example value: ``entmax:alpha=1.3``."""
+        required = ",".join(f"{p.key}={p.example:g}" for p in self.parameters if p.default is None)
+        return self.name + (":" + required if required else "")
+
     def choice(self) -> str:
         """The usage with each parameter's condition: one entry of the list of choices in error messages."""
         conditions = "; ".join(p.condition for p in self.parameters)

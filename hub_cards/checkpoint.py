@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
+from hf_sparse_attn.files import read_json
 from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, ATTN_IMPLS, MODEL_TYPE_PREFIX
 
 from .errors import CardError
@@ -55,13 +56,6 @@ class CheckpointInfo:
     def label_names(self) -> list[str]:
         id2label = self.config.get("id2label") or {}
         return [id2label[k] for k in sorted(id2label, key=lambda k: int(k))]
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {what}") from None
 
 
 def _first_int(config: dict, *keys: str) -> int | None:
@@ -152,7 +146,7 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CardError(f"{folder} has no config.json; pass the folder save_pretrained wrote")
-    config = _read_json(config_path, "re-save the model with save_pretrained")
+    config = read_json(config_path, CardError, "re-save the model with save_pretrained")
     fingerprint = weights_fingerprint(folder)
     damaged = unreadable_weights(folder)
     if damaged:
@@ -171,9 +165,9 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
         learned_alphas=layer_head_alphas(folder, sparse_attention, n_layers, n_heads),
     )
     if (folder / TRAINING_ARGS_FILE).is_file():
-        info.training_args = _read_json(folder / TRAINING_ARGS_FILE, "fix or remove it")
+        info.training_args = read_json(folder / TRAINING_ARGS_FILE, CardError, "fix or remove it")
     if (folder / FINAL_METRICS_FILE).is_file():
-        info.final_metrics = _read_json(folder / FINAL_METRICS_FILE, "fix or remove it")
+        info.final_metrics = read_json(folder / FINAL_METRICS_FILE, CardError, "fix or remove it")
     log_path = Path(train_log) if train_log is not None else folder / TRAIN_LOG_FILE
     if train_log is not None and not log_path.is_file():
         raise CardError(f"training log {log_path} does not exist; pass the train_log.jsonl the training command wrote")
