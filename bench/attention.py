@@ -130,25 +130,29 @@ def _reference_entmax(reference):
     return getattr(reference, "entmax_newton", None) or reference.entmax_bisect
 
 
-def reference_mapping_module(reference, spec, num_heads, alpha_logit=None):
-    """A SparseAttnMapping whose forward uses the reference implementation (same routing as ours)."""
+def reference_routes(reference) -> dict:
+    """attn_impl name -> (the SparseAttnMapping module, scores) -> probabilities computed by an older copy of
+    sparse_attn_mappings.py: how each built-in mapping reaches that file's functions. A mapping declared after the
+    reference was written has no route and is left out of the reference comparison."""
+    entmax_of = _reference_entmax(reference)
+    return {
+        "softmax": lambda module, scores: reference.softmax(scores),
+        "sparsemax": lambda module, scores: reference.sparsemax(scores),
+        "entmax15": lambda module, scores: reference.entmax15(scores),
+        "entmax": lambda module, scores: entmax_of(scores, module.spec.parameters["alpha"]),
+        "sparsegen_lin": lambda module, scores: reference.sparsegen_lin(scores, module.spec.parameters["lambda"]),
+        "entmax_learned": lambda module, scores: entmax_of(
+            scores, (1.0 + torch.sigmoid(module.alpha_logit.to(scores.dtype))).view(1, -1, 1, 1)),
+    }
+
+
+def reference_mapping_module(route, spec, num_heads, alpha_logit=None):
+    """A SparseAttnMapping whose forward is ``route`` (one of :func:`reference_routes`)."""
     from hf_sparse_attn.sparse_attn_modeling import SparseAttnMapping
 
     class ReferenceMapping(SparseAttnMapping):
         def forward(self, scores):
-            impl = self.spec.attn_impl
-            if impl == "softmax":
-                return reference.softmax(scores)
-            if impl == "sparsemax":
-                return reference.sparsemax(scores)
-            if impl == "entmax15":
-                return reference.entmax15(scores)
-            if impl == "entmax":
-                return _reference_entmax(reference)(scores, self.spec.parameters["alpha"])
-            if impl == "sparsegen_lin":
-                return reference.sparsegen_lin(scores, self.spec.parameters["lambda"])
-            alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
-            return _reference_entmax(reference)(scores, alpha.view(1, -1, 1, 1))
+            return route(self, scores)
 
     mapping = ReferenceMapping(spec, num_heads)
     if alpha_logit is not None:
@@ -203,13 +207,16 @@ def build_model_variants(path: str, reference, quiet=True) -> dict:
         register_throwaway_attention(f"bench_{name}", mapping)
         set_attention_implementation(model, f"bench_{name}")
         variants[name] = model
-    if reference is not None:
-        for impl in OUR_IMPLS[1:]:
-            model = Auto.from_pretrained(path, num_labels=2, attn_impl=impl)
-            for module in hf_sparse_attn.attention_modules(model):
-                old = module.sparse_attn
-                module.sparse_attn = reference_mapping_module(reference, old.spec, old.num_heads, getattr(old, "alpha_logit", None))
-            variants[f"reference {impl}"] = model
+    routes = reference_routes(reference) if reference is not None else {}
+    for impl in OUR_IMPLS[1:]:
+        route = routes.get(hf_sparse_attn.parse_attn_impl(impl).attn_impl)
+        if route is None:
+            continue
+        model = Auto.from_pretrained(path, num_labels=2, attn_impl=impl)
+        for module in hf_sparse_attn.attention_modules(model):
+            old = module.sparse_attn
+            module.sparse_attn = reference_mapping_module(route, old.spec, old.num_heads, getattr(old, "alpha_logit", None))
+        variants[f"reference {impl}"] = model
     for model in variants.values():
         model.train()  # a training step: dropout on, as in fine-tuning
     return variants

@@ -7,7 +7,6 @@ the excess of tau-b over the structure-preserving null (docs/eval_suite.md), wit
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
