@@ -243,7 +243,7 @@ def test_a_second_training_into_a_busy_folder_exits_naming_the_holder(tmp_path, 
 HANDLED = [
     (["--dataset", "no/such/file.csv"], "does not exist"),
     (["--dataset", "mr", "--attn-impl", "bogus"], "unknown attn_impl"),
-    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "alpha must lie in (1, 2]"),
+    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "needs alpha in (1, 2], got alpha=3"),
     (["--dataset", "mr", "--attn-impl", "sparsegen_lin:lambda=1"], "lambda"),
     (["--dataset", "mr", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["--dataset", "mr", "--epochs", "0"], "--epochs must be >= 1"),
