@@ -48,6 +48,7 @@ MODEL_TYPE_PREFIX = "sparse_attn_"
 # within 1e-5 of the float64 answer.
 ALPHA_MINUS_ONE_FLOOR = 1e-3
 
+
 class SparseAttnError(ValueError):
     """Invalid sparse-attention request; the message is one line and names the valid choices."""
 
@@ -195,6 +196,7 @@ def attn_impl_choices() -> str:
 
 
 def mapping_parameter_keys() -> set[str]:
+    """Every parameter key some mapping declares (what may follow the colon of a name, besides ``layers``)."""
     return {p.key for impl in ATTN_IMPLS.values() for p in impl.parameters}
 
 
