@@ -21,11 +21,14 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "ATTN_IMPLS": "sparse_attn_modeling",
+    "AttnImpl": "sparse_attn_modeling",
+    "MappingParameter": "sparse_attn_modeling",
     "SparseAttnError": "sparse_attn_modeling",
     "SparseAttnMapping": "sparse_attn_modeling",
     "SparseAttnSpec": "sparse_attn_modeling",
     "attention_alphas": "sparse_attn_modeling",
     "attention_modules": "sparse_attn_modeling",
+    "declare_attn_impl": "sparse_attn_modeling",
     "entmax15": "sparse_attn_mappings",
     "entmax_newton": "sparse_attn_mappings",
     "get_spec": "sparse_attn_modeling",

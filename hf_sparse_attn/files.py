@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees a partial one, and reporting errors in one line.
+"""Writing files so that a reader never sees a partial one, reading JSON files, and reporting errors in one line.
 
 Every output of the packages (JSON results, logs, tables, plots, row shards) is written to a temporary file in
 the target's own folder and renamed over the target: ``os.replace`` is atomic on one file system, so a crash
@@ -74,6 +74,15 @@ def atomic_write_json(path, payload, *, indent: int | None = 2, trailing_newline
     """Write ``payload`` as JSON atomically. Non-finite floats are refused: NaN is not JSON."""
     text = json.dumps(payload, indent=indent, allow_nan=False)
     atomic_write_text(path, text + ("\n" if trailing_newline else ""))
+
+
+def read_json(path, error: type[Exception], fix: str):
+    """The JSON value in ``path``; ``error`` (one line: the path, the parser's complaint, then ``fix``) when it is
+    not valid UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from None
 
 
 def first_line(error: BaseException) -> str:

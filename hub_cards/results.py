@@ -7,13 +7,13 @@ the excess of tau-b over the structure-preserving null (docs/eval_suite.md), wit
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval_suite.agreement import HEADLINE, NULL, RAW
 from hf_sparse_attn.constants import TOKEN_EXAMPLES_FILE
+from hf_sparse_attn.files import read_json
 
 from .errors import CardError
 
@@ -116,10 +116,7 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
     path = Path(results_path)
     if not path.is_file():
         raise CardError(f"results file {path} does not exist; run the evaluation suite first or pass --results PATH")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {_RERUN}") from None
+    results = read_json(path, CardError, _RERUN)
     if not isinstance(results, dict):
         raise CardError(f"{path} holds a JSON {type(results).__name__}, not an object; {_RERUN}")
 
@@ -293,10 +290,7 @@ def load_token_examples(results_path) -> dict | None:
     path = Path(results_path).resolve().parent / TOKEN_EXAMPLES_FILE
     if not path.is_file():
         return None
-    try:
-        examples = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {_RERUN}") from None
+    examples = read_json(path, CardError, _RERUN)
     if not isinstance(examples, dict) or not all(isinstance(v, dict) and "tokens" in v for v in examples.values()):
         raise CardError(f"{path.name} should map example indices to their tokens and maps; {_RERUN}")
     return examples

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, REMOTE_CODE_FILES, REPORT_FILE,
                                       RESULTS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE)
+from hf_sparse_attn.files import read_json
 
 from .errors import CardError, PushError
 
@@ -156,10 +157,7 @@ def check_files(folder: Path) -> dict:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise PushError(f"{folder} has no config.json; pass the checkpoint folder save_pretrained wrote")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PushError(f"{config_path} is not valid JSON ({err}); re-save the model with save_pretrained") from None
+    config = read_json(config_path, PushError, "re-save the model with save_pretrained")
 
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:

@@ -38,8 +38,11 @@ class TrainConfig:
         f"train a random-init encoder: a preset ({', '.join(PRESETS)}) or a JSON config file with model_type; its "
         "word-level tokenizer is built from the training texts", default=None)
     from_scratch_vocab_size: int = _help("vocabulary of the --from-scratch tokenizer", default=8000)
-    attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
-                           "sparsegen_lin:lambda=L", default="entmax15")
+    # Examples, not the list: the list is the mapping table (hf_sparse_attn.ATTN_IMPLS), and importing it to print
+    # --help would load torch; a name outside the table is refused with every choice listed.
+    attn_impl: str = _help("attention mapping with its parameters, a name of the mapping table hf_sparse_attn.ATTN_IMPLS "
+                           "(docs/training.md), e.g. entmax15, sparsemax, entmax:alpha=1.3, entmax_learned, softmax",
+                           default="entmax15")
     attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
                                     "last), 0,2 or [0,2] (negative indices count from the end); default every layer "
                                     "(for --from-scratch paper-pooling: -1, its attention-pooling layer)",
