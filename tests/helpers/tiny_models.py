@@ -184,6 +184,23 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     return path
 
 
+def make_head_uniform(checkpoint, folder, *, layer: int = 0, head: int = 0) -> str:
+    """A copy of a tiny BERT ``checkpoint`` whose ``head`` of ``layer`` has zero query weights: every key scores 0,
+    so that head attends uniformly (softmax and the sparse mappings alike) and no other head of the layer changes."""
+    import hf_sparse_attn  # noqa: F401  (loads our sparse checkpoints)
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(checkpoint, folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    query = model.base_model.encoder.layer[layer].attention.self.query
+    size = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        query.weight[head * size:(head + 1) * size] = 0.0
+        query.bias[head * size:(head + 1) * size] = 0.0
+    model.save_pretrained(folder)
+    return str(folder)
+
+
 # Evaluations make_results ran in this process, by what their files depend on (_evaluation_key): a fixed seed gives
 # byte-identical files, so a second request for the same evaluation is a copy (milliseconds, not seconds).
 _EVALUATIONS: dict[str, Path] = {}
