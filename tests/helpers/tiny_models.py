@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import hashlib
 import json
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -183,10 +187,16 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     from eval_suite.registry import DEFAULT_SPEC
 
     outdir = Path(outdir)
-    measure = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
-                            measures=measures or DEFAULT_SPEC)
-    run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
-                               limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
+    key = _evaluation_key(checkpoint, seed=seed, limit=limit, measures=measures)
+    if key in _EVALUATIONS and not outdir.exists():
+        shutil.copytree(_EVALUATIONS[key], outdir, symlinks=True)
+    else:
+        measure = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
+                                   measures=measures or DEFAULT_SPEC)
+        run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
+                                   limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
+        _EVALUATIONS[key] = Path(tempfile.mkdtemp(prefix="evaluation-", dir=_evaluations_dir())) / "eval"
+        shutil.copytree(outdir, _EVALUATIONS[key], symlinks=True)
     path = outdir / "results.json"
     results = json.loads(path.read_text(encoding="utf-8"))
     if not plots:
@@ -197,6 +207,50 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
         results["weights_fingerprint"] = fingerprint
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return path
+
+
+def make_head_uniform(checkpoint, folder, *, layer: int = 0, head: int = 0) -> str:
+    """A copy of a tiny BERT ``checkpoint`` whose ``head`` of ``layer`` has zero query weights: every key scores 0,
+    so that head attends uniformly (softmax and the sparse mappings alike) and no other head of the layer changes."""
+    import hf_sparse_attn  # noqa: F401  (loads our sparse checkpoints)
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(checkpoint, folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    query = model.base_model.encoder.layer[layer].attention.self.query
+    size = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        query.weight[head * size:(head + 1) * size] = 0.0
+        query.bias[head * size:(head + 1) * size] = 0.0
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+# Evaluations make_results ran in this process, by what their files depend on (_evaluation_key): a fixed seed gives
+# byte-identical files, so a second request for the same evaluation is a copy (milliseconds, not seconds).
+_EVALUATIONS: dict[str, Path] = {}
+_CARD_OUTPUTS = ("README.md", "results.json", "report.html", "interpretability")  # what rendering adds: not read
+
+
+def _evaluation_key(checkpoint, **settings) -> str:
+    """The checkpoint folder's name and the bytes of every file an evaluation may read, and the settings."""
+    folder = Path(checkpoint)
+    digest = hashlib.sha256(json.dumps([folder.name, settings], sort_keys=True).encode())
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and relative.parts[0] not in _CARD_OUTPUTS:
+            digest.update(relative.as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _evaluations_dir() -> str:
+    if not _EVALUATIONS_ROOT:
+        _EVALUATIONS_ROOT.append(tempfile.mkdtemp(prefix="tiny-evaluations-"))
+        atexit.register(shutil.rmtree, _EVALUATIONS_ROOT[0], True)
+    return _EVALUATIONS_ROOT[0]
+
+
+_EVALUATIONS_ROOT: list[str] = []
 
 
 def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0,

@@ -34,16 +34,27 @@ from tests.helpers.tiny_models import make_checkpoint, make_results
 TOKEN = "hf_test_token"
 
 
+@pytest.fixture(scope="module")
+def carded_once(tmp_path_factory) -> Path:
+    """ckpt/ with its card rendered and eval/, the evaluation it was rendered from (built once per module)."""
+    root = tmp_path_factory.mktemp("carded")
+    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
+    render_card(checkpoint, make_results(checkpoint, root / "eval"))
+    return root
+
+
 @pytest.fixture
-def carded(tmp_path) -> Path:
-    checkpoint = make_checkpoint(tmp_path / "ckpt", attn_impl="entmax15")
-    render_card(checkpoint, make_results(checkpoint, tmp_path / "eval"))
-    return checkpoint
+def carded(carded_once, tmp_path) -> Path:
+    """This test's own copy of ``carded_once``: tmp_path/ckpt (returned) and tmp_path/eval."""
+    for name in ("ckpt", "eval"):
+        shutil.copytree(carded_once / name, tmp_path / name, symlinks=True)
+    return tmp_path / "ckpt"
 
 
 @pytest.fixture
 def hub(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks LFS, not Xet
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with FakeHub(token=TOKEN) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
