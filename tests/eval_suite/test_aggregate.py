@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -125,8 +126,8 @@ def _aggregated_heads(values: np.ndarray, **config) -> list[dict]:
             "example.index": np.arange(n), "attention.entropy": v, "attention.sparsity": zeros,
             "attention.support_size": zeros + 3, "attention.special_mass": zeros, "all_positions.entropy": v,
             "all_positions.sparsity": zeros, "all_positions.support_size": zeros + 3}
-    results = aggregate(rows, n_layers=1, n_heads=cells, ranking_names=[], fractions=[],
-                        config=AggregateConfig(**config), measures=())
+    results = aggregate(rows, n_layers=1, n_heads=cells, settings=SimpleNamespace(measures=()),
+                        config=AggregateConfig(**config))  # no measure: attention's own summaries only
     return results["per_layer_head"]
 
 

@@ -293,7 +293,7 @@ def test_sampled_eq5_standard_error_is_the_finite_population_formula_of_its_own_
     n, k = 4, 3
 
     def rows(**config):
-        return measure_batch(classifier, batch, [0, 1, 0], [0, 1, 2], MeasureConfig(measures="input_to_repr",
+        return measure_batch(classifier, batch, [0, 1, 0], [0, 1, 2], MeasureConfig.of(measures="input_to_repr",
                                                                                      **config))[0]
 
     exact = rows()
