@@ -35,6 +35,7 @@ class AgreementMetric:
     grid: bool = False  # a layer x head grid in report.html
     paired: bool = False  # tested per head and layer by compare
     headline: bool = False  # the figure summaries, cards and the study lead with
+    null: bool = False  # the chance level the headline subtracts
     scale: str = "diverging"  # "diverging" (centred on 0) or "sequential"
     domain: tuple | None = (-1.0, 1.0)  # colour range; None: symmetric around 0 from the data
 
@@ -65,7 +66,7 @@ AGREEMENT_METRICS: tuple[AgreementMetric, ...] = (
     AgreementMetric("kendall_tau_b_on_union", None, "tau-b on the union of supports",
                     "tau-b over the tokens with non-zero attention or non-zero importance.", pooled=True, grid=True),
     AgreementMetric("kendall_tau_b_null", None, "tau-b of the null",
-                    "tau-b expected from the structure-preserving null alone.", pooled=True, grid=True),
+                    "tau-b expected from the structure-preserving null alone.", pooled=True, grid=True, null=True),
     AgreementMetric("kendall_tau_b_excess", None, "tau-b excess over the null",
                     "Kendall tau-b between attention and importance minus the tau-b of the structure-preserving "
                     "null: 0 means no more agreement than chance with the same structure.", pooled=True, grid=True,
@@ -89,6 +90,7 @@ POOLED = tuple(m.name for m in AGREEMENT_METRICS if m.pooled)
 PAIRED = tuple(m.name for m in AGREEMENT_METRICS if m.paired)
 HEADLINE = next(m.name for m in AGREEMENT_METRICS if m.headline)
 RAW = AGREEMENT_METRICS[0].name  # the figure shown beside the headline: the same rank agreement before the null
+NULL = next(m.name for m in AGREEMENT_METRICS if m.null)  # what the headline subtracts
 
 
 def grid_metrics() -> list[AgreementMetric]:

@@ -299,12 +299,17 @@ def load_classifier(checkpoint: str, attn_impl: str | None = None, device: str |
 
     import hf_sparse_attn
     from hf_sparse_attn.constants import CONFIG_KEY
+    from hf_sparse_attn.limits import LimitError, check_encoder_config
 
     try:
         config = AutoConfig.from_pretrained(checkpoint)
     except Exception as error:  # noqa: BLE001 - missing folder, bad JSON, unknown Hub id, offline ...
         raise EvalError(f"cannot read a transformers config from {checkpoint!r} ({first_line(error)}); pass a "
                         "checkpoint folder with config.json or a Hub model id") from None
+    try:  # absurd sizes are refused before the model is allocated
+        check_encoder_config(config, f"config.json of {checkpoint!r}", training=False)
+    except LimitError as error:
+        raise EvalError(str(error)) from None
     if type(config) not in AutoModelForSequenceClassification._model_mapping:
         raise EvalError(f"{checkpoint!r} is a {config.model_type!r} model, which has no sequence-classification "
                         "head in transformers; evaluate an encoder classifier (BERT, RoBERTa, ...)")

@@ -32,7 +32,7 @@ import numpy as np
 
 from hf_sparse_attn.constants import (EVAL_OUTPUT_NAMES, LAYER_HEAD_TABLE_FILE, PLAN_FILE, RESULTS_FILE, ROWS_DIR,
                                       RUN_INFO_FILE, TOKEN_EXAMPLES_FILE)
-from hf_sparse_attn.files import atomic_path, atomic_write_text
+from hf_sparse_attn.files import DiskFullError, atomic_path, atomic_write_text, reporting_disk_full
 from hf_sparse_attn.output_dir import LOCK_FILE, LOCK_HOLDER_FILE, OutputDirError, \
     lock_for_processes, recover_interrupted_replace, replace_folder
 
@@ -60,7 +60,8 @@ def load_split(request: EvalRequest):
     except ImportError as error:
         raise EvalError(f"hf_sparse_attn.data is not importable ({error}); install the package (pip install -e .)") from None
     splits = load_text_classification(request.dataset, text_column=request.text_column,
-                                      label_column=request.label_column, label_map=request.label_map)
+                                      label_column=request.label_column, label_map=request.label_map,
+                                      text_pair_column=request.text_pair_column)
     if request.split not in splits:
         raise EvalError(f"dataset {request.dataset!r} has no split {request.split!r}; choose one of {list(splits)}")
     return splits[request.split]
@@ -201,7 +202,7 @@ class _Plan:
 
 def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) -> _Plan:
     """Everything that can be wrong is checked here, before the first measurement; returns the batch plan."""
-    from .batching import encode_texts
+    from .batching import check_batches_fit, encode_texts
     from .model_access import load_classifier
 
     split = load_split(request)
@@ -216,12 +217,15 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     if request.max_length and request.max_length > classifier.max_length:
         logger.warning("--max-length %d exceeds what the model takes; using %d", request.max_length, max_length)
     indices = select_examples(len(split), request.limit, request.measure.seed)
-    texts = [split[i]["text"] for i in indices] if len(indices) < len(split) else list(split["text"])
-    encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length)
+    chosen = split.select(indices) if len(indices) < len(split) else split
+    texts = list(chosen["text"])
+    pairs = list(chosen["text_pair"]) if request.text_pair_column else None
+    encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length, pairs)
     if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
                            request.max_batch_tokens)
+    check_batches_fit(classifier.model.config, batches, [len(e["input_ids"]) for e in encodings], device)
     longest = max((len(e["special_tokens_mask"]) - sum(e["special_tokens_mask"]) for e in encodings), default=0)
     measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]),
                                   longest_content=longest)
@@ -229,6 +233,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
         "label_map": request.label_map,
+        **({"text_pair_column": request.text_pair_column} if request.text_pair_column else {}),
         "indices": indices, "batches": batches, "max_length": max_length, "measure": measure.to_dict(),
         "plot_examples": request.plot_examples,
     }
@@ -337,8 +342,12 @@ def run_evaluation(request: EvalRequest) -> dict | None:
         lock = lock_for_processes(out_dir, state)  # before anything loads; names the holder's pid
     except OutputDirError as error:
         raise EvalError(str(error)) from None
+    staging = [overwrite_staging_dir(out_dir)] if request.overwrite and state.is_main_process else []
     try:
-        return _run_locked(request, state, device, out_dir)
+        with reporting_disk_full(out_dir, what="the evaluation", fix="run the same command again", remove=staging):
+            return _run_locked(request, state, device, out_dir)
+    except DiskFullError as error:  # the staging folder of an --overwrite is gone; the old results are intact
+        raise EvalError(str(error)) from None
     finally:
         if lock is not None:
             lock.release()
@@ -421,6 +430,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "max_length": plan.max_length,
         "n_truncated": plan.n_truncated,
         "text_column": request.text_column,
+        "text_pair_column": request.text_pair_column,
         "label_column": request.label_column,
         "label_map": request.label_map,
         "label_names": classifier.label_names,

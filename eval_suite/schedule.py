@@ -74,58 +74,60 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     labels = stage_labels(plan.measure.measures)
 
     started = time.perf_counter()
-    ready = not mine
-    if not mine:
-        _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=False)
-        on_ready()
-    for number, batch_id in enumerate(mine):
-        members = plan.batches[batch_id]
-        stage_seconds = forecast.batch_seconds(batch_id)
-        batch_total = sum(stage_seconds.values()) or 1.0
-        done_shares: dict[str, float] = {}
-        base = position
-
-        def advance(stage, share, members=members, stage_seconds=stage_seconds, batch_total=batch_total,
-                    done_shares=done_shares, base=base):
-            nonlocal position
-            if stage not in done_shares:
-                bar.set_postfix_str(labels.get(stage, stage), refresh=False)
-            done_shares[stage] = max(done_shares.get(stage, 0.0), share)
-            weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
-            target = base + len(members) * scale * min(1.0, weight)
-            if target > position:
-                bar.update(target - position)
-                position = target
-
-        timings: dict = {}
-        batch_started = time.perf_counter()
-        batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
-        arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
-                                           [plan.indices[k] for k in members], plan.measure, timings=timings,
-                                           progress=advance)
-        if number:
-            save(batch_id, arrays, token_maps)
-        # Everything the batch took outside its measurement stages (collating, converting, storing the rows) is
-        # bookkeeping. The first batch is stored only after the budget check (a refused run writes nothing), so its
-        # bookkeeping leaves out one shard's disk write.
-        timings["bookkeeping"] = max(0.0, time.perf_counter() - batch_started - sum(timings.values()))
-        for stage, seconds in timings.items():
-            result.timings[stage] = result.timings.get(stage, 0.0) + seconds
-        if number == 0:
-            forecast.calibrate(batch_id, timings)
-            _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=True,
-                          first_seconds=time.perf_counter() - started)
+    try:  # closed before an error propagates: the error line stays the last thing on stderr
+        ready = not mine
+        if not mine:
+            _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=False)
             on_ready()
-            ready = True
-            save(batch_id, arrays, token_maps)
-        result.computed.append((batch_id, arrays, token_maps))
-        end = base + len(members) * scale
-        if end > position:
-            bar.update(end - position)
-            position = end
-    if not ready:
-        on_ready()
-    bar.close()
+        for number, batch_id in enumerate(mine):
+            members = plan.batches[batch_id]
+            stage_seconds = forecast.batch_seconds(batch_id)
+            batch_total = sum(stage_seconds.values()) or 1.0
+            done_shares: dict[str, float] = {}
+            base = position
+
+            def advance(stage, share, members=members, stage_seconds=stage_seconds, batch_total=batch_total,
+                        done_shares=done_shares, base=base):
+                nonlocal position
+                if stage not in done_shares:
+                    bar.set_postfix_str(labels.get(stage, stage), refresh=False)
+                done_shares[stage] = max(done_shares.get(stage, 0.0), share)
+                weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
+                target = base + len(members) * scale * min(1.0, weight)
+                if target > position:
+                    bar.update(target - position)
+                    position = target
+
+            timings: dict = {}
+            batch_started = time.perf_counter()
+            batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+            arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
+                                               [plan.indices[k] for k in members], plan.measure, timings=timings,
+                                               progress=advance)
+            if number:
+                save(batch_id, arrays, token_maps)
+            # Everything the batch took outside its measurement stages (collating, converting, storing the rows) is
+            # bookkeeping. The first batch is stored only after the budget check (a refused run writes nothing), so its
+            # bookkeeping leaves out one shard's disk write.
+            timings["bookkeeping"] = max(0.0, time.perf_counter() - batch_started - sum(timings.values()))
+            for stage, seconds in timings.items():
+                result.timings[stage] = result.timings.get(stage, 0.0) + seconds
+            if number == 0:
+                forecast.calibrate(batch_id, timings)
+                _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=True,
+                              first_seconds=time.perf_counter() - started)
+                on_ready()
+                ready = True
+                save(batch_id, arrays, token_maps)
+            result.computed.append((batch_id, arrays, token_maps))
+            end = base + len(members) * scale
+            if end > position:
+                bar.update(end - position)
+                position = end
+        if not ready:
+            on_ready()
+    finally:
+        bar.close()
     result.measure_seconds = time.perf_counter() - started
     return result
 

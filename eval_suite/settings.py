@@ -194,6 +194,9 @@ class EvalRequest:
                                     "...; default: the checkpoint's own, softmax for stock checkpoints)", "model",
                                     default=None, metavar="MAPPING")
     text_column: str = setting("column holding the text, in a local file or Hub dataset", "data", default="text")
+    text_pair_column: str | None = setting("second text of each example (sentence pairs: NLI, paraphrase, QA "
+                                           "relevance), encoded with the first as one pair; both texts' tokens are "
+                                           "content tokens", "data", default=None)
     label_column: str = setting("column holding the label (integer class or a name)", "data", default="label")
     batch_size: int = setting("examples measured together (larger needs more memory and is not faster on CPU)",
                               "model", default=32)
@@ -218,6 +221,7 @@ class EvalRequest:
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
+        from hf_sparse_attn.limits import LimitError, check_seed
         from hf_sparse_attn.output_dir import OutputDirError, check_output_dir
 
         self.measure.validate()
@@ -231,6 +235,10 @@ class EvalRequest:
             raise EvalError(f"--max-length must be >= 3 tokens, got {self.max_length}")
         if self.plot_examples < 0:
             raise EvalError(f"--plot-examples must be >= 0, got {self.plot_examples}")
+        try:
+            check_seed(self.measure.seed)
+        except LimitError as error:
+            raise EvalError(str(error)) from None
         if self.resume and self.overwrite:
             raise EvalError("--resume and --overwrite contradict each other; pass one")
         if self.label_map is not None:

@@ -39,14 +39,16 @@ import datasets
 import numpy as np
 import torch
 
-from ..constants import CHECKPOINTS_DIR, FINAL_DIR, FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE, \
-    TRAINING_ARGS_FILE
+from ..constants import CHECKPOINTS_DIR, FINAL_DIR, FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
 from ..data import load_text_classification, tokenize_for_classification
-from ..files import atomic_write_json, first_line
+from ..files import atomic_write_json, first_line, reporting_disk_full
+from ..fingerprint import dataset_fingerprint
+from ..limits import check_batch_memory, check_encoder_config
 from ..output_dir import lock_for_processes, recover_interrupted_replace
 from ..sparse_attn_modeling import attention_alphas
-from .checkpoints import (append_log, clear_previous_run, finished_result, latest_checkpoint, run_is_finished,
-                          save_checkpoint, truncate_log, write_final_folder)
+from .checkpoints import (append_log, check_same_data, clear_previous_run, finished_result, latest_checkpoint,
+                          read_checkpoint_state, run_is_finished, save_checkpoint, state_bytes, truncate_log,
+                          write_final_folder)
 from .config import RESULT_FIELDS, TrainConfig, TrainError
 from .from_scratch import build_from_scratch_config, build_word_level_tokenizer, load_from_scratch_config
 from .metrics import accuracy, attention_row_statistics, macro_f1, summarise_attention
@@ -136,13 +138,22 @@ def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int,
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     if config.from_scratch:
-        tokenizer = build_word_level_tokenizer(dataset_dict["train"]["text"], vocab_size=config.from_scratch_vocab_size,
+        train = dataset_dict["train"]
+        pairs = "text_pair" in train.column_names
+        texts = list(train["text"]) + (list(train["text_pair"]) if pairs else [])
+        tokenizer = build_word_level_tokenizer(texts, vocab_size=config.from_scratch_vocab_size,
                                                max_length=config.max_length)
-        model_config = build_from_scratch_config(load_from_scratch_config(config.from_scratch), tokenizer,
-                                                 config.max_length)
+        spec = load_from_scratch_config(config.from_scratch)
+        model_config = build_from_scratch_config(spec, tokenizer, config.max_length)
+        if pairs:  # the word-level tokenizer marks the second segment with token type 1
+            model_config.type_vocab_size = max(2, getattr(model_config, "type_vocab_size", 2))
+        derived = {} if "max_position_embeddings" in spec else {"max_position_embeddings": ("--max-length",
+                                                                                            config.max_length)}
+        check_encoder_config(model_config, f"--from-scratch {config.from_scratch}", training=True, overrides=derived)
         model_config.num_labels, model_config.id2label, model_config.label2id = num_labels, id2label, label2id
         model = AutoModelForSequenceClassification.from_config(model_config, attn_impl=config.attn_impl)
         return tokenizer, model
+    _check_pretrained_config(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
     except (OSError, ValueError) as error:
@@ -162,6 +173,39 @@ def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int,
         raise TrainError(f"the weights of '{config.model}' are not a readable safetensors file ({first_line(error)}); "
                          "download or save the model again") from None
     return tokenizer, model
+
+
+def _check_pretrained_config(config: TrainConfig) -> None:
+    """The --model's config.json, read and checked before the tokenizer or the weights load: readable JSON, sizes
+    that fit (hf_sparse_attn.limits), and enough positions for --max-length."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig, RobertaConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(config.model)
+    except (OSError, ValueError, StrictDataclassError) as error:  # the last: a field of the wrong type (1e7 layers)
+        raise TrainError(f"cannot read the config.json of '{config.model}' ({' '.join(str(error).split())}); fix "
+                         "that file or pass another --model") from None
+    check_encoder_config(model_config, f"config.json of '{config.model}'", training=True)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions:  # RoBERTa's family numbers positions from pad_token_id + 1 (saved sparse models: base_model_type)
+        family = getattr(model_config, "base_model_type", model_config.model_type)
+        roberta_like = family in ("roberta", "xlm-roberta", "camembert") or isinstance(model_config, RobertaConfig)
+        offset = (model_config.pad_token_id or 0) + 1 if roberta_like else 0
+        if config.max_length > positions - offset:
+            raise TrainError(f"--max-length {config.max_length} exceeds the {positions - offset} positions the model "
+                             f"has (max_position_embeddings {positions}); use at most {positions - offset}")
+
+
+def _check_batch_memory(config: TrainConfig, model, tokenized: dict, device) -> None:
+    """LimitError before the first step when the longest training or evaluation batch cannot fit (training also
+    allocates the gradients and AdamW's two moments at its first step)."""
+    longest = {split: max(map(len, data["input_ids"]), default=0) for split, data in tokenized.items()}
+    check_batch_memory(model.config, min(config.batch_size, len(tokenized["train"])), longest["train"], device=device,
+                       extra_bytes=3 * state_bytes(model), what="a training batch")
+    for split in ("validation", "test"):
+        check_batch_memory(model.config, min(config.eval_batch_size, len(tokenized[split])), longest[split],
+                           device=device, what=f"a {split} batch", fix="lower --eval-batch-size or --max-length")
 
 
 def build_optimizer(model, lr: float, alpha_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -191,7 +235,8 @@ def _step_seed(seed: int, step: int, process_index: int) -> int:
 
 def _load_splits(config: TrainConfig):
     dataset_dict = load_text_classification(config.dataset, text_column=config.text_column,
-                                            label_column=config.label_column, label_map=config.label_map)
+                                            label_column=config.label_column, label_map=config.label_map,
+                                            text_pair_column=config.text_pair_column)
     if config.max_train_examples:
         dataset_dict["train"] = dataset_dict["train"].select(range(min(config.max_train_examples,
                                                                        len(dataset_dict["train"]))))
@@ -211,13 +256,16 @@ def _by_length(dataset):
     return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
 
-def _start_session(config: TrainConfig, accelerator, out: Path) -> _Session:
+def _start_session(config: TrainConfig, accelerator, out: Path, resume_from: Path | None) -> _Session:
     """Data, model, optimizer, scheduler and loaders, prepared for ``accelerator``; the run record written."""
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
     dataset_dict, label_names = _load_splits(config)
+    data_fingerprint = dataset_fingerprint(dataset_dict)
+    if resume_from is not None:
+        check_same_data(out, config.dataset, data_fingerprint)
     set_seed(config.seed)  # the classifier head, or the whole from-scratch model, is randomly initialised
     tokenizer, model = load_tokenizer_and_model(config, dataset_dict, len(label_names), label_names)
     tokenized = {}
@@ -235,6 +283,7 @@ def _start_session(config: TrainConfig, accelerator, out: Path) -> _Session:
     optimizer = build_optimizer(model, config.lr, config.alpha_lr, config.weight_decay)
     model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"] = accelerator.prepare(
         model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"])
+    _check_batch_memory(config, accelerator.unwrap_model(model), tokenized, accelerator.device)
     steps_per_epoch = len(train_loader)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     # Not passed through prepare(): accelerate would step it once per process. Not registered for checkpointing
@@ -242,7 +291,7 @@ def _start_session(config: TrainConfig, accelerator, out: Path) -> _Session:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
     run_record = {**config.to_dict(), "num_processes": accelerator.num_processes, "steps_per_epoch": steps_per_epoch,
-                  "total_steps": total_steps, "label_names": label_names}
+                  "total_steps": total_steps, "label_names": label_names, "data_fingerprint": data_fingerprint}
     if accelerator.is_main_process:
         if config.overwrite:
             clear_previous_run(out)
@@ -294,29 +343,30 @@ def train(config: TrainConfig, callbacks=()) -> TrainResult:
             recover_interrupted_replace(out / FINAL_DIR)  # a crash between the two renames of a final/ swap
         accelerator.wait_for_everyone()
         resume_from = prepare_output_dir(config, accelerator.num_processes)  # every process checks and agrees
+        # TrainError, before anything loads or is written, when any file of the checkpoint changed since its save
+        resume_state = read_checkpoint_state(resume_from) if resume_from is not None else None
         accelerator.wait_for_everyone()
         if config.resume and run_is_finished(out):
             logger.info("'%s' is already finished; nothing to resume", out)
             metrics, per_layer_head, final_dir = finished_result(out)
             return TrainResult(metrics, per_layer_head, final_dir, is_main)
 
-        session = _start_session(config, accelerator, out)
-        progress = _resume(session, resume_from)
-        _train_steps(session, progress, callbacks)
-        return _finish(session, progress)
+        # Saves report a full disk themselves (with the bytes they need); this covers the log and run record.
+        with reporting_disk_full(out, what="the run's files", fix="continue with --resume"):
+            session = _start_session(config, accelerator, out, resume_from)
+            progress = _resume(session, resume_from, resume_state)
+            _train_steps(session, progress, callbacks)
+            return _finish(session, progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _resume(session: _Session, resume_from: Path | None) -> _Progress:
+def _resume(session: _Session, resume_from: Path | None, state: dict | None) -> _Progress:
+    """The loop's counters: from ``state`` (the checked trainer_state.json of ``resume_from``), else from zero."""
     accelerator, out = session.accelerator, session.out
     progress = _Progress()
     if resume_from is not None:
-        state = json.loads((resume_from / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        if "scheduler" not in state:
-            raise TrainError(f"{resume_from} was written by an older version that kept the scheduler in a pickle, "
-                             "which --resume does not load; start over with --overwrite")
         try:
             accelerator.load_state(str(resume_from))  # safetensors, and torch.load(weights_only=True) for the rest
         except Exception as error:  # noqa: BLE001 - an unpickling refusal, a damaged file: one line, no traceback
@@ -361,8 +411,11 @@ def _track_best(session: _Session, progress: _Progress, accuracy_now: float) -> 
         if accelerator.is_main_process:
             best_dir.mkdir(parents=True, exist_ok=True)
             target = best_dir / _best_file_name(progress.step)
-            save_file(weights, str(target.with_suffix(".tmp")))
-            target.with_suffix(".tmp").replace(target)
+            with reporting_disk_full(best_dir, what=f"the best weights ({target.name})", fix="continue with --resume",
+                                     needed_bytes=sum(w.numel() * w.element_size() for w in weights.values()),
+                                     remove=[target.with_suffix(".tmp")]):
+                save_file(weights, str(target.with_suffix(".tmp")))
+                target.with_suffix(".tmp").replace(target)
         accelerator.wait_for_everyone()
     else:
         progress.evals_since_best += 1
@@ -443,7 +496,8 @@ def _train_steps(session: _Session, progress: _Progress, callbacks) -> None:
                 if step % config.save_every == 0 and step < session.total_steps and not progress.stopped_early:
                     save_checkpoint(accelerator, session.out, step, progress.loss_sum, progress.loss_count,
                                     config.save_total_limit, session.scheduler.state_dict(),
-                                    early_stopping=progress.early_stopping_state())
+                                    early_stopping=progress.early_stopping_state(),
+                                    needed_bytes=state_bytes(model, session.optimizer))
                     if config.patience is not None and accelerator.is_main_process:
                         _prune_best(session.out, progress.best_step)
                 for callback in callbacks:

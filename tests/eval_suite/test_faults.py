@@ -12,10 +12,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval_suite.cli import main
 from tests.helpers.crash import CRASH_EXIT_STATUS
-from tests.helpers.faults import assert_one_line_error, run_command, snapshot, start_paused
+from tests.helpers.faults import (assert_one_line_error, free_space, leave_free, leftovers, run_command, small_disk,
+                                  snapshot, start_paused)
+from tests.helpers.limited import run_limited
 from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
 
 
@@ -172,6 +175,116 @@ def test_overwrite_refuses_a_folder_holding_files_it_did_not_write(ws, evaluated
     code, err = _eval(capsys, _args(ws, "b", out, "--overwrite"))
     assert_one_line_error(code, err, "holds files no evaluation wrote (notes.txt)")
     assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------------ hostile values
+
+HOSTILE_VALUES = [
+    ("seed_negative", lambda ws, a: a.extend(["--seed", "-1"]), "--seed must be an integer in [0, 4294967295]"),
+    ("seed_too_large", lambda ws, a: a.extend(["--seed", str(2 ** 32)]), "got 4294967296"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", HOSTILE_VALUES, ids=[c[0] for c in HOSTILE_VALUES])
+def test_hostile_values_are_one_line_errors_and_write_nothing(ws, tmp_path, capsys, name, change, message):
+    _assert_refused_writing_nothing(ws, tmp_path, capsys, change, message)
+
+
+# Absurd config.json values, each refused before the model is allocated; one child process under an
+# address-space limit runs them all (tests/helpers/limited.py).
+CONFIG_EDITS = {
+    "layers_1e7": ({"num_hidden_layers": 10 ** 7}, "num_hidden_layers 10000000"),
+    "hidden_negative": ({"hidden_size": -5}, "hidden_size must be a positive integer, got -5"),
+    "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    "vocab_1e12": ({"vocab_size": 10 ** 12}, "vocab_size 1000000000000"),
+    "hidden_not_multiple_of_heads": ({"num_attention_heads": 3}, "hidden_size 32 is not a multiple of "
+                                                                 "num_attention_heads 3"),
+}
+
+
+def _long_context_case(ws, root: Path) -> list:
+    """A checkpoint with 8192 positions and 64 texts of 2048 tokens measured in one batch: 4 GiB of attention maps
+    per layer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tests.helpers.tiny_models import TINY
+
+    folder = _copy(Path(ws["a"]), root / "long_context")
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**{**TINY, "max_position_embeddings": 8192})).save_pretrained(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 8192}))
+    data = root / "long.csv"
+    data.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(2100))},{i % 2}\n"
+                                             for i in range(80)))
+    return [folder, "--dataset", data, "--split", "train", "--limit", "64", "--batch-size", "64", "--max-batch-tokens",
+            "1000000", "--max-length", "2048", "--ig-steps", "2", "--output-dir", root / "out" / "batch_by_length"]
+
+
+SIZE_MESSAGES = {**{name: message for name, (_, message) in CONFIG_EDITS.items()},
+                 "batch_by_length": "lower --batch-size, --max-batch-tokens or --max-length"}
+
+
+@pytest.fixture(scope="module")
+def size_runs(ws):
+    root = ws["root"] / "sizes"
+    cases = []
+    for name, (edit, _) in CONFIG_EDITS.items():
+        folder = _copy(Path(ws["a"]), root / name)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **edit}))
+        cases.append((name, "eval_suite.cli:main", [folder, *_args(ws, "a", root / "out" / name)[1:]]))
+    cases.append(("batch_by_length", "eval_suite.cli:main", _long_context_case(ws, root)))
+    return root, run_limited(cases, root / "child", preload=("eval_suite.runner", "eval_suite.model_access"))
+
+
+@pytest.mark.parametrize("name", list(SIZE_MESSAGES))
+def test_absurd_sizes_are_refused_before_allocation(size_runs, name):
+    root, runs = size_runs
+    code, err = runs[name]
+    assert_one_line_error(code, err, SIZE_MESSAGES[name])
+    assert not (root / "out" / name).exists()
+
+
+# ------------------------------------------------------------------------------------------ full disks
+# A small tmpfs filled up: one line naming the folder, no temporary file or staging folder left, the old results
+# as they were, and the same command succeeds once space is freed.
+
+
+@pytest.mark.parametrize("free_kib, stage", [(12, "rows"), (64, "plots")])
+def test_a_full_disk_during_evaluation_is_one_line_and_the_rerun_succeeds(ws, evaluated, tmp_path, capsys, free_kib,
+                                                                        stage):
+    with small_disk(tmp_path / "disk") as disk:
+        out = disk / "out"
+        leave_free(disk, free_kib * 1024)
+        code, err = _eval(capsys, _args(ws, "a", out))
+        assert_one_line_error(code, err, f"no space left on the device of '{out}'")
+        assert "needs more than" in err
+        assert leftovers(out) == [] and not (out / "results.json").exists()
+        if stage == "plots":
+            assert len(list((out / "rows").glob("batch_*.npz"))) == 2  # the rows were written, the plots not
+        free_space(disk)
+        code, err = _eval(capsys, _args(ws, "a", out, *(["--resume"] if stage == "plots" else [])))
+        assert code == 0, err
+        assert (out / "results.json").read_bytes() == (evaluated / "results.json").read_bytes()
+        assert leftovers(out) == []
+
+
+def test_a_full_disk_during_overwrite_keeps_the_old_results(ws, evaluated, tmp_path, capsys):
+    with small_disk(tmp_path / "disk") as disk:
+        out = _copy(evaluated, disk / "out")
+        before = snapshot(out)
+        leave_free(disk, 200 * 1024)
+        code, err = _eval(capsys, _args(ws, "b", out, "--seed", "3", "--overwrite"))
+        assert_one_line_error(code, err, "no space left on the device of")
+        assert snapshot(out) == before
+        assert leftovers(disk) == []  # no .out.overwrite
+        free_space(disk)
+        code, err = _eval(capsys, _args(ws, "b", out, "--seed", "3", "--overwrite"))
+        assert code == 0, err
+        assert json.loads((out / "results.json").read_text())["weights_fingerprint"] != \
+            json.loads((evaluated / "results.json").read_text())["weights_fingerprint"]
+        assert leftovers(disk) == []
 
 
 # ------------------------------------------------------------------------------------------ already handled

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +68,57 @@ def start_paused(kind: str, count: int, workdir: Path, argv: list[str]) -> tuple
             raise AssertionError(f"paused {kind} run never reached its pause point")
         time.sleep(0.1)
     return process, ready, go
+
+
+@contextmanager
+def small_disk(folder: Path, size: str = "8m"):
+    """A tmpfs of ``size`` mounted at ``folder`` for the block (a real file system that fills up); the test is
+    skipped, with the reason, where this machine does not let it mount one (no root, a container without
+    CAP_SYS_ADMIN, no ``mount``)."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                 capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"cannot mount a tmpfs here ({error}); the disk-full cases need one")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}); the disk-full "
+                    "cases need one")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=60)
+
+
+FILLER = ".filler"
+
+
+def leave_free(disk: Path, nbytes: int) -> None:
+    """Fill ``disk`` (a small_disk) with one file so that ``nbytes`` stay free (to the page)."""
+    filler = disk / FILLER
+    filler.unlink(missing_ok=True)
+    free = shutil.disk_usage(disk).free
+    assert free > nbytes, (free, nbytes)
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * (free - nbytes))
+    assert abs(shutil.disk_usage(disk).free - nbytes) <= 8192, shutil.disk_usage(disk)
+
+
+def free_space(disk: Path) -> None:
+    """Delete the filler of :func:`leave_free`: the space a user frees after a disk-full error."""
+    (disk / FILLER).unlink()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders under ``folder``: staging folders (``step-N.tmp``, ``.final.tmp``,
+    ``.X.overwrite``) and the temporary files of atomic writes (``.NAME.XXXX.ext``), lock files excepted."""
+    found = []
+    for path in Path(folder).rglob("*"):
+        name = path.name
+        if name == FILLER or name.startswith(".hf-sparse-attn.lock"):
+            continue
+        if name.endswith((".tmp", ".overwrite")) or (name.startswith(".") and path.is_file()):
+            found.append(path.relative_to(folder).as_posix())
+    return sorted(found)

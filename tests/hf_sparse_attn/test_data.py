@@ -144,8 +144,9 @@ def test_empty_texts_dropped_with_count(tmp_path, caplog):
     [
         (lambda f: f, {"text_column": "body"}, "no column 'body'"),
         (lambda f: f, {"label_column": "rating"}, "no column 'rating'"),
-        (lambda f: f.assign(stars=["pos" if s else "neg" for s in f.stars]), {}, "non-integer"),
-        (lambda f: f.assign(stars=[0.5] + f.stars.tolist()[1:]), {}, "non-integer"),
+        (lambda f: f.assign(stars=["pos" if s else "neg" for s in f.stars]), {}, "label 'neg' in row 1 of column "
+                                                                                 "'stars' is not an integer class"),
+        (lambda f: f.assign(stars=[0.5] + f.stars.tolist()[1:]), {}, "label 0.5 in row 1 of column 'stars'"),
         (lambda f: f.assign(stars=[-1] + f.stars.tolist()[1:]), {}, "must lie in [0, "),
         (lambda f: f.assign(stars=[2] + f.stars.tolist()[1:]), {"num_labels": 2}, "must lie in [0, 2)"),
         (lambda f: f.assign(stars=0), {}, "single class"),
@@ -160,6 +161,19 @@ def test_bad_local_input_is_one_line_error(tmp_path, mutate, kwargs, message):
         load_text_classification(str(path), **options)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_integer_labels_written_as_text_are_integers(tmp_path):
+    """A label column that mixes numbers with text comes back from pandas as text: "1", "0.0" and " 1 " are still
+    the classes 1, 0 and 1 (only a value that is no integer is refused, by row)."""
+    frame = toy_frame().assign(stars=[["1", "0.0", " 1 ", "0"][i % 4] for i in range(40)])
+    path = write_table(tmp_path / "text_labels.jsonl", frame)
+    dd = load_text_classification(str(path), text_column="review", label_column="stars")
+    assert sorted(set(dd["train"]["label"])) == [0, 1]
+    frame.loc[6, "stars"] = "nan"
+    with pytest.raises(DataError, match=r"label 'nan' in row 7 of column 'stars'"):
+        load_text_classification(str(write_table(tmp_path / "nan_label.jsonl", frame)), text_column="review",
+                                 label_column="stars")
 
 
 def test_missing_and_unsupported_files(tmp_path):

@@ -19,7 +19,9 @@ import pytest
 from hf_sparse_attn.training import TrainingCallback, train
 from hf_sparse_attn.training import cli as train_cli
 from hf_sparse_attn.training.config import TrainConfig
-from tests.helpers.faults import assert_one_line_error, run_command, snapshot, start_paused
+from tests.helpers.faults import (assert_one_line_error, free_space, leave_free, leftovers, run_command, small_disk,
+                                  snapshot, start_paused)
+from tests.helpers.limited import run_limited
 from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
 
 TINY = ["--from-scratch", "tiny-bert", "--max-length", "32", "--batch-size", "8", "--eval-batch-size", "64",
@@ -67,8 +69,8 @@ NEW_FAULTS = [
     ("label_map_unknown_value", ["--dataset", "{gap}", "--label-map", "0,4"], "label 5"),
     ("label_map_repeated", ["--dataset", "{gap}", "--label-map", "0=a,5=a"], "lists the name 'a' twice"),
     ("label_map_embedded", ["--dataset", "mr", "--label-map", "0,1"], "fixed labels"),
-    ("truncated_weights", ["--model", "{truncated}", "--dataset", "{csv}", "--max-steps", "1", "--cpu"],
-     "not a readable safetensors file"),
+    ("truncated_weights", ["--model", "{truncated}", "--dataset", "{csv}", "--max-steps", "1", "--max-length", "32",
+                           "--cpu"], "not a readable safetensors file"),
 ]
 
 
@@ -206,14 +208,22 @@ def test_resume_unpickles_nothing_that_runs_code(tmp_path, capsys):
         (copy / "checkpoints" / "step-2" / planted).write_bytes(pickle.dumps(_RunsCode(marker)))
         return copy
 
-    # accelerate loads its RNG states with weights_only=True: the planted pickle is ignored, the run resumes.
-    out = edited("rng", "random_states_0.pkl")
-    code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
-    assert code == 0, err
-    assert not marker.exists() and (out / "final" / "final_metrics.json").is_file()
-    # accelerate's custom-state file (weights_only=False there) and a planted optimizer state: refused in one line.
-    for name, planted in (("custom", "custom_checkpoint_0.pkl"), ("optimizer", "optimizer.bin")):
+    # The checkpoint's digests refuse every planted file before anything is unpickled: the RNG states (which
+    # accelerate would load with weights_only=True), its custom-state file (weights_only=False there) and the
+    # optimizer state.
+    for name, planted in (("rng", "random_states_0.pkl"), ("custom", "custom_checkpoint_0.pkl"),
+                          ("optimizer", "optimizer.bin")):
         out = edited(name, planted)
+        code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
+        assert_one_line_error(code, err, "changed after it was written")
+        assert not marker.exists() and not (out / "final").exists()
+    # With the digests removed too (as a checkpoint of an older version), accelerate's loader still refuses the
+    # pickles that would run code.
+    for name, planted in (("custom_undigested", "custom_checkpoint_0.pkl"), ("optimizer_undigested", "optimizer.bin")):
+        out = edited(name, planted)
+        state_path = out / "checkpoints" / "step-2" / "trainer_state.json"
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({k: v for k, v in state.items() if k not in ("sha256", "files")}))
         code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
         assert_one_line_error(code, err, "cannot resume from")
         assert not marker.exists() and not (out / "final").exists()
@@ -238,12 +248,211 @@ def test_a_second_training_into_a_busy_folder_exits_naming_the_holder(tmp_path, 
     assert code == 0, err
 
 
+# ------------------------------------------------------------------------------------------ hostile values
+# Seeds outside what numpy's seeding takes, labels that are not integers, a config.json that is not JSON, and a
+# --max-length beyond the model's positions: one line each, before anything is written.
+
+
+@pytest.fixture(scope="module")
+def hostile(files):
+    root = files["root"]
+    rows = [f"w{i} w{i + 1} w{i + 2}" for i in range(40)]
+    empty_and_nan = root / "labels_empty_nan.csv"  # pandas reads the column as strings: '0', '1', NaN, 'nan'
+    empty_and_nan.write_text("text,label\n" + "".join(f"{t},{['0', '1', '', 'nan'][i % 4]}\n"
+                                                      for i, t in enumerate(rows)))
+    float_and_nan = root / "labels_float_nan.csv"
+    float_and_nan.write_text("text,label\n" + "".join(f"{t},{['0.0', '1.0', '0.0', 'nan'][i % 4]}\n"
+                                                      for i, t in enumerate(rows)))
+    broken = Path(make_tiny_checkpoint(root / "broken_config"))
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": 32,')
+    return {**files, "empty_nan": empty_and_nan, "float_nan": float_and_nan, "broken": broken,
+            "tiny_model": make_tiny_checkpoint(root / "tiny_model")}
+
+
+HOSTILE_VALUES = [
+    ("seed_negative", ["--dataset", "mr", "--seed", "-1"], "--seed must be an integer in [0, 4294967295]", True),
+    ("seed_too_large", ["--dataset", "mr", "--seed", str(2 ** 32)], "got 4294967296", True),
+    ("labels_empty_and_nan", ["--dataset", "{empty_nan}"], "row 3 of column 'label' is empty", True),
+    ("labels_float_and_nan", ["--dataset", "{float_nan}"], "label 'nan' in row 4 of column 'label'", True),
+    ("config_not_json", ["--model", "{broken}", "--dataset", "{csv}", "--cpu"], "config.json of", False),
+    ("max_length_beyond_positions", ["--model", "{tiny_model}", "--dataset", "{csv}", "--max-length", "1000", "--cpu"],
+     "--max-length 1000 exceeds the 64 positions", False),
+]
+
+
+@pytest.mark.parametrize("name, argv, message, tiny", HOSTILE_VALUES, ids=[case[0] for case in HOSTILE_VALUES])
+def test_hostile_values_are_one_line_errors_and_write_nothing(hostile, capsys, tmp_path, name, argv, message, tiny):
+    _assert_refused_writing_nothing(hostile, capsys, tmp_path, [*argv, "--max-steps", "1"], message, tiny=tiny)
+
+
+# Sizes: each row runs in one child process under an address-space limit (tests/helpers/limited.py), so that a
+# regression fails with a MemoryError instead of waking the OOM killer; every one must be refused before the
+# allocation, naming the field and the limit.
+_CONFIG_EDITS = {
+    "layers_1e7": ({"num_hidden_layers": 10 ** 7}, "num_hidden_layers 10000000"),
+    "layers_as_float": ({"num_hidden_layers": 1e7}, "'num_hidden_layers' expected int, got float"),
+    "hidden_negative": ({"hidden_size": -5}, "hidden_size must be a positive integer, got -5"),
+    "heads_zero": ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    "vocab_1e12": ({"vocab_size": 10 ** 12}, "vocab_size 1000000000000"),
+    "hidden_not_multiple_of_heads": ({"num_attention_heads": 3}, "hidden_size 32 is not a multiple of "
+                                                                 "num_attention_heads 3"),
+}
+# In a --from-scratch JSON, vocab_size is replaced by the size of the vocabulary built from the data.
+_FROM_SCRATCH_EDITS = [name for name in _CONFIG_EDITS if name != "vocab_1e12"]
+
+
+def _long_texts_csv(path: Path, n: int = 80, words: int = 2100) -> Path:
+    path.write_text("text,label\n" + "".join(f"{' '.join(f'w{(i + j) % 90}' for j in range(words))},{i % 2}\n"
+                                             for i in range(n)))
+    return path
+
+
+def _size_cases(root: Path) -> list[tuple[str, list, str]]:
+    csv_path = make_text_csv(root / "sizes.csv", n=40)
+    cases = [("max_length_1e8", [*TINY, "--dataset", csv_path, "--max-length", "100000000"],
+              "--max-length 100000000"),
+             ("batch_by_length", [*TINY, "--dataset", _long_texts_csv(root / "long.csv"), "--max-length", "2048",
+                                  "--batch-size", "64"], "lower --batch-size or --max-length")]
+    for name, (edit, message) in _CONFIG_EDITS.items():
+        folder = Path(make_tiny_checkpoint(root / f"model_{name}"))
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **edit}))
+        cases.append((f"model_{name}", ["--model", folder, "--dataset", csv_path, "--max-length", "32", "--cpu"],
+                      message))
+    for name in _FROM_SCRATCH_EDITS:
+        edit, message = _CONFIG_EDITS[name]
+        spec = root / f"scratch_{name}.json"
+        spec.write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 2, "num_attention_heads": 4,
+                                    "hidden_size": 32, "intermediate_size": 37, **edit}))
+        cases.append((f"from_scratch_{name}", [*TINY, "--from-scratch", spec, "--dataset", csv_path], message))
+    return cases
+
+
+SIZE_CASE_NAMES = (["max_length_1e8", "batch_by_length"] + [f"model_{n}" for n in _CONFIG_EDITS]
+                   + [f"from_scratch_{n}" for n in _FROM_SCRATCH_EDITS])
+
+
+@pytest.fixture(scope="module")
+def size_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_sizes")
+    cases = _size_cases(root)
+    assert [name for name, _, _ in cases] == SIZE_CASE_NAMES
+    runs = run_limited([(name, "hf_sparse_attn.training.cli:main",
+                         [*argv, "--max-steps", "1", "--output-dir", root / "out" / name]) for name, argv, _ in cases],
+                       root / "child", preload=("hf_sparse_attn.training.loop",))
+    return root, {name: (runs[name], message) for name, _, message in cases}
+
+
+@pytest.mark.parametrize("name", SIZE_CASE_NAMES)
+def test_absurd_sizes_are_refused_before_allocation(size_runs, name):
+    root, runs = size_runs
+    (code, err), message = runs[name]
+    assert_one_line_error(code, err, message)
+    assert not (root / "out" / name).exists()
+
+
+# ------------------------------------------------------------------------------------------ tampered state
+
+
+def _interrupted(tmp_path, name="interrupted", data=None) -> Path:
+    out = tmp_path / name
+    extra = ["--dataset", str(data)] if data else []
+    with pytest.raises(Interrupt):
+        train(_config(out, *extra), callbacks=[InterruptAfterStep(3)])  # leaves checkpoints/step-2
+    return out
+
+
+def test_resume_refuses_data_that_changed_at_the_same_path(files, tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    shutil.copyfile(files["csv"], data)
+    out = _interrupted(tmp_path, data=data)
+    lines = data.read_text().splitlines()  # other labels, same path and words: the old code resumed silently
+    data.write_text("\n".join([lines[0]] + [f"{t.rsplit(',', 1)[0]},{1 - int(t.rsplit(',', 1)[1])}"
+                                             for t in lines[1:]]) + "\n")
+    before = snapshot(out)
+    code, err = _train(capsys, [*SHORT, "--dataset", data, "--output-dir", out, "--resume"])
+    assert_one_line_error(code, err, f"the data of --dataset {data} changed since the interrupted run")
+    assert "--overwrite" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("edit", ["step", "optimizer"])
+def test_resume_refuses_a_checkpoint_changed_after_it_was_written(tmp_path, capsys, edit):
+    out = _interrupted(tmp_path)
+    checkpoint = out / "checkpoints" / "step-2"
+    if edit == "step":  # resume printed "step 99 of 6" and wrote a final model claiming 99 steps
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, "step": 99}))
+    else:  # one byte of the optimizer's moments changed (the archive still loads)
+        blob = bytearray((checkpoint / "optimizer.bin").read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        (checkpoint / "optimizer.bin").write_bytes(bytes(blob))
+    before = snapshot(out)
+    code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
+    assert_one_line_error(code, err, f"{checkpoint} changed after it was written")
+    assert "--overwrite" in err
+    assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------------ full disks
+# A small tmpfs filled up to a few hundred kB: the save fails in one line naming the folder and the bytes it needs,
+# leaves no staging folder, keeps what was there, and the same command succeeds once space is freed.
+
+CHECKPOINT_PAGES, FINAL_PAGES = 67, 42  # the tiny run's step-2 checkpoint and final folder, in 4 KiB pages
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    config = _config(out)
+    train(config)
+    return out
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_and_resume_completes(reference, tmp_path, capsys):
+    with small_disk(tmp_path / "disk") as disk:
+        out = disk / "run"
+        leave_free(disk, (CHECKPOINT_PAGES + 8) * 4096 + FINAL_PAGES * 4096 // 2)  # the checkpoint fits, final/ not
+        code, err = _train(capsys, [*SHORT, "--output-dir", out])
+        assert_one_line_error(code, err, f"no space left on the device of '{out}' writing the final model")
+        assert "needs about" in err and "--resume" in err
+        assert leftovers(out) == [] and not (out / "final").exists()
+        checkpoint = snapshot(out / "checkpoints" / "step-2")
+        assert "optimizer.bin" in checkpoint
+
+        free_space(disk)
+        code, err = _train(capsys, [*SHORT, "--output-dir", out, "--resume"])
+        assert code == 0, err
+        assert snapshot(out / "final")["model.safetensors"] == snapshot(reference / "final")["model.safetensors"]
+        assert leftovers(out) == []
+
+
+def test_a_full_disk_during_overwrite_keeps_the_old_final_folder(tmp_path, capsys):
+    with small_disk(tmp_path / "disk") as disk:
+        out = disk / "run"
+        code, err = _train(capsys, [*SHORT, "--output-dir", out])
+        assert code == 0, err
+        old_final = snapshot(out / "final")
+        leave_free(disk, CHECKPOINT_PAGES * 4096 // 2)  # the new run's first checkpoint does not fit
+        code, err = _train(capsys, [*SHORT, "--output-dir", out, "--overwrite", "--seed", "7"])
+        assert_one_line_error(code, err, f"no space left on the device of '{out / 'checkpoints'}' writing checkpoint "
+                                         "step-2")
+        assert leftovers(out) == [] and not list((out / "checkpoints").glob("step-*"))
+        assert snapshot(out / "final") == old_final
+
+        free_space(disk)
+        code, err = _train(capsys, [*SHORT, "--output-dir", out, "--overwrite", "--seed", "7"])
+        assert code == 0, err
+        assert json.loads((out / "final" / "training_args.json").read_text())["seed"] == 7
+        assert leftovers(out) == []
+
+
 # ------------------------------------------------------------------------------------------ already handled
 
 HANDLED = [
     (["--dataset", "no/such/file.csv"], "does not exist"),
     (["--dataset", "mr", "--attn-impl", "bogus"], "unknown attn_impl"),
-    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "alpha must lie in (1, 2]"),
+    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "needs alpha in (1, 2], got alpha=3"),
     (["--dataset", "mr", "--attn-impl", "sparsegen_lin:lambda=1"], "lambda"),
     (["--dataset", "mr", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["--dataset", "mr", "--epochs", "0"], "--epochs must be >= 1"),
