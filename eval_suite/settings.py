@@ -87,11 +87,9 @@ class MeasureConfig:
                                    "non-padding queries (mean)", "measures", default="cls", choices=("cls", "mean"))
     seed: int = setting("seed of the example subset, the random ranking, tie-breaking, sampling and the bootstrap",
                         "measures", default=0)
-    sample_positions: int = setting("K: LOO, repr-LOO and eq. 5 of a document longer than --sample-above measure one "
-                                    "shared seeded sample of K content positions, with standard errors", "measures",
-                                    default=64, metavar="K")
-    sample_above: int = setting("content tokens above which a document is measured on sampled positions",
-                                "measures", default=128)
+    sample_positions: int = setting("K: LOO, repr-LOO and eq. 5 of a long document use one seeded sample of K "
+                                    "positions", "measures", default=64, metavar="K")
+    sample_above: int = setting("a document with more content tokens than this is long", "measures", default=128)
     longest_content: int | None = None  # the longest document of the run (set by the runner): sampled rows or not
     max_tokens: int = 16384  # rows x length of one extra forward pass (memory)
     max_grad_tokens: int = 4096  # the same for passes that keep a graph
