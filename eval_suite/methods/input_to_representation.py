@@ -83,11 +83,26 @@ def _eq5_cost(shape, model, config, demands) -> Cost:
         positions = max(measured_count(config, c) for c in shape.n_content)
     per_layer = model.layer_flops(shape.size, shape.length)
     layers = sum(range(model.n_layers))  # layer l's representations lie l layers above the embeddings
-    flops = 2 * positions * per_layer * layers
+    flops = 2 * positions * per_layer * layers * _layout_share(shape, model, positions)
     calls = positions * (2 * layers / model.n_layers + 0.1 * model.n_layers)
     if p.input_to_repr == "jacobian":
         flops, calls = flops * model.d_model, calls * model.d_model
     return Cost(flops, calls)
+
+
+def _layout_share(shape, model, positions: int) -> float:
+    """The share of the per-position loop's work that the layout ``input_to_representation`` picks is forecast to
+    need on a batch of these lengths (length buckets or replicated rows save the padding of ragged batches)."""
+    import torch
+
+    from ..input_to_representation import forecast_work
+
+    lengths = torch.tensor(shape.lengths)
+    mask = (torch.arange(shape.length)[None, :] < lengths[:, None]).long()
+    counts = torch.tensor([min(positions, n) for n in shape.n_content])
+    wanted = (torch.arange(shape.length)[None, :] < counts[:, None])[:, None, :].expand(-1, model.n_layers, -1)
+    work = forecast_work(mask, wanted)
+    return min(work.values()) / work["per_position"] if work["per_position"] > 0 else 1.0
 
 
 EQ5 = Shared("input_to_repr", _eq5, _eq5_cost, label="eq. 5", needs_graph=True)
