@@ -46,7 +46,7 @@ class _Context:
         self.lines.append(line)
 
 
-FULL_PLAN = dict(seeds=5, minilm_seeds=3, sweep_seeds=3)
+FULL_PLAN = dict(seeds=5, extension_seeds=3, minilm_seeds=2, sweep_seeds=5)
 
 
 def is_reduced(settings: dict) -> bool:
@@ -62,7 +62,7 @@ def _preamble(ctx: _Context) -> None:
     add("")
     if is_reduced(settings):
         add(f"> **REDUCED RUN — not the full study.** seeds {settings.get('seeds')} from scratch, "
-            f"{settings.get('minilm_seeds')} MiniLM, {settings.get('sweep_seeds')} per sweep value (full plan: 5 / 3 / 3)"
+            f"{settings.get('minilm_seeds')} MiniLM, {settings.get('sweep_seeds')} per sweep value (full plan: 5 / 2 / 5)"
             + (", --quick sizes" if settings.get("quick") else "")
             + (f", first {settings['max_train_examples']} training examples" if settings.get("max_train_examples") else "")
             + f", step caps {settings.get('scratch_steps')} (scratch) / {settings.get('minilm_steps')} (MiniLM). "
@@ -99,9 +99,15 @@ def _preamble(ctx: _Context) -> None:
         "lr search table; the chosen value is recorded in every unit's result.")
     add("- **Pretrained encoder.** MiniLM (all-MiniLM-L6-v2, 6 layers x 12 heads) fine-tuned with its attention "
         "replaced; the paper has no pretrained model, so those rows have no paper counterpart.")
-    add(f"- **Evaluation subset.** {settings.get('scratch_limit', '?')} test examples per from-scratch model, "
-        f"{settings.get('minilm_limit', '?')} per MiniLM model (the same seeded subset for every model).")
+    add(f"- **Evaluation subset.** Test examples per from-scratch model: {_limits_text(settings.get('scratch_limits'))}; "
+        f"per MiniLM model: {_limits_text(settings.get('minilm_limits'))} (the same seeded subset for every model).")
     add("")
+
+
+def _limits_text(limits) -> str:
+    if not isinstance(limits, dict):
+        return "?"
+    return ", ".join(f"{d} {'all' if n is None else n}" for d, n in limits.items())
 
 
 def _lr_section(ctx: _Context) -> None:
@@ -317,6 +323,9 @@ def _adversarial_table(ctx: _Context) -> None:
         half = 1.96 * nats["std"] / max(nats["n"], 1) ** 0.5  # normal interval: hundreds of test examples
         return Interval(nats["mean"], nats["mean"] - half, nats["mean"] + half, nats["n"])
 
+    if seed and seed.get("pairs"):  # the widest-apart pair of independently trained baselines
+        widest = max(seed["pairs"].values(), key=lambda p: p["jsd_bits_content"]["mean"])["jsd_bits_content"]
+        seed = {"jsd_nats": {k: (v * np.log(2) if k in ("mean", "std") else v) for k, v in widest.items()}}
     seed_interval = jsd_interval(seed) if seed else Interval(None, None, None, 0)
     best = None
     for lam, name, a in adversaries:
