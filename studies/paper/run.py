@@ -335,6 +335,8 @@ def report_plan(args) -> list[Unit]:
 
 def run_study(args) -> dict:
     """Run every unit not yet cached (in order), regenerating the report after each; returns a status dict."""
+    # Everything a long run will call, imported now: a run of hours must not pick up code edited while it runs.
+    from . import adversarial  # noqa: F401
     from .report import write_report
 
     out_dir = Path(args.output_dir)
