@@ -258,10 +258,10 @@ def test_same_seed_softmax_and_sparsemax_models_start_from_the_same_weights(tmp_
     args = reproduce.parse_args(["--output-dir", str(tmp_path), "--quick", "--parts", "pooling-mr",
                                  "--mappings", "softmax,sparsemax"])
     units = {u.name: u for u in plan_units(args)}
-    weights = {}
+    weights, data = {}, None
     for name in ("pooling-mr-softmax-s1", "pooling-mr-sparsemax-s1", "pooling-mr-softmax-s0"):
         config = train_config(units[name], args, tmp_path / name, 1e-3)
-        data, labels = _load_splits(config)
+        data, labels = _load_splits(config) if data is None else (data, labels)  # the same data for all three
         set_seed(config.seed)  # as hf_sparse_attn.training does, before building the model
         _, model = load_tokenizer_and_model(config, data, len(labels), labels)
         weights[name] = model.state_dict()
