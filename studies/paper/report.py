@@ -100,7 +100,11 @@ def _preamble(ctx: _Context) -> None:
         f"{settings.get('scratch_steps', '?')} steps (from scratch, batch {settings.get('scratch_batch_size', '?')}) / "
         f"{settings.get('minilm_steps', '?')} (MiniLM). The learning rate is chosen on validation accuracy from "
         f"{settings.get('scratch_lrs', '?')} (from scratch) and {settings.get('minilm_lrs', '?')} (MiniLM): see the "
-        "lr search table; the chosen value is recorded in every unit's result.")
+        "lr search table; the chosen value is recorded in every unit's result. The lr is searched on softmax only "
+        "and reused for the sparse mappings of the same encoder and dataset: a search per mapping would add two "
+        "thirds to the (a) trainings, and a shared lr keeps each softmax/sparse pair identical but for the mapping "
+        "(paired by seed). A mapping that would prefer another lr is disadvantaged by this; its accuracy column "
+        "shows it.")
     add("- **Pretrained encoder.** MiniLM (all-MiniLM-L6-v2, 6 layers x 12 heads) fine-tuned with its attention "
         "replaced; the paper has no pretrained model, so those rows have no paper counterpart.")
     add(f"- **Evaluation subset.** Test examples per from-scratch model: {_limits_text(settings.get('scratch_limits'))}; "
@@ -187,15 +191,23 @@ def _lr_section(ctx: _Context) -> None:
         family, dataset = name.split("-")[1], r["unit"]["dataset"]
         chosen.setdefault((family, dataset), []).append((r["unit"]["knob"]["lr"], r["train_metrics"]["validation"]["accuracy"]))
     ctx.summary["lr"] = {}
+    edges = []
     for (family, dataset), tried in chosen.items():
         best = max(sorted(tried), key=lambda t: (t[1], -t[0]))[0]
         ctx.summary["lr"][f"{family}/{dataset}"] = best
+        grid = sorted(lr for lr, _ in tried)
+        if len(grid) > 1 and best in (grid[0], grid[-1]):
+            edges.append(f"{family}/{dataset} ({best:g}, the {'smallest' if best == grid[0] else 'largest'})")
         for name, r in rows:
             if name.split("-")[1] == family and r["unit"]["dataset"] == dataset:
                 t = r["train_metrics"].get("train", {})
                 lr = r["unit"]["knob"]["lr"]
                 add(f"| {family} | {dataset} | {lr:g} | {r['train_metrics']['validation']['accuracy']:.3f} | "
                     f"{t.get('best_step', '?')} / {t.get('stopped_at_step', '?')} | {'yes' if lr == best else ''} |")
+    if edges:
+        add("")
+        add(f"The chosen lr lies at the edge of its grid for {', '.join(edges)}: a value beyond the grid might do "
+            "better; the grid was not widened.")
     add("")
 
 
@@ -558,12 +570,14 @@ def _what_ran_section(ctx: _Context) -> None:
     add, records, units, study, settings = ctx.add, ctx.records, ctx.units, ctx.study, ctx.settings
     add("## What ran")
     add("")
-    add("Seconds are wall-clock per unit, summed per part (reused sweep end points count 0). Parts may run in "
-        "separate processes side by side (`--parts`), on a machine shared with other work, so these are not CPU "
-        "times.")
+    add("Wall-clock seconds per unit (training + evaluation), summed per part; units that reuse another unit's model "
+        "(sweep end points, last-layer softmax) count 0, and the softmax seed-0 model's training counts in the lr "
+        "search that made it. Parts may run in separate processes side by side (`--parts`), on a machine shared "
+        "with other work, so these are not CPU times.")
     add("")
-    add("| part | units finished | of | train s | eval s |")
-    add("|---|---|---|---|---|")
+    add("| part | units finished | of | train s | eval s | wall-clock min | min per unit that trained or evaluated | "
+        "CPU min (units that recorded it) |")
+    add("|---|---|---|---|---|---|---|---|")
     parts: dict = {}
     for unit in units:
         entry = parts.setdefault(unit.part, {"done": 0, "total": 0, "train": 0.0, "eval": 0.0, "missing": []})
@@ -573,14 +587,21 @@ def _what_ran_section(ctx: _Context) -> None:
             entry["done"] += 1
             entry["train"] += record.get("seconds", {}).get("train", 0.0)
             entry["eval"] += record.get("seconds", {}).get("eval", 0.0)
+            entry["worked"] = entry.get("worked", 0) + (sum(record.get("seconds", {}).values()) > 0)
+            if "cpu" in record.get("seconds", {}):
+                entry["cpu"] = entry.get("cpu", 0.0) + record["seconds"]["cpu"]
         else:
             entry["missing"].append(unit.name)
     for part, e in parts.items():
-        add(f"| {part} | {e['done']} | {e['total']} | {e['train']:.0f} | {e['eval']:.0f} |")
+        minutes = (e["train"] + e["eval"]) / 60
+        per_unit = f"{minutes / e['worked']:.1f}" if e.get("worked") else "—"
+        cpu = f"{e['cpu'] / 60:.1f}" if "cpu" in e else "—"
+        add(f"| {part} | {e['done']} | {e['total']} | {e['train']:.0f} | {e['eval']:.0f} | {minutes:.1f} | {per_unit} | "
+            f"{cpu} |")
     add("")
     missing = [name for e in parts.values() for name in e["missing"]]
     if missing:
-        add(f"Not run in this sitting: {', '.join(missing)}.")
+        add(f"Not run yet: {', '.join(missing)}.")
         add("")
     for sitting in study.get("sittings", []):
         add(f"- sitting {sitting['started']}: {sitting['seconds'] / 60:.1f} min, parts {', '.join(sitting.get('parts', []))}; "
@@ -609,7 +630,7 @@ def write_report(out_dir: Path, study: dict, units) -> Path:
     settings = dict(study.get("settings", {}))
     for record in records.values():
         if record["unit"]["part"] != "adversarial":
-            settings.update(record.get("settings", {}))
+            settings.update({k: v for k, v in record.get("settings", {}).items() if k != "test_limit"})
     ctx = _Context(records=records, study=study, units=list(units), settings=settings, figures=out_dir / FIGURES_DIR)
     for section in SECTIONS:
         section(ctx)

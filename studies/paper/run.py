@@ -196,7 +196,7 @@ def run_unit(unit: Unit, args, out_dir: Path) -> dict:
     from hf_sparse_attn.training import train
 
     seconds = {}
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     adversarial = None
     lr = None
     run_name = unit.name
@@ -223,6 +223,8 @@ def run_unit(unit: Unit, args, out_dir: Path) -> dict:
         record["eval"] = compact_results(json.loads((eval_dir / RESULTS_FILE).read_text(encoding="utf-8")))
     else:
         seconds["eval"] = 0.0
+    # CPU time of this process (all its threads): on a shared machine wall-clock says more about the neighbours.
+    seconds["cpu"] = round(time.process_time() - cpu_started, 1)
     if unit.part != "lr" and unit.part != "adversarial":
         record["lr_search"] = lr_search(out_dir, unit.family, unit.dataset, args)
     metrics = _train_metrics(run_dir)

@@ -127,7 +127,10 @@ def test_report_from_partial_results_marks_missing_cells(study, tmp_path):
     report = (partial / "REPORT.md").read_text()
     table5 = report.split("## Table 5")[1].split("##")[0]
     assert "not run" in table5
-    assert "Not run in this sitting:" in report and "adversarial-mr-lambda1-s0" in report
+    assert "Not run yet:" in report and "adversarial-mr-lambda1-s0" in report
+    header = report.split("## Where")[0]
+    assert "PARTIAL — 1 of the plan's" in header and "pooling-mr (1 of 4)" in header  # how much ran, up front
+    assert "wall-clock min" in report.split("## What ran")[1]
     assert not any(line.startswith("| mr | sparsemax |") for line in report.splitlines())
     softmax_row = next(line for line in report.splitlines() if line.startswith("| mr | softmax |"))
     assert "(n=1)" in softmax_row  # one seed: a mean without an interval
