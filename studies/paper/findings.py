@@ -16,7 +16,7 @@ import math
 
 from . import paper as P
 from .records import INPUT_PAIR, REPR_PAIR, fmt, group, input_to_repr_entropy, tau
-from .verdicts import (INCONCLUSIVE, NOT_RUN, TAU_DIFFERENCE_RANGE, TAU_RANGE, UNIT_DIFFERENCE_RANGE, UNIT_RANGE,
+from .verdicts import (INCONCLUSIVE, NOT_RUN, TAU_DIFFERENCE_RANGE, UNIT_DIFFERENCE_RANGE, UNIT_RANGE,
                        Interval, accuracy_criterion, adversary_verdict, band_verdict, combine, difference_interval,
                        mean_interval, sign_verdict)
 
@@ -251,4 +251,4 @@ def findings(records: dict, summary: dict) -> list[dict]:
     return out
 
 
-__all__ = ["findings", "INCONCLUSIVE", "TAU_RANGE", "adversarial_summary"]
+__all__ = ["findings", "adversarial_summary", "INCONCLUSIVE"]

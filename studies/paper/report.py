@@ -23,7 +23,7 @@ from . import paper as P
 from .figures import alpha_figure, layer_head_figure, sweep_figure
 from .findings import DATASETS as FINDING_DATASETS, ENCODER as FINDING_ENCODER, adversarial_summary, agreement, \
     by_seed, findings, paired_examples
-from .plan import DEFAULT_MAPPINGS, DEFAULT_PARTS, ENCODER_LABELS, MAPPINGS, PART_ORDER
+from .plan import DEFAULT_MAPPINGS, ENCODER_LABELS, MAPPINGS, PART_ORDER
 from .records import (INPUT_PAIR, MAPPING_ORDER, NOT_RUN, REPR_PAIR, accuracy, at_step_cap, fmt, group,
                       input_to_repr_entropy, load_records, special_mass, sparsity, sweep_rows, tau, trained_here)
 from .verdicts import (TAU_RANGE, UNIT_DIFFERENCE_RANGE, UNIT_RANGE, Interval, kendall, mean_interval,
