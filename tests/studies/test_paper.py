@@ -93,18 +93,21 @@ def test_quick_study_writes_report_results_and_figures(study):
     assert {f["key"] for f in summary["findings"]} >= {"input_to_repr", "repr_vs_input", "adversarial"}
     # The verdicts are those of the interval rules on this study's own records (two seeds of each mapping on mr;
     # trec did not run), read here from the stored results.
-    from studies.paper.verdicts import band_verdict, combine, difference_interval, mean_interval, sign_verdict
+    from studies.paper.verdicts import (TAU_DIFFERENCE_RANGE, UNIT_RANGE, band_verdict, combine, difference_interval,
+                                        mean_interval, sign_verdict)
 
     verdicts = {f["key"]: f["verdict"] for f in summary["findings"]}
 
     def last_layer(mapping, key):
         return [results[f"pooling-mr-{mapping}-s{s}"]["eval"]["per_layer"][-1][key] for s in (0, 1)]
 
-    tau = {m: [a["grad_norm"]["kendall_tau_b"]["mean"] for a in last_layer(m, "agreement")] for m in ("softmax", "sparsemax")}
+    # Table 1: the last layer's excess tau-b (attention vs input gradients), softmax minus sparsemax paired by seed.
+    excess = {m: [a["grad_norm"]["kendall_tau_b_excess"]["mean"] for a in last_layer(m, "agreement")]
+              for m in ("softmax", "sparsemax")}
     assert verdicts["table1_softmax_vs_sparsemax"] == sign_verdict(
-        difference_interval(tau["softmax"], tau["sparsemax"]), +1)
+        difference_interval(excess["softmax"], excess["sparsemax"], paired=True, bounds=TAU_DIFFERENCE_RANGE), +1)
     entropy = {m: [e["mean"] for e in last_layer(m, "input_to_repr_entropy")] for m in ("softmax", "sparsemax")}
-    assert verdicts["input_to_repr"] == combine([band_verdict(mean_interval(entropy[m]), 0.5, 0.9)
+    assert verdicts["input_to_repr"] == combine([band_verdict(mean_interval(entropy[m], UNIT_RANGE), 0.5, 0.9)
                                                  for m in ("softmax", "sparsemax")])
     assert all(f["verdict"] in ("agrees", "disagrees", "inconclusive", "not run", "not reached")
                for f in summary["findings"])
