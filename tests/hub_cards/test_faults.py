@@ -29,7 +29,7 @@ from hub_cards.sections import parse_sections
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.faults import REPO_ROOT, assert_one_line_error, run_command, snapshot, subprocess_env
 from tests.helpers.limited import run_limited
-from tests.helpers.tiny_models import make_checkpoint, make_results
+from tests.helpers.tiny_models import copy_evaluated, evaluated_entmax15_checkpoint, make_checkpoint, make_results
 
 TOKEN = "hf_test_token"
 
@@ -264,17 +264,12 @@ _HOSTILE = "<img src=x onerror=alert(1)>\n# Injected heading\n[click](javascript
 
 @pytest.fixture(scope="module")
 def evaluated_once(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("hostile")
-    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
-    return checkpoint, make_results(checkpoint, root / "eval")
+    return evaluated_entmax15_checkpoint(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture
 def copied(evaluated_once, tmp_path) -> tuple[Path, Path]:
-    checkpoint, results = evaluated_once
-    shutil.copytree(checkpoint, tmp_path / "ckpt")
-    shutil.copytree(results.parent, tmp_path / "eval")
-    return tmp_path / "ckpt", tmp_path / "eval" / "results.json"
+    return copy_evaluated(evaluated_once, tmp_path)
 
 
 def _set(path: Path, **fields) -> None:
