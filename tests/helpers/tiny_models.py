@@ -209,20 +209,6 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     return path
 
 
-def evaluated_entmax15_checkpoint(root) -> tuple[Path, Path]:
-    """A tiny entmax15 checkpoint under ``root`` and the results.json of its default-tier evaluation."""
-    checkpoint = make_checkpoint(Path(root) / "ckpt", attn_impl="entmax15")
-    return checkpoint, make_results(checkpoint, Path(root) / "eval")
-
-
-def copy_evaluated(evaluated: tuple[Path, Path], folder) -> tuple[Path, Path]:
-    """A copy of ``(checkpoint, results.json)`` and its evaluation folder under ``folder``, free to change."""
-    checkpoint, results = evaluated
-    shutil.copytree(checkpoint, Path(folder) / "ckpt")
-    shutil.copytree(results.parent, Path(folder) / "eval")
-    return Path(folder) / "ckpt", Path(folder) / "eval" / "results.json"
-
-
 def make_head_uniform(checkpoint, folder, *, layer: int = 0, head: int = 0) -> str:
     """A copy of a tiny BERT ``checkpoint`` whose ``head`` of ``layer`` has zero query weights: every key scores 0,
     so that head attends uniformly (softmax and the sparse mappings alike) and no other head of the layer changes."""

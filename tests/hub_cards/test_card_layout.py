@@ -18,21 +18,10 @@ from hub_cards.cli import main as cli_main
 from hub_cards.render import render_card
 from hub_cards.sections import parse_sections
 from tests.helpers.faults import assert_one_line_error, run_command
-from tests.helpers.tiny_models import copy_evaluated, evaluated_entmax15_checkpoint, make_checkpoint
+from tests.helpers.tiny_models import make_checkpoint
 
 FIRST_SCREEN_LINES = 40  # docs/hub_cards.md states the same bound
 NULL_IS_ZERO = "the shared-zeros null is exactly 0"
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> tuple[Path, Path]:
-    return evaluated_entmax15_checkpoint(tmp_path_factory.mktemp("layout"))
-
-
-@pytest.fixture
-def fresh(evaluated, tmp_path) -> tuple[Path, Path]:
-    """A copy of the checkpoint and its evaluation folder, free to change."""
-    return copy_evaluated(evaluated, tmp_path)
 
 
 def _edit(path: Path, change) -> dict:

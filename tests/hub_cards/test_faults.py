@@ -29,7 +29,7 @@ from hub_cards.sections import parse_sections
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.faults import REPO_ROOT, assert_one_line_error, run_command, snapshot, subprocess_env
 from tests.helpers.limited import run_limited
-from tests.helpers.tiny_models import copy_evaluated, evaluated_entmax15_checkpoint, make_checkpoint, make_results
+from tests.helpers.tiny_models import make_checkpoint, make_results
 
 TOKEN = "hf_test_token"
 
@@ -262,16 +262,6 @@ _OUR_HTML = re.compile(r"<!-- hf-sparse-attn:(begin|end):[\w-]+ -->|<!-- Text be
 _HOSTILE = "<img src=x onerror=alert(1)>\n# Injected heading\n[click](javascript:alert(1)) <!-- x --> *em* `c` | p"
 
 
-@pytest.fixture(scope="module")
-def evaluated_once(tmp_path_factory) -> tuple[Path, Path]:
-    return evaluated_entmax15_checkpoint(tmp_path_factory.mktemp("hostile"))
-
-
-@pytest.fixture
-def copied(evaluated_once, tmp_path) -> tuple[Path, Path]:
-    return copy_evaluated(evaluated_once, tmp_path)
-
-
 def _set(path: Path, **fields) -> None:
     record = json.loads(path.read_text())
     record.update(fields)
@@ -280,8 +270,8 @@ def _set(path: Path, **fields) -> None:
 
 @pytest.mark.parametrize("field, value", [("accuracy", float("nan")), ("accuracy", float("inf")),
                                           ("accuracy", 12345.0), ("macro_f1", -0.5)])
-def test_render_refuses_a_score_that_is_not_a_fraction(copied, capsys, field, value):
-    checkpoint, results = copied
+def test_render_refuses_a_score_that_is_not_a_fraction(fresh, capsys, field, value):
+    checkpoint, results = fresh
     render_card(checkpoint, results)  # a good card first: the refused render must leave it as it is
     _set(results, **{field: value})
     before = snapshot(checkpoint)
@@ -301,8 +291,8 @@ def _markdown_tokens(text: str):
 
 
 @pytest.mark.parametrize("where", ["dataset", "local file name", "plot file name"])
-def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, where):
-    checkpoint, results = copied
+def test_text_from_results_and_file_names_is_inert_in_the_card(fresh, capsys, where):
+    checkpoint, results = fresh
     if where == "dataset":
         _set(results, dataset=_HOSTILE)
     elif where == "local file name":
@@ -336,10 +326,10 @@ def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, w
 
 
 @pytest.mark.parametrize("repo_id", ["../x", 'org/x"); import os; ("', "no-namespace"])
-def test_render_checks_the_repo_id_as_push_does(copied, capsys, repo_id):
+def test_render_checks_the_repo_id_as_push_does(fresh, capsys, repo_id):
     from hub_cards.push import check_repo_id
 
-    checkpoint, results = copied
+    checkpoint, results = fresh
     before = snapshot(checkpoint)
     with pytest.raises(PushError) as refused_by_push:
         check_repo_id(repo_id)
