@@ -41,9 +41,13 @@ class AgreementMetric:
 
 
 def _tau_b_forms(comparison, done):
-    """Every tau-b form at once (raw, on support, on union, null, excess), read from the pass's one shared
-    computation (:meth:`AgreementPass.tau_b_forms`)."""
+    """Every tau-b form at once (raw, on support, on union, null), read from the pass's one shared computation
+    (:meth:`AgreementPass.tau_b_forms`)."""
     return comparison.tau_b_forms()
+
+
+def _excess_over_null(comparison, done):
+    return done[RAW] - done[NULL]
 
 
 def _pairwise(function):
@@ -67,7 +71,7 @@ AGREEMENT_METRICS: tuple[AgreementMetric, ...] = (
                     "tau-b over the tokens with non-zero attention or non-zero importance.", pooled=True, grid=True),
     AgreementMetric("kendall_tau_b_null", None, "tau-b of the null",
                     "tau-b expected from the structure-preserving null alone.", pooled=True, grid=True, null=True),
-    AgreementMetric("kendall_tau_b_excess", None, "tau-b excess over the null",
+    AgreementMetric("kendall_tau_b_excess", _excess_over_null, "tau-b excess over the null",
                     "Kendall tau-b between attention and importance minus the tau-b of the structure-preserving "
                     "null: 0 means no more agreement than chance with the same structure.", pooled=True, grid=True,
                     paired=True, headline=True, domain=None),

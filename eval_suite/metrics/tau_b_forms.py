@@ -8,7 +8,8 @@ and the same final operations) to the functions in :mod:`eval_suite.metrics`:
     kendall_tau_b_on_support  kendall_tau_b_cross(x, y, mask, on_support=True)
     kendall_tau_b_on_union    kendall_tau_b_on_union_cross(x, y, mask)
     kendall_tau_b_null        kendall_tau_b_null_cross(x, y, mask)
-    kendall_tau_b_excess      raw - null
+
+(the excess over the null, raw - null, is the agreement declarations' own metric: eval_suite/agreement.py).
 
 Notation (per leading index): positions i < j of the mask form the n0 = n (n - 1) / 2 pairs; sx_ij = sign(x_i - x_j),
 sy_ij likewise; ties T_x = #{pairs: sx = 0}, T_y likewise; z^x_i = [x_i = 0], z^y_i = [y_i = 0], s_i = 1 - z^x_i
@@ -63,8 +64,7 @@ from .tau_b_knight import masked_rank_counts, pair_products_knight, rank_histogr
 
 __all__ = ["FORMS", "kendall_tau_b_forms", "kendall_tau_b_forms_by_view", "knight_from_length"]
 
-FORMS = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", "kendall_tau_b_null",
-         "kendall_tau_b_excess")
+FORMS = ("kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union", "kendall_tau_b_null")
 # Elements of the pair blocks held at once by the matmul engine (4 bytes each).
 PAIR_BLOCK_ELEMENTS = 1 << 22
 # (example, head, method, rank) entries of the rank histograms held at once (8 bytes each).
@@ -207,7 +207,7 @@ def _forms_from_counts(x, y, m, counts: dict) -> dict[str, torch.Tensor]:
     ty_union = ty - (_choose2(zero_y[:, None, :]) - _choose2(zero_y[:, None, :] - both))
     union = _tau(counts["s"] - both * sign_products, n0_union - tx_union, n0_union - ty_union)
     return {"kendall_tau_b": raw, "kendall_tau_b_on_support": support, "kendall_tau_b_on_union": union,
-            "kendall_tau_b_null": null, "kendall_tau_b_excess": raw - null}
+            "kendall_tau_b_null": null}
 
 
 def _pair_products_shared_signs(x: torch.Tensor, rank_x: torch.Tensor, rank_y: torch.Tensor, masks: list[torch.Tensor],

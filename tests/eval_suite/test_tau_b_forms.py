@@ -195,6 +195,9 @@ def test_agreement_pass_gives_every_comparison_the_per_form_values(monkeypatch):
                                                                  content[:, None]).items()}}
     for prefix, reference in expected.items():
         _assert_identical({form: rows[f"{prefix}.{form}"] for form in FORMS}, reference)
+        excess = rows[f"{prefix}.kendall_tau_b_excess"]  # the declarations' own metric, raw - null
+        assert torch.equal(torch.isnan(excess), torch.isnan(reference["kendall_tau_b_excess"]))
+        assert torch.equal(torch.nan_to_num(excess), torch.nan_to_num(reference["kendall_tau_b_excess"]))
     js = M.jensen_shannon(attention[:, :, :, None], methods[:, :, None], content[:, None, None, None])
     assert torch.equal(torch.isnan(js), torch.isnan(rows["attention.jensen_shannon"]))
     assert torch.equal(torch.nan_to_num(js), torch.nan_to_num(rows["attention.jensen_shannon"]))
