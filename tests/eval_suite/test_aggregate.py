@@ -104,3 +104,24 @@ def test_the_card_shows_the_undefined_head_as_undefined(special_head_run, tmp_pa
     best = values["kendall_tau_b_excess_grad_best_layer"]
     if best.metric_args["layer"] == 0:
         assert best.metric_value == pytest.approx(layer0, abs=1e-4)
+
+
+def test_columnwise_nanpercentile_equals_numpys_bit_for_bit():
+    """Bootstrap intervals: the grouped percentile gives np.nanpercentile's numbers exactly, for columns without NaN,
+    with some, with all but one, and all NaN (undefined stays NaN)."""
+    import warnings
+
+    from eval_suite.statistics import nanpercentile_columns
+
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(1000, 40))
+    for column in range(40):
+        values[rng.random(1000) < (column % 8) / 8, column] = np.nan
+    values[:, 5] = np.nan
+    values[1:, 6], values[0, 6] = np.nan, 1.5
+    ours = nanpercentile_columns(values, (2.5, 97.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on the all-NaN column
+        theirs = np.nanpercentile(values, (2.5, 97.5), axis=0)
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.isnan(ours[:, 5]).all() and (ours[:, 6] == 1.5).all()
