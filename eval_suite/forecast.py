@@ -92,6 +92,7 @@ class Forecast:
         self.calibrated_on: int | None = None  # the planned batch the probe was taken from
         self.probe_seconds = 0.0  # spent measuring the probe (part of the forecast total)
         self.probe_shape: BatchShape | None = None
+        self.probe_cpu_seconds = 0.0
         self._observed: dict[str, list[float]] = {}  # stage -> [measured seconds, model seconds] over full batches
 
     def with_measures(self, measures) -> "Forecast":

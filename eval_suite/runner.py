@@ -377,6 +377,7 @@ def _run_locked(request: EvalRequest, state, device, out_dir: Path) -> dict | No
     run_info = {
         "processes": state.num_processes, "device": str(device),
         "examples_measured_this_run": n_new, "measure_seconds": loop.measure_seconds,
+        "measure_cpu_seconds": loop.measure_cpu_seconds,
         "examples_per_second": n_new / loop.measure_seconds if loop.measure_seconds > 0 and n_new else None,
         "total_seconds": time.perf_counter() - started,
         "stage_seconds_main_process": {k: round(v, 3) for k, v in loop.timings.items()},

@@ -39,6 +39,7 @@ class LoopResult:
     timings: dict = field(default_factory=dict)  # seconds per stage, this process
     forecast: dict | None = None  # what was forecast (main process), for run_info.json
     measure_seconds: float = 0.0
+    measure_cpu_seconds: float = 0.0  # this process's CPU time (all its threads), probe included
 
 
 def _broadcast(state, value):
@@ -71,7 +72,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} ex [{elapsed}<{remaining}]{postfix}")
     labels = stage_labels(plan.measure.measures)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:  # closed before an error propagates: the error line stays the last thing on stderr
         if state.is_main_process and remaining:
             _probe(plan, forecast, max(remaining, key=lambda b: (forecast.shapes[b].length, b)), bar)
@@ -83,6 +84,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     finally:
         bar.close()
     result.measure_seconds = time.perf_counter() - started
+    result.measure_cpu_seconds = time.process_time() - cpu_started
     return result
 
 
@@ -99,7 +101,7 @@ def _probe(plan, forecast: Forecast, batch_id: int, bar) -> None:
     members = sorted(plan.batches[batch_id], key=lambda k: len(plan.encodings[k]["input_ids"]))
     members = members[-(1 if forecast.shapes[batch_id].length >= 256 else PROBE_EXAMPLES):]
     bar.set_postfix_str("forecast", refresh=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict = {}
     batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
     config = dataclasses.replace(plan.measure, token_map_indices=frozenset())
@@ -109,6 +111,7 @@ def _probe(plan, forecast: Forecast, batch_id: int, bar) -> None:
     timings["bookkeeping"] = max(0.0, seconds - sum(timings.values()))
     shape = batch_shapes(plan.encodings, [members])[0]
     forecast.calibrate(shape, timings, batch_id=batch_id, seconds=seconds)
+    forecast.probe_cpu_seconds = time.process_time() - cpu_started
 
 
 def _measure_one(plan, batch_id: int, forecast: Forecast, bar, position: float, scale: int, labels: dict,
@@ -169,7 +172,8 @@ def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, 
             line += (f"; calibrated on {probe.size} of the longest examples ({probe.length} tokens, "
                      f"{forecast.probe_seconds:.1f} s)")
         result.forecast = {"measure_seconds": total, "stage_seconds": per_stage, "calibration_batch": forecast.calibrated_on,
-                           "probe_examples": probe.size if probe else 0, "probe_seconds": forecast.probe_seconds, "factors": dict(forecast.factors),
+                           "probe_examples": probe.size if probe else 0, "probe_seconds": forecast.probe_seconds,
+                           "probe_cpu_seconds": forecast.probe_cpu_seconds, "factors": dict(forecast.factors),
                            "machine": forecast.machine.to_dict(), "processes": state.num_processes}
         if n_batches:
             bar.write("eval_suite: " + line)
