@@ -94,6 +94,7 @@ class Forecast:
         self.probe_shape: BatchShape | None = None
         self.probe_cpu_seconds = 0.0
         self._observed: dict[str, list[float]] = {}  # stage -> [measured seconds, model seconds] over full batches
+        self.measured: dict[int, dict[str, float]] = {}  # planned batches already measured: seconds per stage
 
     def with_measures(self, measures) -> "Forecast":
         """The same calibration applied to another selection (stages it shares keep their factors)."""
@@ -121,6 +122,7 @@ class Forecast:
     def observe(self, batch_id: int, measured: dict[str, float]) -> None:
         """Refine the factors with a measured planned batch: each stage's measured seconds over its model seconds,
         summed over every batch observed so far (the probe's factors are replaced by these)."""
+        self.measured[batch_id] = dict(measured)
         for stage, model_seconds in self.model_seconds(batch_id).items():
             if stage in measured and model_seconds > 0:
                 spent = self._observed.setdefault(stage, [0.0, 0.0])
@@ -133,13 +135,15 @@ class Forecast:
         return {stage: self.factors.get(stage, 1.0) * seconds for stage, seconds in self.model_seconds(batch_id).items()}
 
     def total(self, batch_ids_per_process: list[list[int]]) -> tuple[float, dict[str, float]]:
-        """(wall seconds: the busiest process's sum plus the probe, seconds per stage summed over every process)."""
+        """(wall seconds: the busiest process's sum plus the probe, seconds per stage summed over every process);
+        batches already measured count with their measured seconds."""
         per_stage: dict[str, float] = {}
         busiest = 0.0
         for batch_ids in batch_ids_per_process:
             own = 0.0
             for batch_id in batch_ids:
-                for stage, seconds in self.batch_seconds(batch_id).items():
+                seconds_of = self.measured.get(batch_id) or self.batch_seconds(batch_id)
+                for stage, seconds in seconds_of.items():
                     per_stage[stage] = per_stage.get(stage, 0.0) + seconds
                     own += seconds
             busiest = max(busiest, own)

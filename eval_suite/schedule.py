@@ -74,12 +74,19 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
 
     started, cpu_started = time.perf_counter(), time.process_time()
     try:  # closed before an error propagates: the error line stays the last thing on stderr
+        position, deferred = float(n_done), []
         if state.is_main_process and remaining:
             _probe(plan, forecast, max(remaining, key=lambda b: (forecast.shapes[b].length, b)), bar)
+            if mine and sum(forecast.batch_seconds(mine[0]).values()) <= CHEAP_BATCH_SECONDS:
+                # Cheap enough to measure before the forecast: the first (longest) batch calibrates it better than
+                # the probe (per-batch overheads), and it is stored only once the run is within its budget.
+                position = _measure_one(plan, mine[0], forecast, bar, position, scale, labels, result,
+                                        lambda *stored: deferred.append(stored))
         _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar)
         on_ready()
-        position = float(n_done)
-        for batch_id in mine:
+        for stored in deferred:
+            save(*stored)
+        for batch_id in mine[len(deferred):]:
             position = _measure_one(plan, batch_id, forecast, bar, position, scale, labels, result, save)
     finally:
         bar.close()
@@ -89,6 +96,7 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
 
 
 PROBE_EXAMPLES = 2  # examples of the longest planned batch measured before the forecast (1 from 256 tokens on)
+CHEAP_BATCH_SECONDS = 5.0  # a first batch forecast under this is measured before the forecast is printed
 
 
 def _probe(plan, forecast: Forecast, batch_id: int, bar) -> None:
@@ -171,7 +179,10 @@ def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, 
         if probe is not None:
             line += (f"; calibrated on {probe.size} of the longest examples ({probe.length} tokens, "
                      f"{forecast.probe_seconds:.1f} s)")
-        result.forecast = {"measure_seconds": total, "stage_seconds": per_stage, "calibration_batch": forecast.calibrated_on,
+        for batch_id, seconds in forecast.measured.items():
+            line += f" and batch {batch_id} ({forecast.shapes[batch_id].size} examples, {sum(seconds.values()):.1f} s)"
+        result.forecast = {"measure_seconds": total, "stage_seconds": per_stage,
+                           "calibration_batch": forecast.calibrated_on, "batches_measured": list(forecast.measured),
                            "probe_examples": probe.size if probe else 0, "probe_seconds": forecast.probe_seconds,
                            "probe_cpu_seconds": forecast.probe_cpu_seconds, "factors": dict(forecast.factors),
                            "machine": forecast.machine.to_dict(), "processes": state.num_processes}

@@ -111,3 +111,19 @@ def test_budget_refusal_when_nothing_fits_says_raise_the_budget(workspace, capsy
     line = [part for part in re.split(r"[\r\n]", capsys.readouterr().err) if part.strip()][-1]
     assert line.endswith("run instead: nothing smaller fits: raise --budget")
     assert not out.exists()
+
+
+def test_the_probe_leaves_the_results_as_they_were(workspace, monkeypatch):
+    """Forecast from the probe alone (first batch too dear to measure first) or from the probe and the first batch:
+    the probe's rows never reach the results, which are the same bytes either way."""
+    from eval_suite import schedule
+
+    outputs = {}
+    for name, cheap in (("probe_only", 0.0), ("first_batch", float("inf"))):
+        monkeypatch.setattr(schedule, "CHEAP_BATCH_SECONDS", cheap)
+        out = workspace["root"] / name
+        assert main(_args(workspace, out, "--measures", "quick", "--limit", "8")) == 0
+        info = json.loads((out / "run_info.json").read_text())["forecast"]
+        assert info["probe_examples"] == 2 and len(info["batches_measured"]) == (0 if cheap == 0 else 1)
+        outputs[name] = (out / "results.json").read_bytes()
+    assert outputs["probe_only"] == outputs["first_batch"]
