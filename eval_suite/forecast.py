@@ -99,8 +99,8 @@ class Forecast:
     def with_measures(self, measures) -> "Forecast":
         """The same calibration applied to another selection (stages it shares keep their factors)."""
         other = Forecast(self.model, self.config, self.machine, self.shapes, measures)
+        # The probe measured this selection; another one would probe itself, at a cost its batches' forecast covers.
         other.factors, other.calibrated_on = dict(self.factors), self.calibrated_on
-        other.probe_seconds = self.probe_seconds
         return other
 
     def model_seconds(self, batch_id: int) -> dict[str, float]:
@@ -208,7 +208,8 @@ def cheaper_options(forecast: Forecast, batch_ids_per_process: list[list[int]], 
         if seconds <= budget:
             best = (name, seconds)
             break
-    limit = int(math.floor(n_examples * budget / total)) if total > 0 else None
+    batches = total - forecast.probe_seconds  # what scales with the number of examples
+    limit = int(math.floor(n_examples * budget / batches)) if batches > 0 else None
     return Cheaper(best[0] if best else None, best[1] if best else None, limit if limit and limit >= 1 else None)
 
 
