@@ -80,13 +80,14 @@ def quick_batch(L: int, seed: int = 0) -> dict:
 def today_tau_forms(source, importance, mask) -> dict:
     """The tau-b lines of eval_suite.measure._compare, as they are today."""
     from eval_suite import metrics as M
+    from eval_suite.agreement import HEADLINE
 
     mask = mask[:, None, :]
     out = {"kendall_tau_b": M.kendall_tau_b_cross(source, importance, mask),
            "kendall_tau_b_on_support": M.kendall_tau_b_cross(source, importance, mask, on_support=True),
            "kendall_tau_b_on_union": M.kendall_tau_b_on_union_cross(source, importance, mask),
            "kendall_tau_b_null": M.kendall_tau_b_null_cross(source, importance, mask)}
-    out["kendall_tau_b_excess"] = out["kendall_tau_b"] - out["kendall_tau_b_null"]
+    out[HEADLINE] = out["kendall_tau_b"] - out["kendall_tau_b_null"]
     return out
 
 

@@ -20,13 +20,9 @@ medians are reported; compare ratios within one run, not across runs.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import entmax  # noqa: E402  (the baseline being compared against)
 
+from bench.startup import bench_parser, finish, start  # noqa: E402
+
 import hf_sparse_attn  # noqa: E402  (registers our attention functions and attn_impl=)
 from hf_sparse_attn import sparse_attn_mappings as ours  # noqa: E402
 
-OUR_IMPLS = ["softmax", "sparsemax", "entmax15", "entmax:alpha=1.3", "entmax_learned", "sparsegen_lin:lambda=0.5"]
+OUR_IMPLS = [impl.example() for impl in hf_sparse_attn.ATTN_IMPLS.values()]
 # The package's counterparts, dropped into the model: name -> (our attn_impl that creates the parameters, mapping).
 PACKAGE_IMPLS = {
     "entmax.sparsemax": ("sparsemax", lambda scores, module: entmax.sparsemax(scores, dim=-1)),
@@ -132,25 +130,29 @@ def _reference_entmax(reference):
     return getattr(reference, "entmax_newton", None) or reference.entmax_bisect
 
 
-def reference_mapping_module(reference, spec, num_heads, alpha_logit=None):
-    """A SparseAttnMapping whose forward uses the reference implementation (same routing as ours)."""
+def reference_routes(reference) -> dict:
+    """attn_impl name -> (the SparseAttnMapping module, scores) -> probabilities computed by an older copy of
+    sparse_attn_mappings.py: how each built-in mapping reaches that file's functions. A mapping declared after the
+    reference was written has no route and is left out of the reference comparison."""
+    entmax_of = _reference_entmax(reference)
+    return {
+        "softmax": lambda module, scores: reference.softmax(scores),
+        "sparsemax": lambda module, scores: reference.sparsemax(scores),
+        "entmax15": lambda module, scores: reference.entmax15(scores),
+        "entmax": lambda module, scores: entmax_of(scores, module.spec.parameters["alpha"]),
+        "sparsegen_lin": lambda module, scores: reference.sparsegen_lin(scores, module.spec.parameters["lambda"]),
+        "entmax_learned": lambda module, scores: entmax_of(
+            scores, (1.0 + torch.sigmoid(module.alpha_logit.to(scores.dtype))).view(1, -1, 1, 1)),
+    }
+
+
+def reference_mapping_module(route, spec, num_heads, alpha_logit=None):
+    """A SparseAttnMapping whose forward is ``route`` (one of :func:`reference_routes`)."""
     from hf_sparse_attn.sparse_attn_modeling import SparseAttnMapping
 
     class ReferenceMapping(SparseAttnMapping):
         def forward(self, scores):
-            impl = self.spec.attn_impl
-            if impl == "softmax":
-                return reference.softmax(scores)
-            if impl == "sparsemax":
-                return reference.sparsemax(scores)
-            if impl == "entmax15":
-                return reference.entmax15(scores)
-            if impl == "entmax":
-                return _reference_entmax(reference)(scores, self.spec.alpha)
-            if impl == "sparsegen_lin":
-                return reference.sparsegen_lin(scores, self.spec.lambda_)
-            alpha = 1.0 + torch.sigmoid(self.alpha_logit.to(scores.dtype))
-            return _reference_entmax(reference)(scores, alpha.view(1, -1, 1, 1))
+            return route(self, scores)
 
     mapping = ReferenceMapping(spec, num_heads)
     if alpha_logit is not None:
@@ -205,13 +207,16 @@ def build_model_variants(path: str, reference, quiet=True) -> dict:
         register_throwaway_attention(f"bench_{name}", mapping)
         set_attention_implementation(model, f"bench_{name}")
         variants[name] = model
-    if reference is not None:
-        for impl in OUR_IMPLS[1:]:
-            model = Auto.from_pretrained(path, num_labels=2, attn_impl=impl)
-            for module in hf_sparse_attn.attention_modules(model):
-                old = module.sparse_attn
-                module.sparse_attn = reference_mapping_module(reference, old.spec, old.num_heads, getattr(old, "alpha_logit", None))
-            variants[f"reference {impl}"] = model
+    routes = reference_routes(reference) if reference is not None else {}
+    for impl in OUR_IMPLS[1:]:
+        route = routes.get(hf_sparse_attn.parse_attn_impl(impl).attn_impl)
+        if route is None:
+            continue
+        model = Auto.from_pretrained(path, num_labels=2, attn_impl=impl)
+        for module in hf_sparse_attn.attention_modules(model):
+            old = module.sparse_attn
+            module.sparse_attn = reference_mapping_module(route, old.spec, old.num_heads, getattr(old, "alpha_logit", None))
+        variants[f"reference {impl}"] = model
     for model in variants.values():
         model.train()  # a training step: dropout on, as in fine-tuning
     return variants
@@ -388,7 +393,7 @@ def bench_memory(args, reference) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, threads=None, clock=True, json=True)
     parser.add_argument("--what", nargs="+", choices=["model", "mapping", "memory"], default=["model", "mapping", "memory"])
     parser.add_argument("--rounds", type=int, default=3, help="model level: timed rounds over all variants (default 3)")
     parser.add_argument("--batch", type=int, default=16)
@@ -399,32 +404,22 @@ def parse_args(argv=None):
     parser.add_argument("--mapping-elements", type=int, default=16 * 128 * 128,
                         help="mapping level: B*L*L per head, so every L times the same amount of work (default 16*128*128)")
     parser.add_argument("--score-std", type=float, default=2.0, help="mapping level: std of the random scores (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time (default) or this process's CPU time: on a machine shared with other jobs, "
-                             "'--clock cpu --threads 1' gives steadier ratios (CPU time adds up all threads)")
     parser.add_argument("--reference", default=None, help="an older sparse_attn_mappings.py to compare with")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args = start(parser, argv)
     for flag in ("rounds", "batch", "length", "repeats", "heads", "mapping_elements"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.length < 2 or any(L < 2 for L in args.lengths):
         parser.error("lengths must be at least 2")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: the folder does not exist; create it first")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    CLOCK = args.timer
     reference = load_reference(args.reference)
-    results = {"torch": torch.__version__, "entmax": getattr(entmax, "__version__", "?"), "threads": torch.get_num_threads(),
-               "clock": args.clock}
+    results = {"entmax": getattr(entmax, "__version__", "?")}
     started = time.perf_counter()
     if "model" in args.what:
         results["model"] = bench_model(args, reference)
@@ -433,12 +428,7 @@ def main(argv=None) -> dict:
     if "memory" in args.what:
         results["memory"] = bench_memory(args, reference)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
-    if args.json:
-        target = Path(args.json)
-        with tempfile.NamedTemporaryFile("w", dir=target.resolve().parent, suffix=".tmp", delete=False) as f:
-            json.dump(results, f, indent=2)
-        os.replace(f.name, target)
-    return results
+    return finish(args, results)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,6 @@ Timings on a shared machine are noisy: compare ratios within one run. ``--thread
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,8 +33,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from bench.startup import bench_parser, finish, start  # noqa: E402
 
 METHODS = ("attention_norm", "attention_norm_res_ln", "value_zeroing", "alti", "attention_flow")
 
@@ -222,28 +220,21 @@ def _fmt_ci(stat: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, threads=1, json=True)
     parser.add_argument("--what", choices=["all", "cost", "flow"], default="all")
     parser.add_argument("--n", type=int, default=64, help="MR test sentences per mapping")
     parser.add_argument("--impls", default="softmax,sparsemax,entmax15")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--agreement", action="store_true", help="also the first reading of the agreement")
     parser.add_argument("--flow-lengths", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--flow-layers", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--probe-train", type=int, default=2000, help="training sentences for the probe head")
     parser.add_argument("--work-dir", default=str(REPO / "out" / "bench_context_mixing"))
-    parser.add_argument("--json", help="also write the numbers to this file")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
+    args = start(parser, argv)
+    from bench.evaluation import build_probe_checkpoint
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    from evaluation import build_probe_checkpoint
-
-    report = {"threads": args.threads, "load_average": os.getloadavg(), "mappings": {}}
+    report = {"mappings": {}}
     if args.what in ("all", "cost"):
         for impl in [s.strip() for s in args.impls.split(",") if s.strip()]:
             checkpoint = build_probe_checkpoint(impl, Path(args.work_dir) / f"minilm-mr-{impl}", args.probe_train)
@@ -262,10 +253,7 @@ def main(argv=None) -> int:
     if args.what in ("all", "flow"):
         print("\n== attention flow alone (random residual attention)")
         report["flow"] = flow_scaling(args.flow_lengths, args.flow_layers, args.seed)
-    report["load_average_end"] = os.getloadavg()
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+    finish(args, report)
     return 0
 
 

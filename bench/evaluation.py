@@ -25,7 +25,6 @@ means for the 1,000-sentence target); the rate then counts from the launch to th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from bench.startup import bench_parser, finish, start  # noqa: E402
 
 
 def build_probe_checkpoint(impl: str, folder: Path, n_train: int, seed: int = 0) -> Path:
@@ -325,7 +326,7 @@ def _fmt(v):
 
 def main(argv=None) -> int:
     from eval_suite.agreement import HEADLINE, RAW
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, threads=2)
     parser.add_argument("--n", type=int, default=200, help="MR test sentences measured per mapping")
     parser.add_argument("--impls", default="softmax,sparsemax,entmax15", help="attention mappings to evaluate")
     parser.add_argument("--captum-n", type=int, default=64, help="sentences for the captum comparison (0: skip)")
@@ -334,18 +335,12 @@ def main(argv=None) -> int:
     parser.add_argument("--flops-batches", type=int, default=4,
                         help="batches of the 1,000-sentence plan whose floating-point work is counted (0: skip)")
     parser.add_argument("--probe-train", type=int, default=2000, help="training sentences for the probe head")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of this process (1 process)")
     parser.add_argument("--processes", type=int, default=1,
                         help="run each evaluation under accelerate launch with this many CPU processes, 1 thread each")
     parser.add_argument("--work-dir", default=str(REPO / "out" / "bench_eval_suite"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    args = start(parser, argv)
     work = Path(args.work_dir)
-    report = {"threads": args.threads, "processes": args.processes, "n": args.n, "ig_steps": args.ig_steps, "mappings": {}}
+    report = {"processes": args.processes, "n": args.n, "ig_steps": args.ig_steps, "mappings": {}}
 
     for impl in [s.strip() for s in args.impls.split(",") if s.strip()]:
         checkpoint = build_probe_checkpoint(impl, work / f"minilm-mr-{impl}", args.probe_train)
@@ -410,9 +405,7 @@ def main(argv=None) -> int:
               f"core of this machine multiplies MiniLM-sized float32 matrices at "
               f"{budget['one_core_gemm_gflop_per_second']:.0f} GFLOP/s "
               f"(x2 cores = {2 * budget['one_core_gemm_gflop_per_second']:.0f})")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {work / 'bench.json'}")
+    finish(args, report, work / "bench.json")
     return 0
 
 

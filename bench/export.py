@@ -13,8 +13,6 @@ logits to eager (a sanity check: the traced graphs run the traced solver, see do
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,14 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention import minilm_path, training_batch  # noqa: E402  (the same inputs as the training-step bench)
+import hf_sparse_attn  # noqa: E402  (attn_impl= on the Auto classes)
+from bench.attention import minilm_path, training_batch  # noqa: E402  (the same inputs as the training-step bench)
+from bench.startup import bench_parser, finish, start  # noqa: E402
 
-import hf_sparse_attn  # noqa: E402,F401  (attn_impl= on the Auto classes)
-from hf_sparse_attn.files import atomic_write_json  # noqa: E402
-
-IMPLS = ["softmax", "sparsemax", "entmax15", "entmax:alpha=1.3", "entmax_learned", "sparsegen_lin:lambda=0.5"]
+IMPLS = [impl.example() for impl in hf_sparse_attn.ATTN_IMPLS.values()]
 CLOCK = time.perf_counter
 
 
@@ -88,17 +84,13 @@ def bench_impl(impl: str, path: str, ids, mask, args) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, threads=None, clock=True, json=True)
     parser.add_argument("--impls", nargs="+", default=IMPLS, help="attn_impl names (default: every mapping)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of eager / export / compile (default 5)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time or this process's CPU time (steadier on a shared machine, with --threads 1)")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args = start(parser, argv)
     for flag in ("batch", "length", "rounds"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
@@ -107,17 +99,13 @@ def parse_args(argv=None):
             hf_sparse_attn.parse_attn_impl(impl)
         except hf_sparse_attn.SparseAttnError as error:
             parser.error(str(error))
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: the folder does not exist; create it first")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    CLOCK = args.timer
     path = minilm_path()
     ids, mask, _ = training_batch(path, args.batch, args.length)
     print(f"== MiniLM eval forward, batch {args.batch}, length {args.length} ({int(mask.sum())}/{mask.numel()} real "
@@ -125,12 +113,9 @@ def main(argv=None) -> dict:
           f"{args.rounds} rounds ==")
     print(f"{'attn_impl':26s} {'eager s':>9s} {'export s':>9s} {'/ eager':>8s} {'compile s':>10s} {'/ eager':>8s} "
           f"{'max|diff|':>9s}")
-    results = {"torch": torch.__version__, "backend": args.backend, "threads": torch.get_num_threads(),
-               "clock": args.clock, "batch": args.batch, "length": args.length, "rounds": args.rounds,
+    results = {"backend": args.backend, "batch": args.batch, "length": args.length, "rounds": args.rounds,
                "impls": {impl: bench_impl(impl, path, ids, mask, args) for impl in args.impls}}
-    if args.json:
-        atomic_write_json(args.json, results)
-    return results
+    return finish(args, results)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ machine's load average is printed with them.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -37,9 +36,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from bench.evaluation import build_probe_checkpoint  # noqa: E402
+from bench.startup import bench_parser, start  # noqa: E402
 
 DOC_TOKENS = 512
 
@@ -152,11 +152,10 @@ def document_text(tokenizer, n_tokens: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_parser(__doc__, threads=2)
     p.add_argument("--n", type=int, default=64, help="MR test sentences per tier")
     p.add_argument("--tiers", nargs="*", default=["quick", "paper", "full"], help="none: documents only")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flop-batches", type=int, default=2)
     p.add_argument("--doc-models", nargs="*", default=["minilm"], choices=["minilm", "bert-base"])
     p.add_argument("--doc-tiers", nargs="*", default=["quick", "paper"], choices=["quick", "paper"],
@@ -165,14 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-up-to", type=float, default=600.0,
                    help="measure a document only when its forecast is under this many seconds (else: forecast)")
     p.add_argument("--work-dir", default=str(REPO / "out" / "bench_measures"))
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    args = start(p, argv)
     from hf_sparse_attn.assets import embedded_minilm_path
 
     work = Path(args.work_dir)

@@ -10,25 +10,27 @@ numbers to compare. The first round is a warm-up and is not counted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from bench.startup import bench_parser, machine, start  # noqa: E402
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, threads=None)
     parser.add_argument("--model", help="checkpoint folder (default: the embedded all-MiniLM-L6-v2)")
     parser.add_argument("--impls", nargs="+", default=["softmax", "sparsemax", "entmax15", "entmax_learned"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = start(parser, argv)
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -65,10 +67,11 @@ def main(argv=None) -> int:
     report = {
         "model": model_path, "batch_size": args.batch_size, "max_length": args.max_length,
         "mean_padded_length": sum(b["input_ids"].shape[1] for b in batches[1:]) / args.rounds,
-        "threads": torch.get_num_threads(), "rounds": args.rounds,
+        "rounds": args.rounds,
         "seconds_per_step": {impl: statistics.median(s) for impl, s in seconds.items()},
         f"ratio_to_{args.impls[0]}": {impl: statistics.median(s) / reference for impl, s in seconds.items()},
     }
+    report["machine"] = machine(args)
     print(json.dumps(report, indent=2))
     return 0
 

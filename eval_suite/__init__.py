@@ -6,7 +6,9 @@ docs/eval_suite.md) for any sequence-classification checkpoint::
     python -m eval_suite CHECKPOINT --dataset mr --split test --limit 500 --output-dir out/eval
     accelerate launch --cpu --num_processes 2 -m eval_suite CHECKPOINT ...   # same numbers, split over processes
 
-Python API: :func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
+Python API: :func:`evaluate_checkpoint` (checkpoint and settings -> an :class:`Evaluation`, which a notebook shows
+inline as the report's grid and token view; :func:`load_evaluation` reads one back from its folder),
+:func:`run_evaluation` (an :class:`EvalRequest` -> results dict), :func:`load_classifier`,
 :func:`measure_batch`, the declarations every consumer iterates (:mod:`eval_suite.registry`: measures,
 :mod:`eval_suite.agreement`: agreement metrics, :mod:`eval_suite.settings`: settings), the attribution classes of
 :mod:`eval_suite.attribution` (each ``method(ForwardContext) -> tensor``; also importable from here) and the metric
@@ -19,9 +21,12 @@ __all__ = [
     "AggregateConfig",
     "EvalError",
     "EvalRequest",
+    "Evaluation",
     "ForwardContext",
     "MeasureConfig",
+    "evaluate_checkpoint",
     "load_classifier",
+    "load_evaluation",
     "measure_batch",
     "run_evaluation",
 ]
@@ -30,6 +35,7 @@ _LAZY = {
     "EvalRequest": "settings", "run_evaluation": "runner", "MeasureConfig": "settings",
     "measure_batch": "batch_rows", "load_classifier": "model_access", "AggregateConfig": "settings",
     "ForwardContext": "forward_context",
+    "evaluate_checkpoint": "notebook", "load_evaluation": "notebook", "Evaluation": "notebook",
 }
 
 

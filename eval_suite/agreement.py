@@ -99,6 +99,7 @@ POOLED = tuple(m.name for m in AGREEMENT_METRICS if m.pooled)
 PAIRED = tuple(m.name for m in AGREEMENT_METRICS if m.paired)
 HEADLINE = next(m.name for m in AGREEMENT_METRICS if m.headline)
 RAW = AGREEMENT_METRICS[0].name  # the figure shown beside the headline: the same rank agreement before the null
+NULL = next(m.name for m in AGREEMENT_METRICS if m.compute is _null)  # what the headline subtracts
 
 
 def grid_metrics() -> list[AgreementMetric]:

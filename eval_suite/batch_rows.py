@@ -47,7 +47,7 @@ import torch
 
 from . import metrics as M
 from .agreement import compare_rows
-from .batching import TokenBatch
+from .batching import TokenBatch, content_segments
 from .forward_context import ForwardContext, attention_rows
 from .registry import Computed, MethodLists, selected, shared_demands, with_role
 from .settings import MeasureConfig
@@ -285,6 +285,9 @@ def _token_example(ctx, classifier, config: MeasureConfig, state: BatchState, ou
     for source in with_role(config.measures, "map"):
         if source.token_heads:
             example[source.name] = _token_values(M.normalise(state.values[source.name][row].double()[..., keep]))
+    segments = content_segments(ctx.batch.content_mask[row:row + 1])[0]
+    if int(segments.max()) > 0:  # a text pair: which text each token is from (the [SEP] boundary)
+        example["segments"] = segments[keep].tolist()
     return example
 
 

@@ -2,7 +2,8 @@
 
 *Content* tokens are the tokens of the text: not padding and not the special tokens the tokenizer adds
 ([CLS], [SEP], <s>, </s>; an [UNK] standing for a word of the text is content). Every metric of the suite is
-computed over content tokens only (see docs/eval_suite.md).
+computed over content tokens only (see docs/eval_suite.md). For a text pair (``[CLS] A [SEP] B [SEP]``) the tokens
+of both texts are content; :func:`content_segments` says which text each belongs to.
 
 Removing a token (leave-one-out, comprehensiveness, sufficiency) deletes it from the sequence: the remaining
 tokens close up, so positions shift exactly as if the text had been written without it.
@@ -73,17 +74,29 @@ class TokenBatch:
         )
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[dict], int]:
-    """Tokenise ``texts`` (truncating to ``max_length`` tokens); return per-text encodings and the truncated count.
+def encode_texts(tokenizer, texts: list[str], max_length: int,
+                 text_pairs: list[str] | None = None) -> tuple[list[dict], int]:
+    """Tokenise ``texts`` (with ``text_pairs`` as the second text of each pair, when given; truncating to
+    ``max_length`` tokens, the longer text of a pair first); return per-text encodings and the truncated count.
 
     Each encoding holds ``input_ids``, ``special_tokens_mask`` and, if the tokenizer makes them,
     ``token_type_ids`` (unpadded lists).
     """
-    full = tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    segments = (texts,) if text_pairs is None else (texts, text_pairs)
+    full = tokenizer(*segments, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
     n_truncated = sum(len(ids) > max_length for ids in full)
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    enc = tokenizer(*segments, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     keys = [k for k in ("input_ids", "special_tokens_mask", "token_type_ids") if k in enc]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))], n_truncated
+
+
+def content_segments(content_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] long: which text each content token belongs to, 0 for the first and 1 for the second of a pair; -1
+    where the position is not content. The texts are the runs of content tokens that special tokens separate
+    (``[CLS] A [SEP] B [SEP]``, ``<s> A </s></s> B </s>``), so tokenizers without token types are read too."""
+    before = torch.zeros_like(content_mask[:, :1])
+    starts = content_mask & ~torch.cat([before, content_mask[:, :-1]], dim=1)
+    return torch.where(content_mask, starts.long().cumsum(dim=1) - 1, torch.full_like(content_mask, -1, dtype=torch.long))
 
 
 def collate(encodings: list[dict], pad_token_id: int) -> TokenBatch:

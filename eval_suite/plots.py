@@ -260,9 +260,39 @@ def _short_map_name(name: str) -> str:
     return name.replace("attention layer ", "attention L").replace("projected layer ", "projected L")
 
 
+def _hatch_undefined_columns(ax, columns: list[int], n_tokens: int) -> None:
+    """Hatch whole columns of a token plot grey and label them "n/a" (a map with no weight on any content token has
+    no distribution to draw: NaN in token_examples.json), as the layer x head heatmaps draw undefined cells."""
+    from matplotlib.patches import Rectangle
+
+    for column in columns:
+        ax.add_patch(Rectangle((column - 0.5, -0.5), 1, n_tokens, facecolor=UNDEFINED_FACE, edgecolor="#9a9a9a",
+                               hatch=UNDEFINED_HATCH, linewidth=0.0))
+        ax.text(column, min(n_tokens - 1, 0), "n/a", ha="center", va="center", fontsize=FONT_PT, color="#444444",
+                rotation=90 if n_tokens > 1 else 0)
+
+
+SECOND_TEXT_COLOR = "#1f4e9c"
+
+
+def _mark_second_text(ax, segments) -> str | None:
+    """A text pair: a line where the [SEP] between the two texts was and the second text's tokens in blue; returns
+    the note that says so (None for a single text)."""
+    if not segments or max(segments) < 1:
+        return None
+    for position in range(1, len(segments)):
+        if segments[position] != segments[position - 1]:
+            ax.axhline(position - 0.5, color="black", linewidth=2.0)
+    for label, segment in zip(ax.get_yticklabels(), segments):
+        if segment > 0:
+            label.set_color(SECOND_TEXT_COLOR)
+    return "line: the [SEP] between the texts;\nblue: the second text"
+
+
 def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
     """One heatmap per stored example: tokens down, attention and importance maps across (each sums to 1 over the
-    content tokens), titled with the class names and the predicted probability; returns relative paths.
+    content tokens; a map with no weight on them, such as a layer whose heads all attend only to special tokens,
+    is a hatched "n/a" column), titled with the class names and the predicted probability; returns relative paths.
 
     Tokens run down the page so that a long text grows the image's height, which the Hub never scales, and
     not its width, which it does.
@@ -283,8 +313,17 @@ def token_plots(token_maps: dict, out_dir: Path, label_names=None) -> list[str]:
         ax.set_xticks(range(len(names)))
         ax.xaxis.tick_top()
         ax.set_xticklabels([_short_map_name(n) for n in names], rotation=60, ha="left", fontsize=FONT_PT)
-        ax.set_title(example_title(index, example, label_names) + "\neach column sums to 1 over the content tokens",
+        undefined = [column for column in range(len(names)) if not np.isfinite(grid[:, column]).any()]
+        _hatch_undefined_columns(ax, undefined, len(tokens))
+        notes = [_mark_second_text(ax, example.get("segments"))]
+        claim = "each defined column sums to 1" if undefined else "each column sums to 1"
+        ax.set_title(f"{example_title(index, example, label_names)}\n{claim} over the content tokens",
                      fontsize=FONT_PT + 0.5, loc="left")
+        if undefined:
+            notes.append(f"hatched n/a: {len(undefined)} of {len(names)} maps put\nno weight on content tokens "
+                         "(attention:\nall on special tokens)")
+        if any(notes):
+            ax.set_xlabel("\n".join(note for note in notes if note), fontsize=FONT_PT)
         colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.03)
         colorbar.ax.tick_params(labelsize=FONT_PT)
         name = f"tokens_{int(index)}.png"

@@ -178,6 +178,7 @@ def _examples_payload(token_examples: dict | None) -> list[dict]:
             "representation": {m: _rounded(v) for m, v in (example.get("representation") or {}).items()},
             "mixing": {m: {view: _rounded(v) for view, v in views.items()}
                        for m, views in (example.get("mixing") or {}).items()},
+            "segments": example.get("segments"),  # a text pair: 0 / 1 per token (the [SEP] between them)
         })
     return examples
 
@@ -259,12 +260,16 @@ def _title(results: dict) -> str:
     return f"{name} ({results.get('attn_impl')}) on {results.get('dataset')} {results.get('split')}"
 
 
+def report_html(results: dict, token_examples: dict | None = None) -> str:
+    """The page of one evaluation (what report.html holds), as one HTML string."""
+    return render_report_html(report_payload(results, token_examples), title=_title(results),
+                              fingerprint=results.get("weights_fingerprint"))
+
+
 def write_report(out_dir, results: dict, token_examples: dict | None = None) -> Path:
     """Write OUTDIR/report.html for one evaluation (atomically); returns its path."""
     path = Path(out_dir) / REPORT_FILE
-    text = render_report_html(report_payload(results, token_examples), title=_title(results),
-                              fingerprint=results.get("weights_fingerprint"))
-    atomic_write_text(path, text)
+    atomic_write_text(path, report_html(results, token_examples))
     return path
 
 

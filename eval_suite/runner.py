@@ -60,7 +60,8 @@ def load_split(request: EvalRequest):
     except ImportError as error:
         raise EvalError(f"hf_sparse_attn.data is not importable ({error}); install the package (pip install -e .)") from None
     splits = load_text_classification(request.dataset, text_column=request.text_column,
-                                      label_column=request.label_column, label_map=request.label_map)
+                                      label_column=request.label_column, label_map=request.label_map,
+                                      text_pair_column=request.text_pair_column)
     if request.split not in splits:
         raise EvalError(f"dataset {request.dataset!r} has no split {request.split!r}; choose one of {list(splits)}")
     return splits[request.split]
@@ -216,8 +217,10 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     if request.max_length and request.max_length > classifier.max_length:
         logger.warning("--max-length %d exceeds what the model takes; using %d", request.max_length, max_length)
     indices = select_examples(len(split), request.limit, request.measure.seed)
-    texts = [split[i]["text"] for i in indices] if len(indices) < len(split) else list(split["text"])
-    encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length)
+    chosen = split.select(indices) if len(indices) < len(split) else split
+    texts = list(chosen["text"])
+    pairs = list(chosen["text_pair"]) if request.text_pair_column else None
+    encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length, pairs)
     if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
@@ -228,6 +231,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
         "checkpoint": classifier.checkpoint, "weights_fingerprint": classifier.weights_fingerprint,
         "attn_impl": classifier.attn_impl, "dataset": request.dataset, "split": request.split,
         "label_map": request.label_map,
+        **({"text_pair_column": request.text_pair_column} if request.text_pair_column else {}),
         "indices": indices, "batches": batches, "max_length": max_length, "measure": measure.to_dict(),
         "plot_examples": request.plot_examples,
     }
@@ -426,6 +430,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "max_length": plan.max_length,
         "n_truncated": plan.n_truncated,
         "text_column": request.text_column,
+        "text_pair_column": request.text_pair_column,
         "label_column": request.label_column,
         "label_map": request.label_map,
         "label_names": classifier.label_names,

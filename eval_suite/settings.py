@@ -184,6 +184,9 @@ class EvalRequest:
                                     "...; default: the checkpoint's own, softmax for stock checkpoints)", "model",
                                     default=None, metavar="MAPPING")
     text_column: str = setting("column holding the text, in a local file or Hub dataset", "data", default="text")
+    text_pair_column: str | None = setting("second text of each example (sentence pairs: NLI, paraphrase, QA "
+                                           "relevance), encoded with the first as one pair; both texts' tokens are "
+                                           "content tokens", "data", default=None)
     label_column: str = setting("column holding the label (integer class or a name)", "data", default="label")
     batch_size: int = setting("examples measured together (larger needs more memory and is not faster on CPU)",
                               "model", default=32)

@@ -26,8 +26,8 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .sparse_attn_modeling import (ATTN_IMPLS, CONFIG_KEY, MODEL_TYPE_PREFIX, NEW_CONFIG_CLASS_HOOKS, SparseAttnError,
-                                   parse_attn_impl, sparse_config_class, sparse_model_class, spec_from_config,
-                                   stock_class)
+                                   mapping_parameter_keys, parse_attn_impl, sparse_config_class, sparse_model_class,
+                                   spec_from_config, stock_class)
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 _PATCHED_FLAG = "_hf_sparse_attn_patched"
@@ -58,8 +58,12 @@ def register_sparse_config(config_cls: type) -> None:
             auto_cls.register(config_cls, sparse_model_class(stock), exist_ok=True)
 
 
-def _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs):
-    """The spec the caller asks for (None: none asked); takes our names out of ``attn_implementation``."""
+def _requested_spec(attn_impl, kwargs):
+    """The spec the caller asks for (None: none asked); takes our names out of ``attn_implementation`` and the
+    companion values (``attn_layers``, ``attn_<parameter>`` for every parameter a mapping declares) out of
+    ``kwargs``."""
+    companions = {key: kwargs.pop(f"attn_{key}") for key in sorted(mapping_parameter_keys() | {"layers"})
+                  if f"attn_{key}" in kwargs}
     implementation = kwargs.get("attn_implementation")
     if isinstance(implementation, str) and implementation in ATTN_IMPLS:
         kwargs.pop("attn_implementation")
@@ -70,13 +74,11 @@ def _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_la
     elif implementation is not None and attn_impl is not None:
         raise SparseAttnError("pass either attn_impl (sparse mappings) or attn_implementation (stock), not both")
     if attn_impl is None:
-        given = [n for n, v in (("attn_alpha", attn_alpha), ("attn_lambda", attn_lambda),
-                                ("attn_alpha_init", attn_alpha_init), ("attn_layers", attn_layers)) if v is not None]
+        given = [f"attn_{key}" for key, value in companions.items() if value is not None]
         if given:
             raise SparseAttnError(f"{', '.join(given)} needs attn_impl=..., e.g. attn_impl='entmax', attn_alpha=1.3")
         return None
-    return parse_attn_impl(attn_impl, alpha=attn_alpha, lambda_=attn_lambda, alpha_init=attn_alpha_init,
-                           layers=attn_layers)
+    return parse_attn_impl(attn_impl, **companions)
 
 
 def _refuse_stock_implementation_for_sparse(kwargs, recorded, where: str) -> None:
@@ -146,9 +148,8 @@ def _recorded_spec_of(path, kwargs):
 
 def _wrap_from_pretrained(auto_cls, original):
     @functools.wraps(original)
-    def from_pretrained(pretrained_model_name_or_path, *model_args, attn_impl=None, attn_alpha=None, attn_lambda=None,
-                        attn_alpha_init=None, attn_layers=None, **kwargs):
-        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs)
+    def from_pretrained(pretrained_model_name_or_path, *model_args, attn_impl=None, **kwargs):
+        spec = _requested_spec(attn_impl, kwargs)
         config = kwargs.pop("config", None)
         given_config = isinstance(config, PretrainedConfig)
         if spec is None:
@@ -173,9 +174,8 @@ def _wrap_from_pretrained(auto_cls, original):
 
 def _wrap_from_config(auto_cls, original):
     @functools.wraps(original)
-    def from_config(config, *, attn_impl=None, attn_alpha=None, attn_lambda=None, attn_alpha_init=None,
-                    attn_layers=None, **kwargs):
-        spec = _requested_spec(attn_impl, attn_alpha, attn_lambda, attn_alpha_init, attn_layers, kwargs)
+    def from_config(config, *, attn_impl=None, **kwargs):
+        spec = _requested_spec(attn_impl, kwargs)
         if spec is None:
             _refuse_stock_implementation_for_sparse(kwargs, spec_from_config(config), "this config")
             return original(as_sparse_config(config), **kwargs)

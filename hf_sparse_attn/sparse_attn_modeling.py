@@ -15,6 +15,8 @@ parameter per head; the registered attention function reads it from the module i
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -23,6 +25,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,58 +48,193 @@ MODEL_TYPE_PREFIX = "sparse_attn_"
 # within 1e-5 of the float64 answer.
 ALPHA_MINUS_ONE_FLOOR = 1e-3
 
-# name -> parameters it takes. The same names are registered in transformers' attention interfaces.
-ATTN_IMPLS = {
-    "softmax": (),
-    "sparsemax": (),
-    "entmax15": (),
-    "entmax": ("alpha",),
-    "entmax_learned": ("alpha_init",),
-    "sparsegen_lin": ("lambda",),
-}
-_CHOICES = (
-    "softmax, sparsemax, entmax15, entmax:alpha=A (1 < A <= 2), entmax_learned[:alpha_init=A] (1 < A < 2), "
-    "sparsegen_lin:lambda=L (L < 1); any of them with layers=[i,j,...] to make only those layers sparse"
-)
-
 
 class SparseAttnError(ValueError):
     """Invalid sparse-attention request; the message is one line and names the valid choices."""
 
 
-@dataclass(frozen=True)
-class SparseAttnSpec:
-    """Which mapping a model's attention uses, its parameters, and which layers use it (None: every layer; the
-    others keep transformers' eager softmax). Recorded in ``config.sparse_attention``."""
+# --------------------------------------------------------------------------------------------------------------
+# The mappings: one declaration each, in ATTN_IMPLS
+# --------------------------------------------------------------------------------------------------------------
 
-    attn_impl: str
-    alpha: float | None = None
-    lambda_: float | None = None
-    alpha_init: float | None = None
-    layers: tuple[int, ...] | None = None
+
+@dataclass(frozen=True)
+class MappingParameter:
+    """A number a mapping takes, written ``name:key=value`` or passed as ``attn_<key>=`` to the Auto classes."""
+
+    key: str
+    symbol: str  # its placeholder in the usage line, e.g. A in entmax:alpha=A
+    condition: str  # what a valid value satisfies, naming the key: "alpha in (1, 2]"
+    holds: Callable[[float], bool]
+    example: float  # shown in the error for a missing value
+    default: float | None = None  # None: the value is required
+    hint: str = ""  # appended to the error for a value outside the condition
+
+
+@dataclass(frozen=True)
+class AttnImpl:
+    """One attention mapping: its name, parameters, the function that maps scores to probabilities, the alpha it
+    amounts to and how a model card names it. Every consumer (the parser, the attention modules, the Auto classes,
+    the training command, the cards) reads these declarations; :func:`declare_attn_impl` adds one."""
+
+    name: str
+    # (the SparseAttnMapping module, scores [B, H, Lq, Lk]) -> probabilities over the last dimension
+    apply: Callable[["SparseAttnMapping", torch.Tensor], torch.Tensor]
+    # the one alpha it amounts to, from its parameter values (1 = softmax, 2 = sparsemax); None: a learned alpha
+    # per head, started at the value of its alpha_init parameter
+    alpha: Callable[[dict], float] | None
+    label: str  # the card's name for it; format fields are its parameter keys
+    parameters: tuple[MappingParameter, ...] = ()
 
     @property
     def learnable(self) -> bool:
-        return self.attn_impl == "entmax_learned"
+        return self.alpha is None
+
+    def usage(self) -> str:
+        """``entmax:alpha=A``, ``entmax_learned[:alpha_init=A]``: how to write it."""
+        required = ",".join(f"{p.key}={p.symbol}" for p in self.parameters if p.default is None)
+        optional = ",".join(f"{p.key}={p.symbol}" for p in self.parameters if p.default is not None)
+        return self.name + (":" + required if required else "") + (f"[:{optional}]" if optional else "")
+
+    def example(self) -> str:
+        """A valid name with every required parameter at its example value: ``entmax:alpha=1.3``."""
+        required = ",".join(f"{p.key}={p.example:g}" for p in self.parameters if p.default is None)
+        return self.name + (":" + required if required else "")
+
+    def choice(self) -> str:
+        """The usage with each parameter's condition: one entry of the list of choices in error messages."""
+        conditions = "; ".join(p.condition for p in self.parameters)
+        return self.usage() + (f" ({conditions})" if conditions else "")
+
+    def checked_parameters(self, given: dict) -> dict:
+        """Every parameter's value (defaults filled in), in declaration order; SparseAttnError naming the fix for a
+        value it does not take, a missing one or one outside its condition."""
+        takes = [p.key for p in self.parameters]
+        extra = [key for key in given if key not in takes]
+        if extra:
+            raise SparseAttnError(f"{self.name} takes {', '.join(takes) or 'no parameters'}, not {', '.join(extra)}; "
+                                  f"choose one of: {attn_impl_choices()}")
+        values = {}
+        for p in self.parameters:
+            value = given.get(p.key, p.default)
+            if value is None:
+                raise SparseAttnError(f"{self.name} needs {p.condition}: write attn_impl='{self.name}:{p.key}="
+                                      f"{p.example:g}' or pass attn_{p.key}={p.example:g}")
+            if not p.holds(value):
+                raise SparseAttnError(f"{self.name} needs {p.condition}, got {p.key}={value:g}{p.hint}")
+            values[p.key] = value
+        return values
+
+    def fixed_alpha(self, values: dict) -> float | None:
+        """The alpha of this setting (None for learned alphas, which vary per head)."""
+        return None if self.alpha is None else float(self.alpha(self._completed(values)))
+
+    def describe(self, values: dict) -> str:
+        """The card's name for this setting, e.g. ``alpha-entmax (alpha = 1.3)``; the bare name when a value the
+        label needs is missing."""
+        completed = self._completed(values)
+        if any(completed[p.key] is None for p in self.parameters):
+            return self.name
+        return self.label.format(**completed)
+
+    def _completed(self, values: dict) -> dict:
+        return {p.key: p.default if values.get(p.key) is None else values[p.key] for p in self.parameters}
+
+
+def _alpha_entmax(mapping: "SparseAttnMapping", scores: torch.Tensor) -> torch.Tensor:
+    alpha = mapping.spec.parameters["alpha"]
+    if alpha == 2.0:  # the named mappings' solvers are these cases, exactly
+        return sparsemax(scores)
+    if alpha == 1.5:
+        return entmax15(scores)
+    return entmax_newton(scores, alpha)
+
+
+def _constant_alpha(alpha: float) -> Callable[[dict], float]:
+    return lambda values: alpha
+
+
+ATTN_IMPLS: dict[str, AttnImpl] = {impl.name: impl for impl in (
+    AttnImpl("softmax", lambda mapping, scores: softmax(scores), _constant_alpha(1.0), "softmax"),
+    AttnImpl("sparsemax", lambda mapping, scores: sparsemax(scores), _constant_alpha(2.0), "sparsemax"),
+    AttnImpl("entmax15", lambda mapping, scores: entmax15(scores), _constant_alpha(1.5),
+             "entmax15 (alpha-entmax, alpha = 1.5)"),
+    AttnImpl("entmax", _alpha_entmax, lambda values: values["alpha"], "alpha-entmax (alpha = {alpha:g})",
+             (MappingParameter("alpha", "A", "alpha in (1, 2]", lambda a: 1.0 < a <= 2.0, 1.3,
+                               hint="; use attn_impl='softmax' for alpha = 1"),)),
+    AttnImpl("entmax_learned",
+             lambda mapping, scores: entmax_newton(scores, mapping.learned_alpha(scores.dtype).view(1, -1, 1, 1)),
+             None, "alpha-entmax with a learned alpha per layer and head (started at {alpha_init:g})",
+             (MappingParameter("alpha_init", "A", f"alpha_init in [{1 + ALPHA_MINUS_ONE_FLOOR:g}, 2)",
+                               lambda a: 1.0 + ALPHA_MINUS_ONE_FLOOR <= a < 2.0, 1.5, default=1.5),)),
+    # sparsemax of rescaled scores: alpha 2
+    AttnImpl("sparsegen_lin", lambda mapping, scores: sparsegen_lin(scores, mapping.spec.parameters["lambda"]),
+             _constant_alpha(2.0), "sparsegen-lin (lambda = {lambda:g})",
+             (MappingParameter("lambda", "L", "lambda < 1", lambda lam: lam < 1.0 and math.isfinite(lam), 0.5),)),
+)}
+# The parameters config.sparse_attention always records (null where the mapping takes none of them): the keys that
+# readers of saved folders (cards, older versions) look up. A mapping's other parameters follow them.
+RECORDED_PARAMETERS = ("alpha", "lambda", "alpha_init")
+
+
+def declare_attn_impl(impl: AttnImpl) -> AttnImpl:
+    """Add a mapping to ATTN_IMPLS and register its name in transformers' attention interfaces; returns it.
+
+    A mapping declared at run time works everywhere in this process, but the remote code saved with a model knows
+    only the mappings declared in this file."""
+    if impl.name in ATTN_IMPLS and ATTN_IMPLS[impl.name] is not impl:
+        raise SparseAttnError(f"attn_impl {impl.name!r} is already declared; choose another name")
+    ATTN_IMPLS[impl.name] = impl
+    _register_attention_function(impl.name)
+    return impl
+
+
+def attn_impl_choices() -> str:
+    """Every mapping as it is written, for error messages."""
+    return (", ".join(impl.choice() for impl in ATTN_IMPLS.values())
+            + "; any of them with layers=[i,j,...] to make only those layers sparse")
+
+
+def mapping_parameter_keys() -> set[str]:
+    """Every parameter key some mapping declares (what may follow the colon of a name, besides ``layers``)."""
+    return {p.key for impl in ATTN_IMPLS.values() for p in impl.parameters}
+
+
+@dataclass(frozen=True)
+class SparseAttnSpec:
+    """Which mapping a model's attention uses, its parameter values (every parameter it declares, defaults filled
+    in) and which layers use it (None: every layer; the others keep transformers' eager softmax). Recorded in
+    ``config.sparse_attention``."""
+
+    attn_impl: str
+    values: tuple[tuple[str, float], ...] = ()
+    layers: tuple[int, ...] | None = None
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        return dict(self.values)
+
+    @property
+    def learnable(self) -> bool:
+        return ATTN_IMPLS[self.attn_impl].learnable
 
     def to_dict(self) -> dict:
+        values = self.parameters
         return {
             "attn_impl": self.attn_impl,
-            "alpha": self.alpha,
-            "lambda": self.lambda_,
-            "alpha_init": self.alpha_init,
+            **{key: values.pop(key, None) for key in RECORDED_PARAMETERS},
+            **values,
             "learnable": self.learnable,
             "layers": None if self.layers is None else list(self.layers),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "SparseAttnSpec":
-        return parse_attn_impl(d["attn_impl"], alpha=d.get("alpha"), lambda_=d.get("lambda"),
-                               alpha_init=d.get("alpha_init"), layers=d.get("layers"))
+        values = {k: v for k, v in d.items() if k not in ("attn_impl", "learnable", "layers")}
+        return parse_attn_impl(d["attn_impl"], layers=d.get("layers"), **values)
 
     def __str__(self) -> str:
-        params = {"alpha": self.alpha, "lambda": self.lambda_, "alpha_init": self.alpha_init}
-        shown = [f"{k}={v:g}" for k, v in params.items() if v is not None and k in ATTN_IMPLS[self.attn_impl]]
+        shown = [f"{key}={value:g}" for key, value in self.values]
         if self.layers is not None:
             shown.append("layers=[" + ",".join(str(i) for i in self.layers) + "]")
         return self.attn_impl + (":" + ",".join(shown) if shown else "")
@@ -153,34 +291,41 @@ def parse_layers(value) -> tuple[int, ...] | None:
     return tuple(layers)
 
 
-def parse_attn_impl(attn_impl, *, alpha=None, lambda_=None, alpha_init=None, layers=None) -> SparseAttnSpec:
-    """Parse ``"entmax:alpha=1.3"``-style names (or a name plus companion values) into a validated spec.
-
-    A value given both in the name and as a companion must agree; a key given twice in the name is an error.
-    """
-    if isinstance(attn_impl, SparseAttnSpec):
-        if alpha is None and lambda_ is None and alpha_init is None and layers is None:
-            return attn_impl
-        attn_impl = str(attn_impl)
-    if not isinstance(attn_impl, str) or not attn_impl.strip():
-        raise SparseAttnError(f"attn_impl must be a string; choose one of: {_CHOICES}")
-    name, _, param_text = attn_impl.strip().partition(":")
-    name = name.strip()
-    if name not in ATTN_IMPLS:
-        raise SparseAttnError(f"unknown attn_impl {name!r}; choose one of: {_CHOICES}")
-    where = f" in attn_impl {attn_impl!r}"
+def _values_in_name(param_text: str, where: str) -> dict:
+    """``key=value`` items after the name's colon: numbers, and ``layers`` as a tuple."""
     in_name = {}
     for item in _split_params(param_text):
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or key not in ("alpha", "lambda", "alpha_init", "layers"):
+        if not eq or key not in mapping_parameter_keys() | {"layers"}:
             raise SparseAttnError(f"cannot read {item!r}{where}; write name:key=value, e.g. entmax:alpha=1.3")
         if key in in_name:
             raise SparseAttnError(f"{key} is given twice{where}; write it once")
         in_name[key] = parse_layers(value) if key == "layers" else _number(key, value.strip(), where)
-    companions = {"alpha": alpha, "lambda": lambda_, "alpha_init": alpha_init}
+    return in_name
+
+
+def parse_attn_impl(attn_impl, *, layers=None, **parameters) -> SparseAttnSpec:
+    """Parse ``"entmax:alpha=1.3"``-style names (or a name plus companion values, ``alpha=1.3``; ``lambda_`` for
+    lambda) into a validated spec.
+
+    A value given both in the name and as a companion must agree; a key given twice in the name is an error.
+    """
+    if isinstance(attn_impl, SparseAttnSpec):
+        if layers is None and all(value is None for value in parameters.values()):
+            return attn_impl
+        attn_impl = str(attn_impl)
+    if not isinstance(attn_impl, str) or not attn_impl.strip():
+        raise SparseAttnError(f"attn_impl must be a string; choose one of: {attn_impl_choices()}")
+    name, _, param_text = attn_impl.strip().partition(":")
+    name = name.strip()
+    if name not in ATTN_IMPLS:
+        raise SparseAttnError(f"unknown attn_impl {name!r}; choose one of: {attn_impl_choices()}")
+    where = f" in attn_impl {attn_impl!r}"
+    in_name = _values_in_name(param_text, where)
     given = {}
-    for key, value in companions.items():
+    for key, value in parameters.items():
+        key = key.rstrip("_")  # lambda_: lambda is a Python keyword
         if value is not None:
             value = _number(key, value, "")
             if key in in_name and in_name[key] != value:
@@ -193,26 +338,9 @@ def parse_attn_impl(attn_impl, *, alpha=None, lambda_=None, alpha_init=None, lay
                                   "give them once")
         given["layers"] = layers
     given = {**in_name, **given}
-    takes = ATTN_IMPLS[name]
-    extra = [k for k in ("alpha", "lambda", "alpha_init") if k in given and k not in takes]
-    if extra:
-        raise SparseAttnError(f"{name} takes {', '.join(takes) or 'no parameters'}, not {', '.join(extra)}; choose one of: {_CHOICES}")
-    alpha, lam, alpha_init = given.get("alpha"), given.get("lambda"), given.get("alpha_init")
-    if name == "entmax":
-        if alpha is None:
-            raise SparseAttnError("entmax needs alpha in (1, 2]: write attn_impl='entmax:alpha=1.3' or pass attn_alpha=1.3")
-        if not 1.0 < alpha <= 2.0:
-            raise SparseAttnError(f"alpha must lie in (1, 2], got {alpha:g}; use attn_impl='softmax' for alpha=1")
-    if name == "entmax_learned":
-        alpha_init = 1.5 if alpha_init is None else alpha_init
-        if not 1.0 + ALPHA_MINUS_ONE_FLOOR <= alpha_init < 2.0:
-            raise SparseAttnError(f"alpha_init must lie in [{1 + ALPHA_MINUS_ONE_FLOOR:g}, 2) for learned alpha, got {alpha_init:g}")
-    if name == "sparsegen_lin":
-        if lam is None:
-            raise SparseAttnError("sparsegen_lin needs lambda < 1: write attn_impl='sparsegen_lin:lambda=0.5' or pass attn_lambda=0.5")
-        if not (lam < 1.0 and math.isfinite(lam)):
-            raise SparseAttnError(f"sparsegen_lin needs a finite lambda < 1, got {lam:g}")
-    return SparseAttnSpec(name, alpha=alpha, lambda_=lam, alpha_init=alpha_init, layers=given.get("layers"))
+    layers = given.pop("layers", None)
+    values = ATTN_IMPLS[name].checked_parameters(given)
+    return SparseAttnSpec(name, tuple(values.items()), layers)
 
 
 def spec_from_config(config) -> SparseAttnSpec | None:
@@ -258,14 +386,16 @@ class SparseAttnMapping(nn.Module):
         self.num_heads = num_heads
         if spec.learnable:
             # Kept in float32 whatever the model dtype: alpha is a scalar per head and steers the whole mapping.
-            self.alpha_logit = nn.Parameter(torch.full((num_heads,), _alpha_logit(spec.alpha_init), dtype=torch.float32))
+            self.alpha_logit = nn.Parameter(torch.full((num_heads,), _alpha_logit(spec.parameters["alpha_init"]),
+                                                       dtype=torch.float32))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         if self.spec.learnable:
-            self.alpha_logit.fill_(_alpha_logit(self.spec.alpha_init))
+            self.alpha_logit.fill_(_alpha_logit(self.spec.parameters["alpha_init"]))
 
-    def _learned_alpha(self, dtype: torch.dtype) -> torch.Tensor:
+    def learned_alpha(self, dtype: torch.dtype) -> torch.Tensor:
+        """Each head's learned alpha ``[num_heads]`` in ``dtype`` (a mapping with a learned alpha only)."""
         above_one = torch.sigmoid(self.alpha_logit.to(dtype))
         floored = above_one.clamp_min(ALPHA_MINUS_ONE_FLOOR)
         return 1.0 + above_one + (floored - above_one).detach()
@@ -273,23 +403,11 @@ class SparseAttnMapping(nn.Module):
     def alpha(self) -> torch.Tensor:
         """The alpha used by each head, shape ``[num_heads]`` (1 = softmax, 2 = sparsemax)."""
         if self.spec.learnable:
-            return self._learned_alpha(torch.float32)
-        fixed = {"softmax": 1.0, "sparsemax": 2.0, "entmax15": 1.5, "entmax": self.spec.alpha, "sparsegen_lin": 2.0}
-        return torch.full((self.num_heads,), float(fixed[self.spec.attn_impl]))
+            return self.learned_alpha(torch.float32)
+        return torch.full((self.num_heads,), ATTN_IMPLS[self.spec.attn_impl].fixed_alpha(self.spec.parameters))
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        impl = self.spec.attn_impl
-        if impl == "softmax":
-            return softmax(scores)
-        if impl == "sparsemax" or (impl == "entmax" and self.spec.alpha == 2.0):
-            return sparsemax(scores)
-        if impl == "entmax15" or (impl == "entmax" and self.spec.alpha == 1.5):
-            return entmax15(scores)
-        if impl == "entmax":
-            return entmax_newton(scores, self.spec.alpha)
-        if impl == "sparsegen_lin":
-            return sparsegen_lin(scores, self.spec.lambda_)
-        return entmax_newton(scores, self._learned_alpha(scores.dtype).view(1, -1, 1, 1))
+        return ATTN_IMPLS[self.spec.attn_impl].apply(self, scores)
 
     def extra_repr(self) -> str:
         return f"{self.spec}, num_heads={self.num_heads}"
@@ -393,11 +511,15 @@ def make_attention_forward(registered_name: str):
     return sparse_attention_forward
 
 
+def _register_attention_function(name: str) -> None:
+    AttentionInterface.register(name, make_attention_forward(name))
+    AttentionMaskInterface.register(name, eager_mask)
+
+
 def register_attention_functions() -> None:
     """Register every mapping name in AttentionInterface and AttentionMaskInterface (idempotent)."""
     for name in ATTN_IMPLS:
-        AttentionInterface.register(name, make_attention_forward(name))
-        AttentionMaskInterface.register(name, eager_mask)
+        _register_attention_function(name)
 
 
 register_attention_functions()
@@ -455,7 +577,7 @@ def install(model: PreTrainedModel, spec: SparseAttnSpec, *, own_config: bool = 
         raise _unsupported(model)
     chosen = resolve_layers(spec.layers, len(modules))
     if spec.layers is not None:
-        spec = SparseAttnSpec(spec.attn_impl, spec.alpha, spec.lambda_, spec.alpha_init, chosen)
+        spec = dataclasses.replace(spec, layers=chosen)
     reference = next(iter(model.parameters()), None)
     for index, module in enumerate(modules):
         heads = _num_heads(module, model.config)
@@ -544,6 +666,14 @@ def _validate_output_attentions(self):
         PretrainedConfig.validate_output_attentions(self)
 
 
+def _validate_by_name(self):
+    """The config's checks, as ``save_pretrained`` runs them: huggingface_hub's @strict gave the stock class a
+    validate() that calls the validators it collected from that class (the stock validate_output_attentions among
+    them), so the override above would never run there. Run the same validators, each looked up on this class."""
+    for validator in getattr(stock_class(type(self)), "__class_validators__", ()):
+        getattr(self, validator.__name__)()
+
+
 def sparse_config_class(base: type) -> type:
     """``Sparse<BaseConfig>``: the stock config class with model_type ``sparse_attn_<type>`` (see MODEL_TYPE_PREFIX)."""
     if base.__dict__.get("_is_sparse_attn_config", False):
@@ -560,6 +690,7 @@ def sparse_config_class(base: type) -> type:
             "_is_sparse_attn_config": True,
             "output_attentions": property(_output_attentions_getter, _output_attentions_setter),
             "validate_output_attentions": _validate_output_attentions,
+            "validate": _validate_by_name,
         })
         _SPARSE_CONFIGS[base] = cls
         for hook in NEW_CONFIG_CLASS_HOOKS:
@@ -574,6 +705,43 @@ def _refuse_stock_implementation(cls, kwargs) -> None:
             f"{cls.__name__} runs sparse attention, so attn_implementation={requested!r} would be ignored; to run "
             f"these weights with softmax pass attn_impl='softmax' to an Auto class, or load them with "
             f"{stock_class(cls).__name__}")
+
+
+def _writes_problem_type(model_cls: type) -> bool:
+    """Does this head's forward fill in config.problem_type (transformers' classification heads do)?"""
+    try:
+        return "config.problem_type =" in inspect.getsource(model_cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _problem_type_settled_first(forward):
+    """``forward`` that, while torch.compile traces it, fills in ``config.problem_type`` before the model runs.
+
+    transformers' classification heads set problem_type from the labels on their first call, after the encoder.
+    torch.compile (torch 2.13) drops a config attribute written after a higher-order op, such as the while_loop of
+    the traced solver in sparse_attn_mappings.py, once the config's ``__dict__`` has been read (transformers reads it
+    on every config attribute): the head then sees problem_type None and returns loss=None. A value written before
+    the encoder runs is kept. The choice is transformers' own (loss_utils.ForSequenceClassificationLoss).
+    """
+    names = list(inspect.signature(forward).parameters)[1:]  # after self
+    labels_at = names.index("labels") if "labels" in names else None
+
+    @functools.wraps(forward)
+    def settled_forward(self, *args, **kwargs):
+        labels = kwargs.get("labels")
+        if labels is None and labels_at is not None and len(args) > labels_at:
+            labels = args[labels_at]
+        if labels is not None and torch.compiler.is_compiling() and self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        return forward(self, *args, **kwargs)
+
+    return settled_forward
 
 
 def sparse_model_class(base: type) -> type:
@@ -624,6 +792,8 @@ def sparse_model_class(base: type) -> type:
             if kwargs.get("is_main_process", True):
                 write_remote_code(save_directory)
 
+    if _writes_problem_type(base):
+        SparseModel.forward = _problem_type_settled_first(base.forward)
     SparseModel.__name__ = SparseModel.__qualname__ = "Sparse" + base.__name__
     SparseModel.__module__ = __name__
     SparseModel.__doc__ = f"{base.__name__} with sparse attention (see config.{CONFIG_KEY})."
@@ -693,14 +863,14 @@ def _register_output_capture(model: PreTrainedModel) -> None:
     _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
 
 
-def sparsify(model: PreTrainedModel, attn_impl="entmax15", *, alpha=None, lambda_=None, alpha_init=None,
-             layers=None) -> PreTrainedModel:
+def sparsify(model: PreTrainedModel, attn_impl="entmax15", *, layers=None, **parameters) -> PreTrainedModel:
     """Switch a loaded model's attention to a sparse mapping, in place (its weights stay as they are); returns it.
 
-    ``layers`` chooses the sparse layers (e.g. ``[-1]`` for the last; default every layer). The model gets a
-    converted copy of its config, so a config object the caller holds is left as it was.
+    ``layers`` chooses the sparse layers (e.g. ``[-1]`` for the last; default every layer); ``parameters`` are the
+    mapping's values (``alpha=1.3``; ``lambda_=0.5`` for lambda). The model gets a converted copy of its config, so
+    a config object the caller holds is left as it was.
     """
-    spec = parse_attn_impl(attn_impl, alpha=alpha, lambda_=lambda_, alpha_init=alpha_init, layers=layers)
+    spec = parse_attn_impl(attn_impl, layers=layers, **parameters)
     install(model, spec)
     model.__class__ = sparse_model_class(type(model))
     _register_output_capture(model)

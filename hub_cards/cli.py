@@ -60,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results.json written by the evaluation suite (omit for a card from the training files "
                              "alone, whose score sections a later render fills in)")
     render.add_argument("--train-log", default=None, help="train_log.jsonl (default: CHECKPOINT/train_log.jsonl)")
-    render.add_argument("--repo-id", default=None, help="Hub id shown in the loading snippet (default ORG/NAME)")
+    render.add_argument("--repo-id", default=None, metavar="ORG/NAME",
+                        help="Hub repository shown in the loading snippet, checked as push checks it (default: the "
+                             "one an earlier render recorded, else the placeholder ORG/NAME)")
     render.add_argument("--base-model", default=None, help="Hub id of the model it was fine-tuned from")
+    render.add_argument("--license", default=None, metavar="ID",
+                        help="Hub license identifier, e.g. apache-2.0 (default: the card's own, else the license in "
+                             "the base model's card when a local copy of it exists)")
     render.add_argument("--gradient-method", default=None,
                         help="importance method the summary tau-b uses (default grad_norm)")
 
@@ -89,7 +94,8 @@ def main(argv=None) -> int:
             from .render import render_card
 
             path = render_card(args.checkpoint, args.results, train_log=args.train_log, repo_id=args.repo_id,
-                               base_model=args.base_model, gradient_method=args.gradient_method)
+                               base_model=args.base_model, gradient_method=args.gradient_method,
+                               license=args.license)
             print(path)
         elif args.command == "validate":
             from .push import validate_folder

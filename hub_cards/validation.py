@@ -23,9 +23,11 @@ import sys
 import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
+from urllib.parse import unquote
 
 from hf_sparse_attn.constants import (CARD_FILE, CARD_IMAGES_DIR, FINAL_METRICS_FILE, REMOTE_CODE_FILES, REPORT_FILE,
                                       RESULTS_FILE, TRAIN_LOG_FILE, TRAINING_ARGS_FILE)
+from hf_sparse_attn.files import read_json
 
 from .errors import CardError, PushError
 
@@ -37,6 +39,7 @@ PUBLISHED_TOP_LEVEL = (
     CARD_FILE, RESULTS_FILE, REPORT_FILE, TRAINING_ARGS_FILE, FINAL_METRICS_FILE, TRAIN_LOG_FILE,
 )
 IMAGE_SUFFIXES = (".png",)
+CARD_PAGE_SUFFIXES = (".md",)  # pages of the card in CARD_IMAGES_DIR (render's scores.md)
 OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 BLOCKED_PACKAGES = ("hf_sparse_attn", "entmax", "eval_suite", "hub_cards")
 LOAD_TIMEOUT_S = 600
@@ -126,9 +129,10 @@ def files_to_publish(folder) -> list[str]:
     _refuse_symlink(images, folder)
     if images.is_dir():
         for path in images.rglob("*"):
-            if path.suffix.lower() in IMAGE_SUFFIXES or path.is_dir():
+            published = path.suffix.lower() in IMAGE_SUFFIXES + CARD_PAGE_SUFFIXES
+            if published or path.is_dir():
                 _refuse_symlink(path, folder)
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.is_file() and published:
                 chosen.append(path.relative_to(folder).as_posix())
     return sorted(chosen)
 
@@ -153,10 +157,7 @@ def check_files(folder: Path) -> dict:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise PushError(f"{folder} has no config.json; pass the checkpoint folder save_pretrained wrote")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PushError(f"{config_path} is not valid JSON ({err}); re-save the model with save_pretrained") from None
+    config = read_json(config_path, PushError, "re-save the model with save_pretrained")
 
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
@@ -286,11 +287,15 @@ def check_card(folder: Path) -> None:
         if read_fingerprint(report) != fingerprint:
             raise CardError(f"{REPORT_FILE} was not drawn from these weights' evaluation; render the card again, or "
                             "delete the stale file")
-    for link in _IMAGE_LINK.findall(card.text):
-        if "://" in link or link.startswith(("data:", "#", "/")):
-            continue
-        if not (folder / link).is_file():
-            raise CardError(f"README.md shows image {link}, which is not in {folder}; render the card again")
+    pages = [(CARD_FILE, card.text, folder)]
+    pages += [(page.relative_to(folder).as_posix(), page.read_text(encoding="utf-8"), page.parent)
+              for page in sorted((folder / CARD_IMAGES_DIR).glob("*.md"))]
+    for name, text, base in pages:
+        for link in _IMAGE_LINK.findall(text):
+            if "://" in link or link.startswith(("data:", "#", "/")):
+                continue
+            if not (base / unquote(link)).is_file():
+                raise CardError(f"{name} shows image {unquote(link)}, which is not in {folder}; render the card again")
 
 
 def check_loads_without_package(folder: Path, *, timeout: int = LOAD_TIMEOUT_S, trust_remote_code: bool = False) -> dict:

@@ -17,17 +17,7 @@ fi
 resume=(); [ -d "$OUT/eval" ] && resume=(--resume)
 "$PY" -m eval_suite "$OUT/final" --dataset mr --split test --limit "$LIMIT" --max-length 64 \
   --output-dir "$OUT/eval" --card "${resume[@]}"
-"$PY" - "$OUT" <<'PYEOF'
-import json, sys
-out = sys.argv[1]
-r = json.load(open(f"{out}/eval/results.json"))
-test = json.load(open(f"{out}/final/final_metrics.json"))["test"]
-print(f"\n{r['attn_impl']} MiniLM on MR: test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
-      f"({test['n_examples']} test sentences); evaluated {r['n_examples']} of them (accuracy {r['accuracy']:.3f})")
-for row in r.get("per_layer", []):
-    s = row["attention_sparsity"]
-    value = f"{s['mean']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}]" if s["defined"] else "undefined"
-    print(f"  layer {row['layer']}: [CLS] attention sparsity over content tokens {value} "
-          f"({row['n_heads_defined']} of {row['n_heads']} heads defined)")
-print(f"results: {out}/eval/results.json   card: {out}/final/README.md")
-PYEOF
+# Accuracy, attention sparsity per layer, and, for undefined heads, why in words and what to try.
+echo
+"$PY" -m eval_suite.console_summary "$OUT/eval/results.json" --training-metrics "$OUT/final/final_metrics.json"
+echo "results: $OUT/eval/results.json   report: $OUT/eval/report.html   card: $OUT/final/README.md"

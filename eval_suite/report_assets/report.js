@@ -253,7 +253,7 @@
   }
 
   // ------------------------------------------------------------------------------------------ token view
-  function tokenRow(name, tokens, values, primary, undefinedNote) {
+  function tokenRow(name, tokens, values, primary, undefinedNote, segments) {
     var row = el("div", "maprow" + (primary ? " primary" : ""));
     var label = el("div", "name", name);
     label.title = name;
@@ -262,6 +262,8 @@
     var top = 0, defined = false;
     if (values) values.forEach(function (v) { if (isNum(v)) { defined = true; top = Math.max(top, v); } });
     tokens.forEach(function (token, i) {
+      // A text pair: the [SEP] between the two texts is not a content token, so it is drawn as a boundary.
+      if (segments && i > 0 && segments[i] !== segments[i - 1]) box.appendChild(el("span", "sep", "[SEP]"));
       var span = el("span", "tok", token);
       var v = values ? values[i] : null;
       if (!defined) { span.className = "tok na"; span.title = token + ": " + (undefinedNote || "not stored"); }
@@ -305,22 +307,25 @@
         : "This results folder stores no per-head attention; the first row is the layer's head mean.";
       if (note) box.appendChild(el("p", "note", note));
       var onSpecial = "undefined: all of this head's attention is on special tokens";
-      if (hasHeads) box.appendChild(tokenRow("attention L" + l + " H" + h, ex.tokens, ex.heads[l][h], true, onSpecial));
-      else box.appendChild(tokenRow("attention L" + l + " (head mean)", ex.tokens, ex.maps["attention layer " + l + " (head mean)"], true));
-      if (ex.projected && ex.projected[l]) box.appendChild(tokenRow("projected L" + l + " H" + h + " (context mixing)", ex.tokens, ex.projected[l][h], false, onSpecial));
-      (meta.input_methods || []).forEach(function (m) { if (ex.maps[m]) box.appendChild(tokenRow(m, ex.tokens, ex.maps[m])); });
-      if (ex.maps["rollout (whole network)"]) box.appendChild(tokenRow("rollout (whole network)", ex.tokens, ex.maps["rollout (whole network)"]));
+      var row = function (name, values, primary, undefinedNote) {
+        return tokenRow(name, ex.tokens, values, primary, undefinedNote, ex.segments);
+      };
+      if (hasHeads) box.appendChild(row("attention L" + l + " H" + h, ex.heads[l][h], true, onSpecial));
+      else box.appendChild(row("attention L" + l + " (head mean)", ex.maps["attention layer " + l + " (head mean)"], true));
+      if (ex.projected && ex.projected[l]) box.appendChild(row("projected L" + l + " H" + h + " (context mixing)", ex.projected[l][h], false, onSpecial));
+      (meta.input_methods || []).forEach(function (m) { if (ex.maps[m]) box.appendChild(row(m, ex.maps[m])); });
+      if (ex.maps["rollout (whole network)"]) box.appendChild(row("rollout (whole network)", ex.maps["rollout (whole network)"]));
       Object.keys(ex.representation || {}).forEach(function (m) {
         var perLayer = ex.representation[m];
-        if (perLayer && perLayer[l]) box.appendChild(tokenRow(m + " (layer " + l + " representations)", ex.tokens, perLayer[l]));
+        if (perLayer && perLayer[l]) box.appendChild(row(m + " (layer " + l + " representations)", perLayer[l]));
       });
       // Context mixing of the classification token: per head where the method has heads, the whole layer, and
       // the inputs' contributions through layers 0..l.
       Object.keys(ex.mixing || {}).forEach(function (m) {
         var views = ex.mixing[m];
-        if (views.head && views.head[l] && views.head[l][h]) box.appendChild(tokenRow(m + " L" + l + " H" + h + " (context mixing)", ex.tokens, views.head[l][h], false, "undefined: this head mixes nothing from content tokens"));
-        if (views.layer && views.layer[l]) box.appendChild(tokenRow(m + " L" + l + " (whole layer)", ex.tokens, views.layer[l]));
-        if (views.inputs && views.inputs[l]) box.appendChild(tokenRow(m + " to inputs (layers 0.." + l + ")", ex.tokens, views.inputs[l]));
+        if (views.head && views.head[l] && views.head[l][h]) box.appendChild(row(m + " L" + l + " H" + h + " (context mixing)", views.head[l][h], false, "undefined: this head mixes nothing from content tokens"));
+        if (views.layer && views.layer[l]) box.appendChild(row(m + " L" + l + " (whole layer)", views.layer[l]));
+        if (views.inputs && views.inputs[l]) box.appendChild(row(m + " to inputs (layers 0.." + l + ")", views.inputs[l]));
       });
       frag.appendChild(box);
     });

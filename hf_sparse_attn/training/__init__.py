@@ -14,7 +14,16 @@ random-init encoders), ``cli``.
 
 from .config import TrainConfig, TrainError
 from .from_scratch import PRESETS, FromScratchConfigError
-from .loop import TrainingCallback, TrainResult, build_optimizer, evaluate_split, train
 
 __all__ = ["PRESETS", "FromScratchConfigError", "TrainConfig", "TrainError", "TrainResult", "TrainingCallback",
            "build_optimizer", "evaluate_split", "train"]
+_FROM_LOOP = ("TrainingCallback", "TrainResult", "build_optimizer", "evaluate_split", "train")
+
+
+def __getattr__(name: str):
+    # The loop (torch, accelerate) loads on first use, so that `python -m hf_sparse_attn.training --help` is instant.
+    if name in _FROM_LOOP:
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'hf_sparse_attn.training' has no attribute {name!r}")

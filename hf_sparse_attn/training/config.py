@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..assets import embedded_minilm_path
-from ..data import parse_label_map
 from ..limits import check_seed
 from ..output_dir import check_output_dir
-from ..sparse_attn_modeling import parse_attn_impl
 from .from_scratch import PRESET_SPARSE_LAYERS, PRESETS, load_from_scratch_config
 
 
@@ -40,8 +38,11 @@ class TrainConfig:
         f"train a random-init encoder: a preset ({', '.join(PRESETS)}) or a JSON config file with model_type; its "
         "word-level tokenizer is built from the training texts", default=None)
     from_scratch_vocab_size: int = _help("vocabulary of the --from-scratch tokenizer", default=8000)
-    attn_impl: str = _help("softmax | sparsemax | entmax15 | entmax:alpha=A | entmax_learned[:alpha_init=A] | "
-                           "sparsegen_lin:lambda=L", default="entmax15")
+    # Examples, not the list: the list is the mapping table (hf_sparse_attn.ATTN_IMPLS), and importing it to print
+    # --help would load torch; a name outside the table is refused with every choice listed.
+    attn_impl: str = _help("attention mapping with its parameters, a name of the mapping table hf_sparse_attn.ATTN_IMPLS "
+                           "(docs/training.md), e.g. entmax15, sparsemax, entmax:alpha=1.3, entmax_learned, softmax",
+                           default="entmax15")
     attn_layers: str | None = _help("make only these layers sparse, the others keep the stock eager softmax: -1 (the "
                                     "last), 0,2 or [0,2] (negative indices count from the end); default every layer "
                                     "(for --from-scratch paper-pooling: -1, its attention-pooling layer)",
@@ -49,6 +50,9 @@ class TrainConfig:
     # data
     dataset: str = _help("mr | trec | path.csv/.jsonl/.parquet | Hub name", default="mr")
     text_column: str = _help("text column of a local file or Hub dataset", default="text")
+    text_pair_column: str | None = _help("second text of each example, for sentence-pair tasks (NLI, paraphrase, QA "
+                                         "relevance): encoded with the first as one pair, [CLS] text [SEP] pair "
+                                         "[SEP]", default=None)
     label_column: str = _help("label column of a local file or Hub dataset", default="label")
     label_map: str | None = _help("RAW=NAME,RAW=NAME,...: the label values to use, numbered 0..K-1 in this order "
                                   "(for labels that are not 0..K-1 or not integers)", default=None)
@@ -79,6 +83,10 @@ class TrainConfig:
     cpu: bool = _help("train on CPU even when a GPU is present", default=False)
 
     def __post_init__(self) -> None:
+        # Imported here so that the command's --help needs neither torch nor datasets.
+        from ..data import parse_label_map
+        from ..sparse_attn_modeling import parse_attn_impl
+
         check_output_dir(self.output_dir)  # OutputDirError: a file, under a file, not writable
         # canonical form, layers included; SparseAttnError in one line (also when the name's layers disagree)
         if self.attn_layers is None and "layers=" not in self.attn_impl and self.from_scratch in PRESET_SPARSE_LAYERS:
@@ -128,6 +136,7 @@ class TrainConfig:
 # Settings that change what a run computes or how its log records are measured; --resume refuses to continue a
 # run under different values.
 RESULT_FIELDS = ("model", "tokenizer", "from_scratch", "from_scratch_vocab_size", "dataset", "text_column",
+                 "text_pair_column",
                  "label_column", "label_map", "attn_impl", "attn_layers", "epochs", "max_steps", "lr", "alpha_lr",
                  "weight_decay", "warmup_ratio", "batch_size", "max_length", "seed", "max_grad_norm",
                  "max_train_examples", "max_eval_examples", "eval_batch_size", "eval_every", "patience")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoConfig, BertConfig, PretrainedConfig, PreTrainedTokenizerFast, RobertaConfig
-
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # PAD first: id 0, which BERT-style configs expect by default
 
@@ -61,6 +59,8 @@ def load_from_scratch_config(name_or_path: str) -> dict:
 
 def build_from_scratch_config(config_dict: dict, tokenizer: PreTrainedTokenizerFast, max_length: int) -> PretrainedConfig:
     """A transformers config for ``config_dict`` sized to the tokenizer's vocabulary and ``max_length``."""
+    from transformers import AutoConfig, BertConfig, RobertaConfig  # here: the presets load without transformers
+
     config_dict = dict(config_dict)
     model_type = config_dict.pop("model_type")
     from huggingface_hub.errors import StrictDataclassError
@@ -93,6 +93,7 @@ def build_word_level_tokenizer(texts, vocab_size: int = 8000, min_frequency: int
                                max_length: int = 512) -> PreTrainedTokenizerFast:
     """A lower-cased word-level tokenizer trained on ``texts`` with BERT-style ``[CLS] ... [SEP]`` framing."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

@@ -138,10 +138,15 @@ def load_tokenizer_and_model(config: TrainConfig, dataset_dict, num_labels: int,
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     if config.from_scratch:
-        tokenizer = build_word_level_tokenizer(dataset_dict["train"]["text"], vocab_size=config.from_scratch_vocab_size,
+        train = dataset_dict["train"]
+        pairs = "text_pair" in train.column_names
+        texts = list(train["text"]) + (list(train["text_pair"]) if pairs else [])
+        tokenizer = build_word_level_tokenizer(texts, vocab_size=config.from_scratch_vocab_size,
                                                max_length=config.max_length)
         spec = load_from_scratch_config(config.from_scratch)
         model_config = build_from_scratch_config(spec, tokenizer, config.max_length)
+        if pairs:  # the word-level tokenizer marks the second segment with token type 1
+            model_config.type_vocab_size = max(2, getattr(model_config, "type_vocab_size", 2))
         derived = {} if "max_position_embeddings" in spec else {"max_position_embeddings": ("--max-length",
                                                                                             config.max_length)}
         check_encoder_config(model_config, f"--from-scratch {config.from_scratch}", training=True, overrides=derived)
@@ -230,7 +235,8 @@ def _step_seed(seed: int, step: int, process_index: int) -> int:
 
 def _load_splits(config: TrainConfig):
     dataset_dict = load_text_classification(config.dataset, text_column=config.text_column,
-                                            label_column=config.label_column, label_map=config.label_map)
+                                            label_column=config.label_column, label_map=config.label_map,
+                                            text_pair_column=config.text_pair_column)
     if config.max_train_examples:
         dataset_dict["train"] = dataset_dict["train"].select(range(min(config.max_train_examples,
                                                                        len(dataset_dict["train"]))))

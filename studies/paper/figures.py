@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval_suite.agreement import RAW
 from eval_suite.plots import draw_layer_head_heatmap, pyplot, save_figure, save_layer_head_heatmap
 
 from .records import INPUT_PAIR, MAPPING_ORDER, REPR_PAIR
@@ -43,7 +44,7 @@ def layer_head_figure(by_mapping: dict[str, dict], path: Path, title: str) -> No
         for j, method in enumerate(methods):
             grid = np.full(grid_shape, np.nan)
             for h in record["eval"]["per_layer_head"]:
-                value = h["kendall_tau_b"].get(method, {}).get("mean")
+                value = h[RAW].get(method, {}).get("mean")
                 grid[h["layer"], h["head"]] = np.nan if value is None else value
             image = draw_layer_head_heatmap(axes[i, j], grid, title=f"{mapping}: tau(att, {method})", vmin=-0.2,
                                             vmax=1.0, annotate=False)

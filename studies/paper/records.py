@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval_suite.agreement import HEADLINE, RAW
+
 NOT_RUN = "not run"
 INPUT_PAIR = ("grad_norm", "loo")
 REPR_PAIR = ("repr_grad_norm", "repr_loo")
@@ -41,7 +43,7 @@ def layer_stat(record: dict, layer: int, key: str):
     return record["eval"]["per_layer"][layer].get(key)
 
 
-def tau(record: dict, method: str, layer: int | None = None, metric: str = "kendall_tau_b") -> float | None:
+def tau(record: dict, method: str, layer: int | None = None, metric: str = RAW) -> float | None:
     """A layer's pooled tau-b figure (``metric``: raw, excess, on_support, ...) of attention against ``method``."""
     layer = last_layer(record) if layer is None else layer
     agreement = layer_stat(record, layer, "agreement") or {}
@@ -112,5 +114,23 @@ def sweep_rows(records: dict, knob: str) -> list[dict]:
                 "knob": r["unit"]["knob"][knob], "name": name, "accuracy": accuracy(r), "sparsity": sparsity(r),
                 "entropy": {m: importance_entropy(r, m) for m in INPUT_PAIR},
                 "tau": {m: tau(r, m) for m in INPUT_PAIR + REPR_PAIR},
+                "tau_excess": {m: tau(r, m, metric=HEADLINE) for m in INPUT_PAIR + REPR_PAIR},
+                "seed": r["unit"]["seed"], "at_cap": at_step_cap(r),
             })
     return sorted(rows, key=lambda row: row["knob"])
+
+
+def at_step_cap(record: dict) -> bool | None:
+    """Whether the model stopped at its step cap while validation accuracy was still improving (not early-stopped):
+    possibly under-trained. None when the record does not say."""
+    train = (record.get("train_metrics") or {}).get("train") or {}
+    cap = record.get("step_cap") or train.get("step_cap")
+    if cap is None or train.get("stopped_at_step") is None:
+        return None
+    return not train.get("stopped_early", False) and train["stopped_at_step"] >= cap
+
+
+def trained_here(name: str, record: dict) -> bool:
+    """Whether unit ``name`` trained a model of its own (not a copy of another unit, not the lr search's model)."""
+    return (record["unit"].get("reuse") is None and record.get("model_run", name) == name
+            and record["unit"]["mapping"] != "seed_jsd")

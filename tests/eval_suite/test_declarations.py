@@ -223,7 +223,8 @@ def test_captum_methods_reach_the_card_and_compare(captum_run, capsys):
     card = render_card(carded, out / "results.json").read_text()
     for name in WITH_DELTA:
         assert f"{name}: median convergence delta" in card
-    assert "excess vs `captum:DeepLift`" in card
+    scores = (carded / "interpretability" / "scores.md").read_text()  # the per-head table's page
+    assert "excess vs `captum:DeepLift`" in scores
     assert compare_main([str(out), str(out), "--output-dir", str(root / "cmp"), "--bootstrap-resamples", "20"]) == 0
     compared = json.loads((root / "cmp" / "compare.json").read_text())
     assert set(CAPTUM) <= set(compared["methods_compared"])

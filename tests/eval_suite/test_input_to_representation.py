@@ -21,7 +21,8 @@ from eval_suite.input_to_representation import (
     length_buckets,
     sampled_position_summaries,
 )
-from eval_suite.measure import MeasureConfig, measure_batch
+from eval_suite.batch_rows import measure_batch
+from eval_suite.settings import MeasureConfig
 from eval_suite.model_access import load_classifier
 from tests.helpers.tiny_models import make_tiny_checkpoint
 
@@ -169,7 +170,7 @@ def test_auto_picks_the_least_forecast_work(tiny):
 
 def _summaries_of_measure(classifier, batch, indices, **config):
     arrays, _ = measure_batch(classifier, batch, [0] * batch.size, indices,
-                              MeasureConfig(measures="input_to_repr", **config))
+                              MeasureConfig.of(measures="input_to_repr", **config))
     return {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith("input_to_repr.")}
 
 

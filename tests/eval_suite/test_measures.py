@@ -151,6 +151,21 @@ def test_compare_of_two_tiers_compares_what_both_measured(tier_runs, capsys):
     assert "not compared (measured in b only): loo, repr_loo" in capsys.readouterr().out
     # Same checkpoint, same examples: attention and the shared methods' rows are identical, nothing differs.
     assert result["accuracy"]["a"] == result["accuracy"]["b"]
+    assert result["tests"] and all(t["difference"] == 0 and not t["significant"] for t in result["tests"])
+    from eval_suite.compare import load_evaluation
+
+    rows = {tier: load_evaluation(tier_runs[tier]).rows for tier in ("quick", "paper")}
+    paper_methods = MethodLists.of(tiers()["paper"])
+    shared = [k for k in rows["quick"] if k in rows["paper"]]
+    assert {"attention.entropy", "attention.kendall_tau_b", "rollout.kendall_tau_b", "example.prediction"} <= set(shared)
+    for key in shared:
+        paper = rows["paper"][key]
+        axis = _method_axis(key, quick)  # the quick run's methods along the key's last axis, if it has one
+        if axis is not None:
+            listed = (paper_methods.importance if key.startswith(("attention.", "importance.")) else
+                      paper_methods.all_positions if key.startswith("all_positions.") else paper_methods.input)
+            paper = paper[..., [listed.index(m) for m in axis]]
+        np.testing.assert_array_equal(rows["quick"][key], paper, err_msg=key)
 
 
 # ----------------------------------------------------------------------------------------------- same numbers
@@ -266,3 +281,134 @@ def test_sampled_eq5_is_unbiased_and_reports_its_standard_error(tiny):
     assert short.sum() == 1
     np.testing.assert_allclose(rows["input_to_repr.entropy"][short], exact["input_to_repr.entropy"][short], atol=1e-6)
     assert np.all(rows["input_to_repr.entropy_se"][short] == 0)
+
+
+def test_sampled_eq5_standard_error_is_the_finite_population_formula_of_its_own_sample(tiny):
+    """Examples of N = 4 content tokens sampled k = 3 at a time: each estimate leaves one position out, whose value
+    is 4 x (exact mean) - 3 x (estimate); over seeds that recovers every position's value, so the reported standard
+    error can be checked, sample by sample, against sqrt((1 - k/N) s^2 / k), s^2 the sample's variance (ddof 1)."""
+    classifier, _ = tiny
+    texts = ["w3 w17 w40 w8", "w60 w2 w33 w71", "w5 w9 w12"]
+    batch = collate(encode_texts(classifier.tokenizer, texts, 64)[0], classifier.tokenizer.pad_token_id)
+    n, k = 4, 3
+
+    def rows(**config):
+        return measure_batch(classifier, batch, [0, 1, 0], [0, 1, 2], MeasureConfig.of(measures="input_to_repr",
+                                                                                     **config))[0]
+
+    exact = rows()
+    sampled = [rows(input_to_repr_sample=k, seed=seed) for seed in range(24)]
+    assert list(exact["example.n_content"]) == [n, n, 3]
+    checked = 0
+    for key in ("entropy", "coindexed_share"):
+        for b in (0, 1):
+            for layer in range(1, exact[f"input_to_repr.{key}"].shape[1]):  # layer 0: every value is the same
+                total = n * float(exact[f"input_to_repr.{key}"][b, layer])
+                left_out = [total - k * float(r[f"input_to_repr.{key}"][b, layer]) for r in sampled]
+                population = []
+                for value in sorted(left_out):
+                    if not population or value - population[-1] > 1e-4:
+                        population.append(value)
+                assert len(population) == n, (key, b, layer, population)  # every position was left out once
+                for value, r in zip(left_out, sampled):
+                    sample = list(population)
+                    sample.pop(int(np.argmin(np.abs(np.array(sample) - value))))
+                    expected = np.sqrt((1 - k / n) * np.var(sample, ddof=1) / k)
+                    assert float(r[f"input_to_repr.{key}_se"][b, layer]) == pytest.approx(expected, rel=1e-3, abs=2e-6)
+                    checked += 1
+        for r in sampled:  # three content tokens: all of them are the sample, measured exactly, standard error 0
+            np.testing.assert_allclose(r[f"input_to_repr.{key}"][2], exact[f"input_to_repr.{key}"][2], atol=1e-6)
+            assert np.all(r[f"input_to_repr.{key}_se"][2] == 0)
+    assert checked >= 2 * 2 * 2 * 24
+
+
+# ----------------------------------------------------------------------------------------------- tau-b, by scipy
+
+
+def _tau(x, y) -> float:
+    from scipy.stats import kendalltau
+
+    if len(x) < 2:
+        return float("nan")
+    return float(kendalltau(x, y, variant="b").statistic)
+
+
+def _null_by_enumeration(a: np.ndarray, g: np.ndarray) -> float:
+    """Mean tau-b over every arrangement of g's non-zero values among g's non-zero positions."""
+    import itertools
+
+    nonzero = np.flatnonzero(g)
+    taus = []
+    for order in set(itertools.permutations(g[nonzero])):
+        shuffled = g.copy()
+        shuffled[nonzero] = order
+        taus.append(_tau(a, shuffled))
+    return float(np.mean(taus))
+
+
+def _null_closed_form(a: np.ndarray, g: np.ndarray) -> float:
+    """docs/eval_suite.md: sum_{i<j} sign(a_i - a_j)(nz_i - nz_j) / sqrt((n0 - ties_a)(n0 - ties_g)), nz = [g != 0]."""
+    i, j = np.triu_indices(len(a), k=1)
+    nz = (g != 0).astype(int)
+    numerator = float(np.sum(np.sign(a[i] - a[j]) * (nz[i] - nz[j])))
+    denominator = np.sqrt(float(np.sum(a[i] != a[j])) * float(np.sum(g[i] != g[j])))
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory):
+    """measure_batch on a sparsemax checkpoint (exact zeros in attention and in the representation gradients), with
+    every example's token-level attention and importance kept."""
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("sparse_tau") / "ckpt", attn_impl="sparsemax", seed=5)
+    classifier = load_classifier(folder, device="cpu")
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(VOCAB_WORDS, size=size)) for size in (4, 7, 9, 12)]
+    batch = collate(encode_texts(classifier.tokenizer, texts, 64)[0], classifier.tokenizer.pad_token_id)
+    indices = [20, 21, 22, 23]
+    config = MeasureConfig(measures="grad_norm,loo,repr_grad_norm,repr_loo", token_map_indices=frozenset(indices))
+    arrays, maps = measure_batch(classifier, batch, [0, 1, 0, 1], indices, config)
+    return arrays, maps, indices, config
+
+
+def test_tau_b_rows_are_scipys_on_the_runs_own_attention_and_importance(sparse_run):
+    """Every form of attention.kendall_tau_b*, per example, layer, head and method, from the stored token-level
+    vectors (token_examples.json's content): raw, on attention's support, on the union of the supports (scipy's
+    tau-b on the selected positions) and the null (every arrangement enumerated where there are at most 5
+    non-zero importances, the published closed form otherwise), and the excess = raw - null."""
+    arrays, maps, indices, config = sparse_run
+    methods = config.methods
+    enumerated = forms_seen = 0
+    for b, index in enumerate(indices):
+        example = maps[index]
+        for layer, heads in enumerate(example["heads"]):
+            for h, attention in enumerate(heads):
+                for m, method in enumerate(methods.importance):
+                    importance = (example["maps"][method] if method in methods.input
+                                  else example["representation"][method][layer])
+                    stored = {form: float(arrays[f"attention.{form}"][b, layer, h, m]) for form in (
+                        "kendall_tau_b", "kendall_tau_b_on_support", "kendall_tau_b_on_union",
+                        "kendall_tau_b_null", "kendall_tau_b_excess")}
+                    if attention[0] is None:  # no attention on content tokens: every form is undefined
+                        assert all(np.isnan(v) for v in stored.values())
+                        continue
+                    a, g = np.array(attention, dtype=np.float64), np.array(importance, dtype=np.float64)
+                    support, union = a != 0, (a != 0) | (g != 0)
+                    expected = {"kendall_tau_b": _tau(a, g),
+                                "kendall_tau_b_on_support": _tau(a[support], g[support]),
+                                "kendall_tau_b_on_union": _tau(a[union], g[union])}
+                    if 0 < np.count_nonzero(g) <= 5:
+                        expected["kendall_tau_b_null"] = _null_by_enumeration(a, g)
+                        assert expected["kendall_tau_b_null"] == pytest.approx(_null_closed_form(a, g), abs=1e-9,
+                                                                               nan_ok=True)
+                        enumerated += 1
+                    else:
+                        expected["kendall_tau_b_null"] = _null_closed_form(a, g)
+                    expected["kendall_tau_b_excess"] = expected["kendall_tau_b"] - expected["kendall_tau_b_null"]
+                    for form, value in expected.items():
+                        where = (index, layer, h, method, form)
+                        assert stored[form] == pytest.approx(value, abs=1e-5, nan_ok=True), where
+                        forms_seen += np.isfinite(value)
+    assert enumerated >= 10 and forms_seen >= 300
+    # the forms really differ here: sparse attention makes support and union other sets than all tokens
+    raw, support = arrays["attention.kendall_tau_b"], arrays["attention.kendall_tau_b_on_support"]
+    assert np.nanmax(np.abs(raw - support)) > 0.2 and np.nanmax(np.abs(arrays["attention.kendall_tau_b_null"])) > 0.2

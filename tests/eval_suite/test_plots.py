@@ -125,3 +125,47 @@ def test_excess_over_the_null_is_drawn_when_measured(tmp_path):
         entry["kendall_tau_b_excess"] = {"grad_norm": {"mean": 0.05 * entry["head"] - 0.1, "defined": True}}
     written = plots.layer_head_plots(results, tmp_path)
     assert "plots/kendall_tau_b_excess_grad_norm.png" in written
+
+
+def test_token_plot_hatches_and_labels_undefined_columns_under_a_true_title(tmp_path, captured):
+    """A layer whose heads put all their attention on special tokens has no distribution over the content tokens
+    (token_examples.json holds NaN/null there): its column is hatched and labelled n/a, and the title's "sums to 1"
+    claim is made of the defined columns only."""
+    example = _example(6)
+    names = list(example["maps"])
+    example["maps"][names[0]] = [float("nan")] * 6  # as measure.py stores an all-special-token layer
+    example["maps"][names[3]] = [None] * 6  # as a JSON round trip gives it back
+    plots.token_plots({7: example}, tmp_path, label_names=["rotten", "fresh"])
+    _assert_legible(captured)
+    fig = captured[0][0]
+    ax = fig.axes[0]
+    title = ax.get_title(loc="left")
+    assert "each column sums to 1" not in title
+    assert "each defined column sums to 1 over the content tokens" in title
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert sorted(round(p.get_x() + p.get_width() / 2) for p in hatched) == [0, 3]
+    assert all(p.get_height() == 6 for p in hatched)  # the whole column, every token
+    na = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert sorted(round(t.get_position()[0]) for t in na) == [0, 3]
+    assert any("hatched" in t.get_text() and "no weight on content tokens" in t.get_text().replace("\n", " ")
+               for t in _texts(fig))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # saving closed the figure; draw it again off screen
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    height = pixels.shape[0]
+    for column in (0, 3):
+        for token in (1, 4):  # inside the column, off its n/a label: grey hatching, not blank white
+            x, y = ax.transData.transform((column - 0.3, token + 0.3))
+            patch = pixels[int(height - y) - 2:int(height - y) + 3, int(x) - 2:int(x) + 3]
+            assert patch.mean() < 245 and np.ptp(patch[..., 0] - patch[..., 2]) < 10
+    for column in (1, 2):  # defined columns still sum to 1
+        assert abs(sum(example["maps"][names[column]]) - 1) < 1e-9
+
+
+def test_token_plot_of_fully_defined_maps_says_every_column_sums_to_1(tmp_path, captured):
+    plots.token_plots({7: _example(5)}, tmp_path)
+    ax = captured[0][0].axes[0]
+    assert "each column sums to 1 over the content tokens" in ax.get_title(loc="left")
+    assert not [p for p in ax.patches if p.get_hatch()]

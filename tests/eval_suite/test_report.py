@@ -16,12 +16,10 @@ import pytest
 from eval_suite.errors import EvalError
 from eval_suite.report import (GRID_METRICS, compare_payload, grid_payload, read_fingerprint,
                                statistic, write_compare_report, write_report)
-from tests.helpers.browser import console_errors, headless_chromium, missing_browser
+from tests.helpers.browser import browser_expected, console_errors, headless_chromium, missing_browser, needs_browser
 from tests.helpers.report_data import SPECIAL_REASON, embedded, full_results, token_examples, undefined_heads
 from tests.helpers.tiny_models import make_text_csv, make_tiny_checkpoint
 
-NO_BROWSER = missing_browser()
-needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no headless browser: {NO_BROWSER}")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -307,3 +305,21 @@ def test_same_inputs_give_the_same_bytes(tmp_path):
     (tmp_path / "b").mkdir()
     first = write_report(tmp_path / "a", results, examples).read_bytes()
     assert write_report(tmp_path / "b", results, examples).read_bytes() == first and len(first) > 10_000
+
+
+def test_browser_tests_fail_rather_than_skip_where_ci_expects_a_browser(monkeypatch):
+    def browser_test():
+        pass
+
+    monkeypatch.setenv("PATH", "")  # no Chromium, no chromedriver
+    assert missing_browser() is not None
+    for value, expected in (("true", True), ("TRUE", True), ("", False), ("false", False)):
+        monkeypatch.setenv("CI", value)
+        assert browser_expected() is expected
+        marks = [m for m in getattr(needs_browser(browser_test), "pytestmark", []) if m.name == "skipif"]
+        browser_test.pytestmark = []
+        assert bool(marks[0].args[0]) is not expected  # the skip condition holds only outside CI
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true expects one: no Chromium on PATH"):
+        with headless_chromium():
+            pass

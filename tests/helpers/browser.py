@@ -12,6 +12,20 @@ DRIVERS = ("chromedriver",)
 INSTALL_HINT = "apt-get install chromium chromium-driver (as .ci/run does)"
 
 
+def browser_expected() -> bool:
+    """CI=true: the browser is meant to be there (.ci/run installs it), so a missing one fails the browser tests
+    instead of skipping them."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def needs_browser(test):
+    """Skip ``test`` where no headless browser can run, unless CI expects one: then it runs and fails, naming why."""
+    import pytest
+
+    reason = missing_browser()
+    return pytest.mark.skipif(reason is not None and not browser_expected(), reason=f"no headless browser: {reason}")(test)
+
+
 def missing_browser() -> str | None:
     """Why no headless browser can run here (None when one can)."""
     try:
@@ -28,6 +42,11 @@ def missing_browser() -> str | None:
 @contextmanager
 def headless_chromium(width: int = 1400, height: int = 1000):
     """A selenium Chrome driver on the system Chromium, headless, with the page's console log kept."""
+    reason = missing_browser()
+    if reason is not None:
+        import pytest
+
+        pytest.fail(f"no headless browser, and CI=true expects one: {reason}", pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import hashlib
 import json
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -100,6 +104,31 @@ def make_text_csv(path, *, n: int = 40, n_classes: int = 2, seed: int = 0, min_w
     return str(path)
 
 
+def make_text_pair_file(path, *, n: int = 40, seed: int = 0, columns=("premise", "hypothesis", "label"),
+                        words=VOCAB_WORDS) -> str:
+    """Write ``n`` random sentence pairs (.csv or .jsonl by the suffix of ``path``) labelled 0, 1, 0, 1, ...; the
+    second text of a pair labelled 1 repeats a word of the first."""
+    rng = random.Random(seed)
+    first_column, second_column, label_column = columns
+    rows = []
+    for i in range(n):
+        first = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+        second = [rng.choice(words) for _ in range(rng.randint(2, 6))]
+        if i % 2:
+            second[rng.randrange(len(second))] = rng.choice(first)
+        rows.append({first_column: " ".join(first), second_column: " ".join(second),
+                     label_column: i % 2})
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+    return str(path)
+
+
 def make_checkpoint(folder, *, attn_impl: str | None = "entmax_learned", seed: int = 0, tokenizer: bool = True,
                     training_files: bool = True, config_overrides: dict | None = None) -> Path:
     """A tiny BERT classifier saved the way the core saves one (``attn_impl=None``: a stock checkpoint), with the
@@ -158,10 +187,16 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     from eval_suite.registry import DEFAULT_SPEC
 
     outdir = Path(outdir)
-    measure = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
-                            measures=measures or DEFAULT_SPEC)
-    run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
-                               limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
+    key = _evaluation_key(checkpoint, seed=seed, limit=limit, measures=measures)
+    if key in _EVALUATIONS and not outdir.exists():
+        shutil.copytree(_EVALUATIONS[key], outdir, symlinks=True)
+    else:
+        measure = MeasureConfig.of(ig_steps=4, ig_tolerance=None, fractions=(0.1, 0.5), seed=seed,
+                                   measures=measures or DEFAULT_SPEC)
+        run_evaluation(EvalRequest(checkpoint=str(checkpoint), output_dir=str(outdir), dataset="mr", split="test",
+                                   limit=limit, max_length=24, plot_examples=1, cpu=True, measure=measure))
+        _EVALUATIONS[key] = Path(tempfile.mkdtemp(prefix="evaluation-", dir=_evaluations_dir())) / "eval"
+        shutil.copytree(outdir, _EVALUATIONS[key], symlinks=True)
     path = outdir / "results.json"
     results = json.loads(path.read_text(encoding="utf-8"))
     if not plots:
@@ -174,8 +209,54 @@ def make_results(checkpoint, outdir, *, seed: int = 0, plots: bool = True, limit
     return path
 
 
-def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0) -> str:
-    """A tiny BERT classifier whose layer-0 head 0 gives all of the [CLS] query's attention to [CLS] and [SEP].
+def make_head_uniform(checkpoint, folder, *, layer: int = 0, head: int = 0) -> str:
+    """A copy of a tiny BERT ``checkpoint`` whose ``head`` of ``layer`` has zero query weights: every key scores 0,
+    so that head attends uniformly (softmax and the sparse mappings alike) and no other head of the layer changes."""
+    import hf_sparse_attn  # noqa: F401  (loads our sparse checkpoints)
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(checkpoint, folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    query = model.base_model.encoder.layer[layer].attention.self.query
+    size = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        query.weight[head * size:(head + 1) * size] = 0.0
+        query.bias[head * size:(head + 1) * size] = 0.0
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+# Evaluations make_results ran in this process, by what their files depend on (_evaluation_key): a fixed seed gives
+# byte-identical files, so a second request for the same evaluation is a copy (milliseconds, not seconds).
+_EVALUATIONS: dict[str, Path] = {}
+_CARD_OUTPUTS = ("README.md", "results.json", "report.html", "interpretability")  # what rendering adds: not read
+
+
+def _evaluation_key(checkpoint, **settings) -> str:
+    """The checkpoint folder's name and the bytes of every file an evaluation may read, and the settings."""
+    folder = Path(checkpoint)
+    digest = hashlib.sha256(json.dumps([folder.name, settings], sort_keys=True).encode())
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and relative.parts[0] not in _CARD_OUTPUTS:
+            digest.update(relative.as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _evaluations_dir() -> str:
+    if not _EVALUATIONS_ROOT:
+        _EVALUATIONS_ROOT.append(tempfile.mkdtemp(prefix="tiny-evaluations-"))
+        atexit.register(shutil.rmtree, _EVALUATIONS_ROOT[0], True)
+    return _EVALUATIONS_ROOT[0]
+
+
+_EVALUATIONS_ROOT: list[str] = []
+
+
+def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", seed: int = 0,
+                                       heads: tuple = (0,)) -> str:
+    """A tiny BERT classifier whose layer-0 ``heads`` (head 0; ``range(4)``: the whole layer) give all of the [CLS]
+    query's attention to [CLS] and [SEP].
 
     The [CLS]/[SEP] word embeddings get a large first coordinate, and that head's key reads only it while its query
     is a constant: every query scores the special tokens far above any content token, so a sparse mapping gives the
@@ -194,11 +275,13 @@ def make_special_token_head_checkpoint(folder, *, attn_impl: str = "sparsemax", 
     with torch.no_grad():
         for token in ("[CLS]", "[SEP]"):
             model.bert.embeddings.word_embeddings.weight[tokenizer.convert_tokens_to_ids(token), 0] = 20.0
-        attention.key.weight[:head_dim] = 0.0
-        attention.key.weight[:head_dim, 0] = 1.0
-        attention.key.bias[:head_dim] = 0.0
-        attention.query.weight[:head_dim] = 0.0
-        attention.query.bias[:head_dim] = 5.0
+        for head in heads:
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            attention.key.weight[rows] = 0.0
+            attention.key.weight[rows, 0] = 1.0
+            attention.key.bias[rows] = 0.0
+            attention.query.weight[rows] = 0.0
+            attention.query.bias[rows] = 5.0
     import hf_sparse_attn
 
     hf_sparse_attn.sparsify(model, attn_impl=attn_impl)

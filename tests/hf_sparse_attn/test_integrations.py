@@ -37,7 +37,9 @@ class Recorder(TrainerCallback):
         self.logs.append(dict(logs))
 
 
-def make_trainer(tmp_path, attn_impl="entmax_learned", **kwargs):
+def make_trainer(tmp_path, attn_impl="entmax_learned", per_head=True, add_after=False, optimizers=None, **kwargs):
+    """A tiny Trainer with a Recorder standing for report_to (the Trainer puts those before user callbacks) and the
+    callback given the transformers way, ``Trainer(..., callbacks=[...])``, or added afterwards."""
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(tiny_config("bert"), attn_impl=attn_impl, **kwargs)
     with torch.no_grad():
@@ -46,9 +48,11 @@ def make_trainer(tmp_path, attn_impl="entmax_learned", **kwargs):
                              per_device_eval_batch_size=5, eval_strategy="steps", eval_steps=2, logging_steps=2,
                              save_steps=4, report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
     recorder = Recorder()
+    callbacks = [recorder] if add_after else [recorder, SparseAttentionCallback(per_head=per_head)]
     trainer = Trainer(model=model, args=args, train_dataset=Examples(), eval_dataset=Examples(n=7, seed=1),
-                      callbacks=[recorder])
-    trainer.add_callback(SparseAttentionCallback(trainer))
+                      callbacks=callbacks, optimizers=optimizers(model, args) if optimizers else (None, None))
+    if add_after:
+        trainer.add_callback(SparseAttentionCallback(trainer, per_head=per_head))
     return trainer, recorder
 
 
@@ -89,9 +93,56 @@ def test_trainer_logs_per_layer_head_sparsity_support_and_alpha(tmp_path):
 
 @pytest.mark.slow
 def test_partial_layers_and_predict_do_not_leak(tmp_path):
-    trainer, recorder = make_trainer(tmp_path, attn_impl="sparsemax", attn_layers=[-1])
+    trainer, recorder = make_trainer(tmp_path, attn_impl="sparsemax", add_after=True, attn_layers=[-1])
     trainer.predict(Examples(n=3, seed=2))
     metrics = trainer.evaluate()
     assert metrics["eval_attention/n_examples"] == 7  # the 3 predicted examples are not counted
     assert all(metrics[f"eval_attention/layer0_head{h}/alpha"] == 1.0 for h in range(4))
     assert all(metrics[f"eval_attention/layer1_head{h}/alpha"] == 2.0 for h in range(4))
+
+
+@pytest.mark.slow
+def test_the_default_log_is_per_layer_means(tmp_path):
+    """Without per_head: 3 values per layer (the means over its heads) and 4 over the whole model, the per-layer
+    values equal to the means of the per-head statistics of the same evaluation."""
+    trainer, recorder = make_trainer(tmp_path, per_head=False)
+    trainer.train()
+    log = [entry for entry in recorder.logs if "eval_attention/sparsity" in entry][-1]
+    attention = {key: value for key, value in log.items() if key.startswith("eval_attention/")}
+    assert len(attention) == 3 * 2 + 4 and not any("_head" in key for key in attention)
+    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SparseAttentionCallback))
+    callback.per_head = True
+    metrics = trainer.evaluate()
+    for layer in range(2):
+        for stat in ("sparsity", "support_size", "alpha"):
+            heads = [metrics[f"eval_attention/layer{layer}_head{h}/{stat}"] for h in range(4)]
+            assert metrics[f"eval_attention/layer{layer}/{stat}"] == pytest.approx(sum(heads) / 4, abs=1e-12)
+    assert metrics["eval_attention/layer1/sparsity"] == pytest.approx(log["eval_attention/layer1/sparsity"], abs=1e-12)
+
+
+def _alpha_logits(model):
+    return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith("alpha_logit")])
+
+
+@pytest.mark.slow
+def test_alpha_moves_at_its_own_learning_rate_under_the_stock_trainer(tmp_path):
+    """The stock Trainer's single learning rate (5e-5 by default) leaves a learned alpha where it started; with
+    sparse_attention_optimizer the alphas train at alpha_lr, without weight decay, under the Trainer's schedule."""
+    from hf_sparse_attn.integrations import sparse_attention_optimizer
+
+    stock, _ = make_trainer(tmp_path / "stock")
+    start = _alpha_logits(stock.model).clone()
+    stock.train()
+    stock_moved = (_alpha_logits(stock.model) - start).abs().max().item()
+
+    own, _ = make_trainer(tmp_path / "own", optimizers=lambda model, args: (sparse_attention_optimizer(model, args),
+                                                                           None))
+    assert torch.equal(_alpha_logits(own.model), start)  # the same initial model
+    groups = {group["name"]: group for group in own.optimizer.param_groups}
+    assert groups["attention_alpha"]["weight_decay"] == 0.0 and groups["weights"]["weight_decay"] == 0.0
+    own.train()
+    own_moved = (_alpha_logits(own.model) - start).abs().max().item()
+    assert own_moved > 50 * stock_moved and own_moved > 1e-3
+    alphas = hf_sparse_attn.attention_alphas(own.model)
+    assert (alphas - 1.5).abs().max() > 1e-4  # alpha = 1 + sigmoid(logit) left 1.5
+    assert own.lr_scheduler is not None and own.lr_scheduler.optimizer is own.optimizer

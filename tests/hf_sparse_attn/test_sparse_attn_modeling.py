@@ -40,10 +40,10 @@ def spread_learned_alphas(model):
 
 
 def test_parse_names_and_companion_kwargs():
-    assert parse_attn_impl("entmax:alpha=1.3").alpha == 1.3
-    assert parse_attn_impl("entmax", alpha=1.7).alpha == 1.7
-    assert parse_attn_impl("sparsegen_lin:lambda=-2").lambda_ == -2.0
-    assert parse_attn_impl("entmax_learned").alpha_init == 1.5
+    assert parse_attn_impl("entmax:alpha=1.3").parameters["alpha"] == 1.3
+    assert parse_attn_impl("entmax", alpha=1.7).parameters["alpha"] == 1.7
+    assert parse_attn_impl("sparsegen_lin:lambda=-2").parameters["lambda"] == -2.0
+    assert parse_attn_impl("entmax_learned").parameters["alpha_init"] == 1.5
     assert str(parse_attn_impl("entmax", alpha=1.25)) == "entmax:alpha=1.25"
 
 
@@ -239,7 +239,7 @@ def test_load_stock_checkpoint_with_attn_impl_and_override(tmp_path):
     stock = AutoModelForSequenceClassification.from_config(tiny_config("roberta")).eval()
     stock.save_pretrained(tmp_path)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_impl="entmax", attn_alpha=1.25)
-    assert hf_sparse_attn.get_spec(model).alpha == 1.25
+    assert hf_sparse_attn.get_spec(model).parameters["alpha"] == 1.25
     torch.testing.assert_close(hf_sparse_attn.attention_alphas(model), torch.full((2, 4), 1.25))
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert hf_sparse_attn.get_spec(plain) is None and not type(plain).__name__.startswith("Sparse")
@@ -342,7 +342,7 @@ def test_conflicting_or_unreadable_requests_fail_in_one_line(request_kwargs, fra
 
 
 def test_companion_value_equal_to_the_named_one_is_accepted():
-    assert parse_attn_impl("entmax:alpha=1.3", alpha=1.3).alpha == 1.3
+    assert parse_attn_impl("entmax:alpha=1.3", alpha=1.3).parameters["alpha"] == 1.3
     assert parse_attn_impl("sparsemax:layers=[0,-1]", layers=[0, -1]).layers == (0, -1)
 
 

@@ -26,15 +26,17 @@ def usage_blocks(card_text: str, folder) -> list[str]:
 def test_card_snippets_load_the_model_both_ways(tmp_path, attn_impl):
     folder = make_checkpoint(tmp_path / "ckpt", attn_impl=attn_impl)
     blocks = usage_blocks(render_card(folder, None).read_text(), folder)
-    assert len(blocks) == 2, "one snippet with the package, one with trust_remote_code alone"
+    assert len(blocks) == 2, "one snippet with trust_remote_code alone, one with the package"
+    remote_code, with_package = blocks
+    assert "trust_remote_code=True" in remote_code and "import hf_sparse_attn" in with_package
     namespace = {}
-    exec(blocks[0], namespace)  # noqa: S102 - the card's own code, as a reader would paste it
+    exec(with_package, namespace)  # noqa: S102 - the card's own code, as a reader would paste it
     outputs = namespace["outputs"]
     assert type(namespace["model"]).__name__.startswith("Sparse")
     assert hf_sparse_attn.get_spec(namespace["model"]).attn_impl == attn_impl.split(":")[0]
     inputs = namespace["inputs"]
     torch.save(dict(inputs), tmp_path / "inputs.pt")
-    run_without_package(blocks[1] + f"""
+    run_without_package(remote_code + f"""
 import torch
 inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
 out = model.eval()(**inputs, output_attentions=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 from huggingface_hub import ModelCard, constants
 
 import hub_cards.validation as validation
+from hub_cards import PushError
 from hub_cards.cli import main as cli_main
 from hub_cards.render import render_card
 from hf_sparse_attn import weights_fingerprint
@@ -31,16 +34,27 @@ from tests.helpers.tiny_models import make_checkpoint, make_results
 TOKEN = "hf_test_token"
 
 
+@pytest.fixture(scope="module")
+def carded_once(tmp_path_factory) -> Path:
+    """ckpt/ with its card rendered and eval/, the evaluation it was rendered from (built once per module)."""
+    root = tmp_path_factory.mktemp("carded")
+    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
+    render_card(checkpoint, make_results(checkpoint, root / "eval"))
+    return root
+
+
 @pytest.fixture
-def carded(tmp_path) -> Path:
-    checkpoint = make_checkpoint(tmp_path / "ckpt", attn_impl="entmax15")
-    render_card(checkpoint, make_results(checkpoint, tmp_path / "eval"))
-    return checkpoint
+def carded(carded_once, tmp_path) -> Path:
+    """This test's own copy of ``carded_once``: tmp_path/ckpt (returned) and tmp_path/eval."""
+    for name in ("ckpt", "eval"):
+        shutil.copytree(carded_once / name, tmp_path / name, symlinks=True)
+    return tmp_path / "ckpt"
 
 
 @pytest.fixture
 def hub(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks LFS, not Xet
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with FakeHub(token=TOKEN) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
@@ -210,7 +224,7 @@ def test_a_marker_inside_the_dataset_name_cannot_break_the_card(tmp_path, capsys
         assert code == 0, err
     card = ModelCard.load(checkpoint / "README.md")
     assert "scores" in parse_sections(card.text)
-    assert "my &lt;!-- hf-sparse-attn:end:scores --> data" in card.text
+    assert "my &lt;!-- hf-sparse-attn:end:scores --&gt; data" in card.text
     assert card.data.eval_results[0].dataset_name == name  # the metadata keeps the name as it is
 
 
@@ -238,6 +252,105 @@ def test_absurd_layer_and_head_counts_in_results_are_refused_before_allocation(t
         assert_one_line_error(code, err, messages[field])
         assert "per_layer_head" in err
     assert not (checkpoint / "README.md").exists()
+
+
+# ------------------------------------------------------------------------------------------ hostile numbers and text
+
+# Markup a card may hold: our section markers and the note beside them, and the folding of details.
+_OUR_HTML = re.compile(r"<!-- hf-sparse-attn:(begin|end):[\w-]+ -->|<!-- Text between hf-sparse-attn:begin [^<>]*-->|"
+                       r"</?details>|</?summary>|</?b>")
+_HOSTILE = "<img src=x onerror=alert(1)>\n# Injected heading\n[click](javascript:alert(1)) <!-- x --> *em* `c` | p"
+
+
+@pytest.fixture(scope="module")
+def evaluated_once(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
+    return checkpoint, make_results(checkpoint, root / "eval")
+
+
+@pytest.fixture
+def copied(evaluated_once, tmp_path) -> tuple[Path, Path]:
+    checkpoint, results = evaluated_once
+    shutil.copytree(checkpoint, tmp_path / "ckpt")
+    shutil.copytree(results.parent, tmp_path / "eval")
+    return tmp_path / "ckpt", tmp_path / "eval" / "results.json"
+
+
+def _set(path: Path, **fields) -> None:
+    record = json.loads(path.read_text())
+    record.update(fields)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("field, value", [("accuracy", float("nan")), ("accuracy", float("inf")),
+                                          ("accuracy", 12345.0), ("macro_f1", -0.5)])
+def test_render_refuses_a_score_that_is_not_a_fraction(copied, capsys, field, value):
+    checkpoint, results = copied
+    render_card(checkpoint, results)  # a good card first: the refused render must leave it as it is
+    _set(results, **{field: value})
+    before = snapshot(checkpoint)
+    code, err = _cli(capsys, "render", checkpoint, "--results", results)
+    assert_one_line_error(code, err, f"field {field!r} is {value!r}")
+    assert "[0, 1]" in err
+    assert snapshot(checkpoint) == before
+
+
+def _markdown_tokens(text: str):
+    markdown_it = pytest.importorskip("markdown_it")
+    parser = markdown_it.MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+    tokens = parser.parse(text)
+    while tokens:  # depth first, children (inline text, an image's alt text) after their parent
+        token, tokens = tokens[0], (tokens[0].children or []) + tokens[1:]
+        yield token
+
+
+@pytest.mark.parametrize("where", ["dataset", "local file name", "plot file name"])
+def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, where):
+    checkpoint, results = copied
+    if where == "dataset":
+        _set(results, dataset=_HOSTILE)
+    elif where == "local file name":
+        _set(results, dataset="<b>x</b>[y](javascript:alert(1)) # z.csv (local file)")
+    else:
+        record = json.loads(results.read_text())
+        hostile_name = "plots/<img src=x onerror=alert(1)> [a](javascript:b) # h.png"
+        (results.parent / record["plots"][0]).rename(results.parent / hostile_name)
+        record["plots"][0] = hostile_name
+        results.write_text(json.dumps(record))
+    code, err = _cli(capsys, "render", checkpoint, "--results", results)
+    assert code == 0, err
+    pages = []
+    for path in (checkpoint / "README.md", checkpoint / "interpretability" / "scores.md"):
+        page = path.read_text()
+        pages.append(page)
+        body = page.split("\n---\n", 1)[-1] if page.startswith("---") else page
+        tokens = list(_markdown_tokens(body))
+        markup = [t.content.strip() for t in tokens if t.type in ("html_block", "html_inline")]
+        assert not [m for m in markup if "<" in _OUR_HTML.sub("", m)], markup  # no other tag, no other comment
+        links = [t.attrGet("href") or t.attrGet("src") or "" for t in tokens if t.type in ("link_open", "image")]
+        assert not any(link.startswith("javascript:") for link in links), links
+        headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+        assert not any("Injected" in h or h.endswith(" z.csv") for h in headings), headings
+    shown = " ".join(t.content for page in pages for t in _markdown_tokens(page) if t.type == "text")
+    assert {"dataset": "<img src=x onerror=alert(1)> # Injected heading [click](javascript:alert(1))",
+            "local file name": "<b>x</b>[y](javascript:alert(1)) # z.csv",
+            "plot file name": "<img src=x onerror=alert(1)> [a](javascript:b) # h"}[where] in shown  # as typed
+    assert list(parse_sections(pages[0])) == ["header", "usage", "attention", "scores", "per-head", "training",
+                                              "evaluation", "citation"]
+
+
+@pytest.mark.parametrize("repo_id", ["../x", 'org/x"); import os; ("', "no-namespace"])
+def test_render_checks_the_repo_id_as_push_does(copied, capsys, repo_id):
+    from hub_cards.push import check_repo_id
+
+    checkpoint, results = copied
+    before = snapshot(checkpoint)
+    with pytest.raises(PushError) as refused_by_push:
+        check_repo_id(repo_id)
+    code, err = _cli(capsys, "render", checkpoint, "--results", results, "--repo-id", repo_id)
+    assert_one_line_error(code, err, str(refused_by_push.value))
+    assert snapshot(checkpoint) == before
 
 
 # ------------------------------------------------------------------------------------------ already handled

@@ -7,6 +7,7 @@ create_repo, create_branch and create_commit (validate-yaml, preupload, commit),
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -31,16 +32,18 @@ PUBLISHED_FILES = {
 
 
 def published(folder: Path) -> set[str]:
-    """The files a push of ``folder`` must upload: PUBLISHED_FILES and the card's images."""
+    """The files a push of ``folder`` must upload: PUBLISHED_FILES, the card's images and its scores page."""
     images = {p.relative_to(folder).as_posix() for p in (folder / "interpretability").rglob("*.png")}
     assert images, "the card has images"
-    return PUBLISHED_FILES | images
+    return PUBLISHED_FILES | images | {"interpretability/scores.md"}
 
 
 @pytest.fixture
 def online(monkeypatch):
-    """The test session runs with HF_HUB_OFFLINE=1; pushing to the loopback Hub needs it off."""
+    """The test session runs with HF_HUB_OFFLINE=1; pushing to the loopback Hub needs it off. Large files take the
+    LFS path (the fake Hub does not speak Xet, the protocol huggingface_hub prefers when hf_xet is installed)."""
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
@@ -51,16 +54,23 @@ def hub(online, monkeypatch):
         yield fake
 
 
-@pytest.fixture
-def carded(tmp_path) -> Path:
-    """A checkpoint with its card rendered, plus files that must not be published."""
-    checkpoint = make_checkpoint(tmp_path / "ckpt", attn_impl="entmax_learned")
-    render_card(checkpoint, make_results(checkpoint, tmp_path / "eval"))
+@pytest.fixture(scope="module")
+def carded_once(tmp_path_factory) -> Path:
+    """A checkpoint with its card rendered, plus files that must not be published (built once per module: an
+    evaluation takes seconds, a copy milliseconds)."""
+    checkpoint = make_checkpoint(tmp_path_factory.mktemp("carded") / "ckpt", attn_impl="entmax_learned")
+    render_card(checkpoint, make_results(checkpoint, checkpoint.parent / "eval"))
     (checkpoint / "optimizer.pt").write_bytes(b"optimizer state")
     (checkpoint / "notes.txt").write_text("private notes")
     (checkpoint / "checkpoint-10").mkdir()
     (checkpoint / "checkpoint-10" / "model.safetensors").write_bytes(b"old")
     return checkpoint
+
+
+@pytest.fixture
+def carded(carded_once, tmp_path) -> Path:
+    """This test's own copy of ``carded_once`` (a test may change it)."""
+    return Path(shutil.copytree(carded_once, tmp_path / carded_once.name, symlinks=True))
 
 
 @pytest.fixture
@@ -82,6 +92,10 @@ def test_push_uploads_exactly_the_published_files_in_one_commit(carded, hub):
     assert set(commit["files"]) == published(carded)
     for path, content in commit["files"].items():
         assert content == (carded / path).read_bytes(), path
+    # Weights and images went the Hub's LFS way (batch, upload to storage, verify), the text files inline.
+    assert commit["lfs"] == {p for p in published(carded) if p.endswith((".safetensors", ".png"))}
+    assert len(hub.calls("lfs-upload")) == len(hub.calls("lfs-verify")) == len(commit["lfs"])
+    assert all(r["authorization"] is None for r in hub.calls("lfs-upload"))  # the token never goes to storage
     assert hub.repos["org/tiny-entmax"]["private"] is True
     assert "exp-1" in hub.repos["org/tiny-entmax"]["branches"]
     assert hub.unexpected == []
@@ -151,7 +165,7 @@ def test_token_precedence(explicit, env, accepted, carded, hub, monkeypatch, ski
     monkeypatch.setenv("HF_TOKEN", env)
     if accepted:
         push_folder(carded, "org/tiny", token=explicit)
-        assert {r["authorization"] for r in hub.requests} == {f"Bearer {TOKEN}"}
+        assert {r["authorization"] for r in hub.requests if r["route"] != "lfs-upload"} == {f"Bearer {TOKEN}"}
         assert set(hub.commits[0]["files"]) == published(carded)
     else:
         with pytest.raises(PushError, match="401") as info:
@@ -187,6 +201,9 @@ def test_pushing_twice_reuses_the_repository(carded, hub, skip_load_check, capsy
     assert first_url.startswith(hub.endpoint)
     assert [c["summary"] for c in hub.commits][1] == "second"
     assert len(hub.repos) == 1 and len(hub.commits) == 2
+    # The second commit points at the LFS objects the first one stored: nothing is uploaded twice.
+    assert hub.commits[1]["lfs"] == hub.commits[0]["lfs"] and len(hub.calls("lfs-batch")) == 2
+    assert len(hub.calls("lfs-upload")) == len(hub.commits[0]["lfs"])
     card = json.loads((carded / "results.json").read_text())
     assert card["weights_fingerprint"].startswith("sha256:")
 
@@ -214,7 +231,8 @@ def test_real_minilm_checkpoint_renders_validates_and_publishes_its_tokenizer(mi
                                                            "dataset": "mr"}))
     assert hf_sparse_attn.get_spec(model).attn_impl == "entmax15"
 
-    render_card(folder, make_results(folder, tmp_path / "eval", plots=False))
+    # The quick tier: what the card shows of a real encoder (the tiers themselves are tested in eval_suite).
+    render_card(folder, make_results(folder, tmp_path / "eval", plots=False, measures="quick"))
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # the bundled copy's Hub id
     assert "entmax15" in card.data.tags
@@ -222,7 +240,8 @@ def test_real_minilm_checkpoint_renders_validates_and_publishes_its_tokenizer(mi
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
             "results.json", "training_args.json"} <= set(files)
     assert [f for f in files if f.startswith("interpretability/")] == [
-        "interpretability/attention_sparsity_heatmap.png", "interpretability/kendall_tau_b_excess_grad_norm_heatmap.png"]
+        "interpretability/attention_sparsity_heatmap.png", "interpretability/kendall_tau_b_excess_grad_norm_heatmap.png",
+        "interpretability/scores.md"]
 
 
 def test_push_options_for_training_and_eval_commands(carded, hub, skip_load_check):
@@ -269,3 +288,80 @@ def test_push_without_card_renders_one_from_the_results_in_the_folder(carded, hu
     card = ModelCard(hub.commits[0]["files"]["README.md"].decode())
     assert "attention_sparsity_content" in {r.metric_type for r in card.data.eval_results}
     assert set(hub.commits[0]["files"]) == published(carded)
+
+
+# ----------------------------------------------------------------------------------------------- the Hub says no
+
+
+@pytest.mark.parametrize("route, status, step", [
+    ("create", 403, "create the repository"),       # no write access to the namespace (and no such repo)
+    ("create", 500, "create the repository"),
+    ("branch", 403, "create branch 'exp'"),
+    ("preupload", 404, "commit the files"),         # the repository vanished between create and commit
+    ("lfs-batch", 403, "commit the files"),
+    ("lfs-upload", 403, "commit the files"),        # the storage refused the signed upload
+    ("lfs-verify", 404, "commit the files"),
+    ("commit", 403, "commit the files"),
+    ("commit", 404, "commit the files"),
+    ("commit", 500, "commit the files"),
+    ("commit", 503, "commit the files"),
+])
+def test_a_refusing_hub_is_one_line_and_leaves_the_folder_and_card_as_they_were(carded, hub, skip_load_check, capsys,
+                                                                                route, status, step):
+    from tests.helpers.faults import assert_one_line_error, run_command, snapshot
+
+    hub.refuse[route] = status
+    before = snapshot(carded)
+    argv = ["push", carded, "--repo-id", "org/refused", "--token", TOKEN]
+    code, err = run_command(cli_main, argv + (["--revision", "exp"] if route == "branch" else []), capsys)
+    assert_one_line_error(code, err, f"{hub.endpoint} refused to {step} (HTTP {status})")
+    assert hub.calls(route), "the refusal was reached"
+    assert hub.commits == [] and snapshot(carded) == before  # the card still names no repository
+    assert sorted(p.name for p in carded.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_object_the_lfs_batch_api_refuses_is_a_push_error_not_a_card_error(carded, hub, skip_load_check):
+    from tests.helpers.faults import snapshot
+
+    hub.max_object_size = (carded / "model.safetensors").stat().st_size - 1
+    before = snapshot(carded)
+    with pytest.raises(PushError, match="refused to commit the files: LFS batch API returned errors") as info:
+        push_folder(carded, "org/too-large", token=TOKEN)
+    assert "exceeds the limit" in str(info.value) and "\n" not in str(info.value)
+    assert hub.commits == [] and snapshot(carded) == before
+
+
+def test_a_transient_storage_error_is_retried_and_the_push_completes(carded, hub, skip_load_check):
+    hub.refuse_once["lfs-upload"] = 503
+    push_folder(carded, "org/retried", token=TOKEN)
+    assert len(hub.commits) == 1 and set(hub.commits[0]["files"]) == published(carded)
+    assert len(hub.calls("lfs-upload")) == len(hub.commits[0]["lfs"]) + 1
+
+
+@pytest.mark.parametrize("card, hub_rule, match", [
+    ("license", None, '"license" must be one of'),   # valid YAML that huggingface_hub parses, a value the Hub refuses
+    ("ours", "model-index: a rule this client cannot know", "a rule this client cannot know"),
+])
+def test_a_card_the_hub_refuses_stops_the_push_before_any_upload(carded, hub, skip_load_check, card, hub_rule, match):
+    from tests.helpers.faults import snapshot
+
+    if card == "license":  # a hand-written card: push leaves it as written
+        (carded / "README.md").write_text("---\nlicense: my-own-licence\nlibrary_name: transformers\n---\n# Mine\n")
+    if hub_rule:
+        hub.card_errors.append(hub_rule)
+    before = snapshot(carded)
+    with pytest.raises(CardError, match="the Hub refused the card") as info:
+        push_folder(carded, "org/refused-card", token=TOKEN)
+    assert match in str(info.value) and "\n" not in str(info.value)
+    assert hub.calls("validate-yaml") and not hub.calls("lfs-upload") and hub.commits == []
+    assert snapshot(carded) == before
+
+
+def test_a_rendered_card_passes_the_hubs_metadata_rules(carded):
+    from tests.helpers.fake_hub import card_metadata_errors
+
+    assert card_metadata_errors((carded / "README.md").read_text()) == []
+    assert card_metadata_errors("---\nlicense: [mit, nope]\ntags: [1]\n---\n") == [
+        '"license" must be one of [apache-2.0, bsd-3-clause, cc-by-4.0, cc-by-nc-4.0, cc-by-sa-4.0, gpl-3.0, '
+        'lgpl-3.0, llama2, mit, openrail, other, unknown, ...]', '"tags" must be an array of strings']
+    assert card_metadata_errors("---\nlicense: [oops\n---\n")[0].startswith("Invalid YAML")

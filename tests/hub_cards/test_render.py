@@ -45,17 +45,15 @@ def expected_scores(results: dict, final_metrics: dict | None = None) -> dict:
     """The card's model-index values: the evaluation's own pooled aggregates, and the model's test accuracy from the
     training run when the evaluation covered only a subset of the split."""
     excess = [layer["agreement"]["grad_norm"]["kendall_tau_b_excess"]["mean"] for layer in results["per_layer"]]
-    best = max((i for i, v in enumerate(excess) if v is not None), key=lambda i: (excess[i], -i))
     subset = results["n_examples"] < results["n_split"]
     quality = final_metrics["test"] if subset and final_metrics else results
     return {
         "accuracy": quality["accuracy"],
         "f1": quality["macro_f1"],
         "attention_sparsity_content": results["summary"]["attention_sparsity"]["mean"],
-        "kendall_tau_b_excess_grad_best_layer": excess[best],
+        "kendall_tau_b_excess_grad_all_layers": results["summary"]["agreement"]["grad_norm"]["kendall_tau_b_excess"]["mean"],
         "kendall_tau_b_excess_grad_last_layer": excess[-1],
         "input_to_repr_entropy": results["summary"]["input_to_repr_entropy"]["mean"],
-        "best_layer": best,
     }
 
 
@@ -88,11 +86,11 @@ def test_card_round_trips_through_huggingface_hub(checkpoint, results_path):
     assert all(r.dataset_type == "mr" and "re-split" in r.dataset_name for r in data.eval_results)
     assert data.hf_sparse_attn["weights_fingerprint"] == results["weights_fingerprint"]
     values = {r.metric_type: r for r in data.eval_results}
-    assert set(values) == {k for k in expected if k != "best_layer"}
+    assert set(values) == set(expected)
     for key, result in values.items():
         assert result.metric_value == pytest.approx(expected[key], abs=1e-4), key
         assert result.task_type == "text-classification" and result.dataset_split == "test"
-    assert values["kendall_tau_b_excess_grad_best_layer"].metric_args["layer"] == expected["best_layer"]
+    assert values["kendall_tau_b_excess_grad_last_layer"].metric_args["layer"] == results["n_layers"] - 1
     assert values["f1"].metric_args["average"] == "macro"
 
     # Saving and loading again keeps metadata and model-index as they are.
@@ -111,13 +109,14 @@ def test_card_body_shows_alphas_heatmaps_tables_and_caution(checkpoint, results_
 
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     alphas = hf_sparse_attn.attention_alphas(model)
-    alpha_rows = table_rows(section(text, "attention").split("Learned alpha")[1])
+    alpha_rows = table_rows(section(text, "attention").split("Learned alpha")[1].split("</details>")[0])
     assert len(alpha_rows) == alphas.shape[0]
     for layer, row in enumerate(alpha_rows):
         assert [float(c) for c in row[1:-1]] == pytest.approx(alphas[layer].tolist(), abs=6e-4)
     assert len(set(alpha_rows[0][1:-1])) > 1  # heads differ, so the table is per head
 
-    head_rows = table_rows(section(text, "per-head").split("### Per layer")[0])
+    scores_page = (checkpoint / "interpretability" / "scores.md").read_text()
+    head_rows = table_rows(scores_page.split("## Per layer x head")[1].split("## Heatmaps")[0])
     assert len(head_rows) == results["n_layers"] * results["n_heads"]
     by_pair = {(int(r[0]), int(r[1])): r for r in head_rows}
     for rec in results["per_layer_head"]:
@@ -131,7 +130,7 @@ def test_card_body_shows_alphas_heatmaps_tables_and_caution(checkpoint, results_
     for rel in copied["plots"]:
         assert rel.startswith("interpretability/")
         assert (checkpoint / rel).read_bytes() == (results_path.parent / rel.split("/", 1)[1]).read_bytes()
-        assert f"]({rel})" in text
+        assert f"]({rel.split('/', 1)[1]})" in scores_page  # relative to the page, which lies in interpretability/
 
     scores = section(text, "scores")
     assert "not by" in scores and "faithful explanation" in scores and "2106.01087" in scores
@@ -150,7 +149,8 @@ def test_rerender_replaces_generated_sections_and_keeps_user_text(checkpoint, re
     head = head.replace("tags:\n", "tags:\n- my-own-tag\n", 1)
     body = "\nIntro the user wrote.\n" + body
     body = body.replace("<!-- hf-sparse-attn:begin:usage -->", "A note between sections.\n\n<!-- hf-sparse-attn:begin:usage -->")
-    body = body.replace("## Interpretability scores", "## Interpretability scores\n\nTEXT THE USER PUT INSIDE A SECTION")
+    body = body.replace("**What the numbers say.**", "**What the numbers say.**\n\nTEXT THE USER PUT INSIDE A SECTION")
+    assert "TEXT THE USER PUT INSIDE A SECTION" in body
     body += "\n## Limitations\n\nThe user's closing words.\n"
     card_path.write_text(head + "\n---\n" + body)
 
@@ -205,8 +205,9 @@ def test_rendering_is_deterministic_and_draws_heatmaps_when_results_have_none(ch
     second = render_card(checkpoint, results).read_bytes()
     assert first == second
     assert [p.read_bytes() for p in images] == first_images
+    scores_page = (checkpoint / "interpretability" / "scores.md").read_text()
     for image in images:
-        assert f"](interpretability/{image.name})" in first.decode()
+        assert f"]({image.name})" in scores_page
     assert not list(checkpoint.glob(".hub_cards-*"))
 
 
@@ -284,15 +285,18 @@ def test_cli_render_and_one_line_error(checkpoint, results_path, tmp_path, capsy
 
 
 def test_scores_leave_undefined_layers_out(checkpoint, results_path):
-    # A layer whose heads are all undefined has no excess: it is never the best layer and gets no model-index entry.
+    # A layer whose heads are all undefined has no excess: the last layer's gets no model-index entry, and its row
+    # in the per-layer table says undefined, with the reason.
     data = json.loads(results_path.read_text())
-    data["per_layer"][0]["agreement"]["grad_norm"]["kendall_tau_b_excess"].update(mean=None, defined=False,
-                                                                                 reason="no defined value to pool")
+    data["per_layer"][-1]["agreement"]["grad_norm"]["kendall_tau_b_excess"].update(mean=None, defined=False,
+                                                                                  reason="no defined value to pool")
     results_path.write_text(json.dumps(data))
     card = ModelCard.load(render_card(checkpoint, results_path))
     values = {r.metric_type: r for r in card.data.eval_results}
     assert all(isinstance(r.metric_value, float) and math.isfinite(r.metric_value) for r in values.values())
-    assert values["kendall_tau_b_excess_grad_best_layer"].metric_args["layer"] == 1
+    assert "kendall_tau_b_excess_grad_last_layer" not in values and "kendall_tau_b_excess_grad_all_layers" in values
+    last_row = table_rows(section(card.text, "per-head"))[-1]
+    assert last_row[0] == str(data["n_layers"] - 1) and last_row[2] == "undefined (no defined value to pool)"
 
 
 def test_card_without_results_then_with_results(tmp_path):
@@ -304,7 +308,7 @@ def test_card_without_results_then_with_results(tmp_path):
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values == {"accuracy": final["accuracy"], "f1": final["macro_f1"]}
     assert card.data.to_dict()["model-index"][0]["name"] == "run"  # OUTDIR/final is named after OUTDIR
-    assert "Not measured yet" in section(text, "scores")
+    assert "not measured yet" in section(text, "scores")
     assert not (checkpoint / "results.json").exists() and not (checkpoint / "interpretability").exists()
 
     (checkpoint / "README.md").write_text(text + "\nMy own closing note.\n")
@@ -312,7 +316,7 @@ def test_card_without_results_then_with_results(tmp_path):
     text = render_card(checkpoint, results).read_text()
     card = ModelCard.load(checkpoint / "README.md")
     assert "attention_sparsity_content" in {r.metric_type for r in card.data.eval_results}
-    assert "Not measured yet" not in text and text.count("My own closing note.") == 1
+    assert "not measured yet" not in text and text.count("My own closing note.") == 1
     assert (checkpoint / "results.json").is_file()
 
 
@@ -348,7 +352,7 @@ def test_card_links_the_report_drawn_from_the_published_results(checkpoint, resu
     (results_path.parent / "token_examples.json").write_text(json.dumps(examples))
     text = render_card(checkpoint, results_path).read_text()
     results = json.loads(results_path.read_text())
-    assert "[report.html](report.html)" in section(text, "scores")
+    assert "[report.html](report.html)" in section(text, "header")  # on the first screen
     report = checkpoint / "report.html"
     data = embedded(report)
     assert data["meta"]["checkpoint"] == "."  # the published copy's: no local path goes to the Hub

@@ -5,9 +5,10 @@ import math
 import pytest
 from scipy import stats
 
-from studies.paper.verdicts import (AGREES, DISAGREES, INCONCLUSIVE, NOT_REACHED, NOT_RUN, Interval, adversary_verdict,
-                                    band_verdict, combine, difference_interval, mean_interval, partial_kendall,
-                                    sign_verdict)
+from studies.paper.verdicts import (AGREES, DISAGREES, INCONCLUSIVE, NOT_REACHED, NOT_RUN, REACHED, Interval,
+                                    accuracy_criterion, adversary_verdict, band_verdict, combine, difference_interval,
+                                    mean_interval, minimal_detectable_difference, partial_kendall,
+                                    partial_kendall_bootstrap, sign_verdict)
 
 
 def test_mean_interval_is_the_t_interval():
@@ -62,11 +63,50 @@ def kendall_of(x, y):
 
 
 def test_adversary_criterion_comes_before_its_jsd():
-    seed_jsd = Interval(0.30, 0.28, 0.32, 200)
-    far = Interval(0.55, 0.52, 0.58, 200)
-    ln2 = math.log(2)
-    assert adversary_verdict(0.70, 0.72, 0.55, ln2, far, seed_jsd) == AGREES
-    assert adversary_verdict(0.64, 0.72, 0.55, ln2, far, seed_jsd) == NOT_REACHED  # accuracy -0.08
-    assert adversary_verdict(0.72, 0.72, 0.68, ln2, far, seed_jsd) == NOT_REACHED  # loss at chance
-    assert adversary_verdict(0.72, 0.72, 0.50, ln2, Interval(0.31, 0.29, 0.33, 200), seed_jsd) == INCONCLUSIVE
-    assert adversary_verdict(0.72, 0.72, 0.50, ln2, Interval(0.1, 0.09, 0.11, 200), seed_jsd) == DISAGREES
+    above, below = Interval(0.1, 0.05, 0.15, 400), Interval(-0.1, -0.15, -0.05, 400)
+    assert adversary_verdict(REACHED, True, [above, above]) == AGREES
+    assert adversary_verdict(NOT_REACHED, True, [above]) == NOT_REACHED  # accuracy lost
+    assert adversary_verdict(REACHED, False, [above]) == NOT_REACHED  # loss at chance
+    assert adversary_verdict(INCONCLUSIVE, True, [above]) == INCONCLUSIVE  # the accuracy interval straddles -.02
+    assert adversary_verdict(REACHED, True, [above, below]) == DISAGREES  # one pair of baselines is further apart
+    assert adversary_verdict(REACHED, True, [above, Interval(0.0, -0.05, 0.05, 400)]) == INCONCLUSIVE
+
+
+def test_accuracy_criterion_tests_the_interval_against_the_allowed_drop():
+    assert accuracy_criterion(Interval(-0.005, -0.015, 0.005, 400), 0.02) == REACHED
+    assert accuracy_criterion(Interval(-0.015, -0.04, 0.01, 400), 0.02) == INCONCLUSIVE  # point within, interval not
+    assert accuracy_criterion(Interval(-0.08, -0.1, -0.06, 400), 0.02) == NOT_REACHED
+    assert accuracy_criterion(Interval(None, None, None, 0), 0.02) == NOT_RUN
+
+
+def test_intervals_are_clipped_to_the_quantitys_range():
+    got = mean_interval([1.0, 0.98, 0.9], bounds=(0.0, 1.0))
+    assert got.high == 1.0 and got.low < 0.9 and got.mean == pytest.approx(0.96)
+    assert mean_interval([1.0, 0.98, 0.9]).high > 1.0  # unclipped, the t interval runs past 1
+
+
+def test_minimal_detectable_difference_is_the_power_formula():
+    # 5 paired seeds, sd .03 of the per-seed differences: (t_.975,4 + t_.8,4) x .03 / sqrt(5)
+    expected = (stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * 0.03 / math.sqrt(5)
+    assert minimal_detectable_difference(0.03, 5) == pytest.approx(expected)
+    assert minimal_detectable_difference(0.03, 5, paired=False) > minimal_detectable_difference(0.03, 5)
+    assert minimal_detectable_difference(0.03, 1) is None
+
+
+def test_partial_tau_bootstrap_resamples_whole_seeds_and_matches_the_closed_form():
+    import numpy as np
+
+    from studies.paper.verdicts import _partial_kendall_rows
+
+    rng = np.random.default_rng(0)
+    x, y, z = rng.random((3, 7, 12))
+    batched = _partial_kendall_rows(x, y, z, np.ones((7, 12), dtype=bool))
+    assert batched == pytest.approx([partial_kendall(a, b, c) for a, b, c in zip(x, y, z)])
+    # a trend that holds whatever accuracy does: the interval excludes 0; pure noise: it covers 0
+    clusters = {s: [(k, -k + 0.1 * rng.random(), rng.random()) for k in range(4)] for s in range(5)}
+    strong, undefined = partial_kendall_bootstrap(clusters)
+    assert strong.n == 5 and strong.high < 0 and undefined == 0
+    assert strong.mean == pytest.approx(partial_kendall(*zip(*[r for rows in clusters.values() for r in rows])))
+    noise = {s: [(k, rng.random(), rng.random()) for k in range(4)] for s in range(5)}
+    loose, _ = partial_kendall_bootstrap(noise)
+    assert loose.low < 0 < loose.high

@@ -452,7 +452,7 @@ def test_a_full_disk_during_overwrite_keeps_the_old_final_folder(tmp_path, capsy
 HANDLED = [
     (["--dataset", "no/such/file.csv"], "does not exist"),
     (["--dataset", "mr", "--attn-impl", "bogus"], "unknown attn_impl"),
-    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "alpha must lie in (1, 2]"),
+    (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "needs alpha in (1, 2], got alpha=3"),
     (["--dataset", "mr", "--attn-impl", "sparsegen_lin:lambda=1"], "lambda"),
     (["--dataset", "mr", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["--dataset", "mr", "--epochs", "0"], "--epochs must be >= 1"),

@@ -213,7 +213,7 @@ def test_two_processes_train_one_model(tmp_path):
     "argv, message",
     [
         (["--dataset", "no/such/file.csv"], "does not exist"),
-        (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "alpha must lie in (1, 2]"),
+        (["--dataset", "mr", "--attn-impl", "entmax:alpha=3"], "needs alpha in (1, 2], got alpha=3"),
         (["--dataset", "mr", "--attn-impl", "bogus"], "unknown attn_impl"),
         (["--dataset", "mr", "--max-steps", "0"], "--max-steps must be >= 1"),
         (["--dataset", "mr", "--resume", "--overwrite"], "contradict"),
