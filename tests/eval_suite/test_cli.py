@@ -211,7 +211,8 @@ def test_no_plots_writes_no_png_says_so_and_a_card_still_renders(workspace, tmp_
     assert results["plots"] == [] and results["config"]["no_plots"] is True and not (out / "plots").exists()
     assert (out / "per_layer_head.csv").is_file()
     assert "skipped (--no-plots)" in (out / "report.html").read_text()
-    card = render.render_card(checkpoint, out / "results.json")
+    render.render_card(checkpoint, out / "results.json")
     images = sorted(p for p in Path(checkpoint).rglob("*.png"))
     assert images and all(p.read_bytes()[:8] == PNG_MAGIC for p in images)
-    assert all(p.name in Path(card).read_text() for p in images)
+    pages = "".join(page.read_text() for page in Path(checkpoint).rglob("*.md"))  # the card and its pages
+    assert all(f"({p.name})" in pages or f"/{p.name})" in pages for p in images)
