@@ -1,7 +1,7 @@
 """The evaluation suite's speed targets in one table: each run against its floor, measured in this run.
 
-    python bench/targets.py               # 64 MR sentences, paper on 100 (the main job's evaluation), about 15 min
-    python bench/targets.py --quick       # 16 sentences, paper on 4, no sampled document: under 2 minutes idle
+    python bench/targets.py               # 64 MR sentences, paper on 100 (the main job's evaluation): 34 min at load 8
+    python bench/targets.py --quick       # 16 sentences, paper on 4, no sampled document: 6 min at load 6 (2 cores)
     python bench/targets.py --json out.json
 
 MiniLM (all-MiniLM-L6-v2, embedded offline) with entmax15 attention and a probe head (built as
