@@ -9,7 +9,6 @@ One evaluation (module fixture) serves every test; each renders a copy.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,26 +18,10 @@ from hub_cards.cli import main as cli_main
 from hub_cards.render import render_card
 from hub_cards.sections import parse_sections
 from tests.helpers.faults import assert_one_line_error, run_command
-from tests.helpers.tiny_models import make_checkpoint, make_results
+from tests.helpers.tiny_models import make_checkpoint
 
 FIRST_SCREEN_LINES = 40  # docs/hub_cards.md states the same bound
 NULL_IS_ZERO = "the shared-zeros null is exactly 0"
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("layout")
-    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
-    return checkpoint, make_results(checkpoint, root / "eval")
-
-
-@pytest.fixture
-def fresh(evaluated, tmp_path) -> tuple[Path, Path]:
-    """A copy of the checkpoint and its evaluation folder, free to change."""
-    checkpoint, results = evaluated
-    shutil.copytree(checkpoint, tmp_path / "ckpt")
-    shutil.copytree(results.parent, tmp_path / "eval")
-    return tmp_path / "ckpt", tmp_path / "eval" / "results.json"
 
 
 def _edit(path: Path, change) -> dict:

@@ -262,21 +262,6 @@ _OUR_HTML = re.compile(r"<!-- hf-sparse-attn:(begin|end):[\w-]+ -->|<!-- Text be
 _HOSTILE = "<img src=x onerror=alert(1)>\n# Injected heading\n[click](javascript:alert(1)) <!-- x --> *em* `c` | p"
 
 
-@pytest.fixture(scope="module")
-def evaluated_once(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("hostile")
-    checkpoint = make_checkpoint(root / "ckpt", attn_impl="entmax15")
-    return checkpoint, make_results(checkpoint, root / "eval")
-
-
-@pytest.fixture
-def copied(evaluated_once, tmp_path) -> tuple[Path, Path]:
-    checkpoint, results = evaluated_once
-    shutil.copytree(checkpoint, tmp_path / "ckpt")
-    shutil.copytree(results.parent, tmp_path / "eval")
-    return tmp_path / "ckpt", tmp_path / "eval" / "results.json"
-
-
 def _set(path: Path, **fields) -> None:
     record = json.loads(path.read_text())
     record.update(fields)
@@ -285,8 +270,8 @@ def _set(path: Path, **fields) -> None:
 
 @pytest.mark.parametrize("field, value", [("accuracy", float("nan")), ("accuracy", float("inf")),
                                           ("accuracy", 12345.0), ("macro_f1", -0.5)])
-def test_render_refuses_a_score_that_is_not_a_fraction(copied, capsys, field, value):
-    checkpoint, results = copied
+def test_render_refuses_a_score_that_is_not_a_fraction(fresh, capsys, field, value):
+    checkpoint, results = fresh
     render_card(checkpoint, results)  # a good card first: the refused render must leave it as it is
     _set(results, **{field: value})
     before = snapshot(checkpoint)
@@ -306,8 +291,8 @@ def _markdown_tokens(text: str):
 
 
 @pytest.mark.parametrize("where", ["dataset", "local file name", "plot file name"])
-def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, where):
-    checkpoint, results = copied
+def test_text_from_results_and_file_names_is_inert_in_the_card(fresh, capsys, where):
+    checkpoint, results = fresh
     if where == "dataset":
         _set(results, dataset=_HOSTILE)
     elif where == "local file name":
@@ -341,10 +326,10 @@ def test_text_from_results_and_file_names_is_inert_in_the_card(copied, capsys, w
 
 
 @pytest.mark.parametrize("repo_id", ["../x", 'org/x"); import os; ("', "no-namespace"])
-def test_render_checks_the_repo_id_as_push_does(copied, capsys, repo_id):
+def test_render_checks_the_repo_id_as_push_does(fresh, capsys, repo_id):
     from hub_cards.push import check_repo_id
 
-    checkpoint, results = copied
+    checkpoint, results = fresh
     before = snapshot(checkpoint)
     with pytest.raises(PushError) as refused_by_push:
         check_repo_id(repo_id)
