@@ -1,12 +1,15 @@
-"""How long an evaluation will take, known before most of the work starts.
+"""How long an evaluation will take, known seconds after the model is loaded and refined as batches run.
 
-The cost model (:mod:`eval_suite.cost`, each measure's own in its declaration) gives, for every planned batch and stage, its FLOPs and its number of
-model calls. Two numbers of this machine turn them into seconds (:class:`Machine`: the model's own FLOP rate on a
-mid-size input and the time of a call on a minimal one), and a per-stage factor calibrated on the first batch
+The cost model (:mod:`eval_suite.cost`, each measure's own in its declaration) gives, for every planned batch and
+stage, its FLOPs and its number of model calls. Two numbers of this machine turn them into seconds (:class:`Machine`:
+the model's own FLOP rate on a mid-size input and the time of a call on a minimal one), and a per-stage factor
 corrects for what the model leaves out (a stage's efficiency, adaptive integrated-gradient steps, deduplicated
-faithfulness variants): forecast(batch, stage) = factor(stage) x model seconds(batch, stage). The first batch a
-process measures is its longest, so the calibration sees the batches that dominate the total (work grows with the
-square of the length) and a run that would not fit in memory fails at once.
+faithfulness variants): forecast(batch, stage) = factor(stage) x model seconds(batch, stage). The factors come first
+from a probe: the two longest examples of the longest planned batch (one from 256 tokens on), measured apart from
+the plan, so the forecast is printed after seconds, not after the minutes a whole first batch of a paper run takes,
+and it sees the lengths that dominate the total (work grows with the square of the length); a run that would not fit
+in memory fails there too. Every measured batch then refines them (measured over model seconds, summed over the
+batches so far), which the progress bar's ETA follows.
 """
 
 from __future__ import annotations
@@ -86,41 +89,65 @@ class Forecast:
         self.model, self.config, self.machine, self.shapes = model, config, machine, shapes
         self.measures = tuple(config.measures if measures is None else measures)
         self.factors: dict[str, float] = {}
-        self.calibrated_on: int | None = None
+        self.calibrated_on: int | None = None  # the planned batch the probe was taken from
+        self.probe_seconds = 0.0  # spent measuring the probe (part of the forecast total)
+        self.probe_shape: BatchShape | None = None
+        self.probe_cpu_seconds = 0.0
+        self._observed: dict[str, list[float]] = {}  # stage -> [measured seconds, model seconds] over full batches
+        self.measured: dict[int, dict[str, float]] = {}  # planned batches already measured: seconds per stage
 
     def with_measures(self, measures) -> "Forecast":
         """The same calibration applied to another selection (stages it shares keep their factors)."""
         other = Forecast(self.model, self.config, self.machine, self.shapes, measures)
+        # The probe measured this selection; another one would probe itself, at a cost its batches' forecast covers.
         other.factors, other.calibrated_on = dict(self.factors), self.calibrated_on
         return other
 
     def model_seconds(self, batch_id: int) -> dict[str, float]:
-        costs = stage_costs(self.shapes[batch_id], self.model, self.config, self.measures)
+        return self.shape_seconds(self.shapes[batch_id])
+
+    def shape_seconds(self, shape: BatchShape) -> dict[str, float]:
+        costs = stage_costs(shape, self.model, self.config, self.measures)
         return {stage: self.machine.seconds(cost) for stage, cost in costs.items()}
 
-    def calibrate(self, batch_id: int, measured: dict[str, float]) -> None:
-        """Set each stage's factor from the seconds it took on ``batch_id``."""
-        for stage, seconds in self.model_seconds(batch_id).items():
-            if stage in measured and seconds > 0:
-                self.factors[stage] = measured[stage] / seconds
-        self.calibrated_on = batch_id
+    def calibrate(self, shape: BatchShape, measured: dict[str, float], *, batch_id: int | None = None,
+                  seconds: float = 0.0) -> None:
+        """Set each stage's factor from the seconds it took on a probe of ``shape`` (taken from planned batch
+        ``batch_id``; ``seconds`` in all, counted in the total)."""
+        for stage, model_seconds in self.shape_seconds(shape).items():
+            if stage in measured and model_seconds > 0:
+                self.factors[stage] = measured[stage] / model_seconds
+        self.calibrated_on, self.probe_seconds, self.probe_shape = batch_id, seconds, shape
+
+    def observe(self, batch_id: int, measured: dict[str, float]) -> None:
+        """Refine the factors with a measured planned batch: each stage's measured seconds over its model seconds,
+        summed over every batch observed so far (the probe's factors are replaced by these)."""
+        self.measured[batch_id] = dict(measured)
+        for stage, model_seconds in self.model_seconds(batch_id).items():
+            if stage in measured and model_seconds > 0:
+                spent = self._observed.setdefault(stage, [0.0, 0.0])
+                spent[0] += measured[stage]
+                spent[1] += model_seconds
+                self.factors[stage] = spent[0] / spent[1]
 
     def batch_seconds(self, batch_id: int) -> dict[str, float]:
         """Forecast seconds of every stage of one batch (stages not calibrated yet: factor 1)."""
         return {stage: self.factors.get(stage, 1.0) * seconds for stage, seconds in self.model_seconds(batch_id).items()}
 
     def total(self, batch_ids_per_process: list[list[int]]) -> tuple[float, dict[str, float]]:
-        """(wall seconds: the busiest process's sum, seconds per stage summed over every process)."""
+        """(wall seconds: the busiest process's sum plus the probe, seconds per stage summed over every process);
+        batches already measured count with their measured seconds."""
         per_stage: dict[str, float] = {}
         busiest = 0.0
         for batch_ids in batch_ids_per_process:
             own = 0.0
             for batch_id in batch_ids:
-                for stage, seconds in self.batch_seconds(batch_id).items():
+                seconds_of = self.measured.get(batch_id) or self.batch_seconds(batch_id)
+                for stage, seconds in seconds_of.items():
                     per_stage[stage] = per_stage.get(stage, 0.0) + seconds
                     own += seconds
             busiest = max(busiest, own)
-        return busiest, per_stage
+        return busiest + self.probe_seconds, per_stage
 
 
 def format_seconds(seconds: float) -> str:
@@ -181,7 +208,8 @@ def cheaper_options(forecast: Forecast, batch_ids_per_process: list[list[int]], 
         if seconds <= budget:
             best = (name, seconds)
             break
-    limit = int(math.floor(n_examples * budget / total)) if total > 0 else None
+    batches = total - forecast.probe_seconds  # what scales with the number of examples
+    limit = int(math.floor(n_examples * budget / batches)) if batches > 0 else None
     return Cheaper(best[0] if best else None, best[1] if best else None, limit if limit and limit >= 1 else None)
 
 

@@ -194,6 +194,7 @@ def _meta(results: dict) -> dict:
         "input_methods": results.get("input_methods", []),
         "representation_methods": results.get("representation_methods", []),
         "summary": (results.get("summary") or {}).get("text", []),
+        "plots": "skipped (--no-plots)" if config.get("no_plots") else f"{len(results.get('plots') or [])} PNG files",
     }
 
 

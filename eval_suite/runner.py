@@ -378,11 +378,12 @@ def _run_locked(request: EvalRequest, state, device, out_dir: Path) -> dict | No
 
     rows, token_maps = _all_rows(plan, gathered, done, rows_dir)
     results = build_results(request, plan, rows)
-    write_outputs(work_dir, results, token_maps)
+    write_outputs(work_dir, results, token_maps, write_plots=not request.no_plots)
     n_new = sum(len(plan.batches[b]) for b in remaining)
     run_info = {
         "processes": state.num_processes, "device": str(device),
         "examples_measured_this_run": n_new, "measure_seconds": loop.measure_seconds,
+        "measure_cpu_seconds": loop.measure_cpu_seconds,
         "examples_per_second": n_new / loop.measure_seconds if loop.measure_seconds > 0 and n_new else None,
         "total_seconds": time.perf_counter() - started,
         "stage_seconds_main_process": {k: round(v, 3) for k, v in loop.timings.items()},
@@ -427,6 +428,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "limit": request.limit,
         "batch_size": request.batch_size,
         "max_batch_tokens": request.max_batch_tokens,
+        "no_plots": request.no_plots,
         "max_length": plan.max_length,
         "n_truncated": plan.n_truncated,
         "text_column": request.text_column,
@@ -442,16 +444,21 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
     return results
 
 
-def write_outputs(out_dir: Path, results: dict, token_maps: dict) -> None:
-    """results.json, per_layer_head.csv, token_examples.json, report.html and plots/*.png, each written atomically."""
-    from .plots import layer_head_plots, token_plots
+def write_outputs(out_dir: Path, results: dict, token_maps: dict, write_plots: bool = True) -> None:
+    """results.json, per_layer_head.csv, token_examples.json, report.html and (unless ``write_plots`` is false)
+    plots/*.png, each written atomically."""
     from .report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir, results["config"].get("label_names"))
-    results["plots"] = plots
+    results["plots"] = []
+    if write_plots:
+        from .plots import layer_head_plots, token_plots
+
+        results["plots"] = layer_head_plots(results, out_dir) + token_plots(token_maps, out_dir,
+                                                                            results["config"].get("label_names"))
     atomic_write_text(out_dir / LAYER_HEAD_TABLE_FILE, layer_head_table(results))
     atomic_write_text(out_dir / TOKEN_EXAMPLES_FILE,
                       json.dumps({str(k): v for k, v in sorted(token_maps.items())}, indent=1) + "\n")
-    write_report(out_dir, json.loads(dumps(results)), token_maps)
-    atomic_write_text(out_dir / RESULTS_FILE, dumps(results))
+    text = dumps(results)
+    write_report(out_dir, json.loads(text), token_maps)
+    atomic_write_text(out_dir / RESULTS_FILE, text)

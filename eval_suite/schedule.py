@@ -1,9 +1,10 @@
-"""The measuring loop of one process: calibrate on the first batch, forecast, keep to a budget, show progress.
+"""The measuring loop of one process: forecast from a probe, keep to a budget, measure, show progress.
 
-Each process measures its share of the planned batches longest first. The first one doubles as the calibration of
-the forecast (:mod:`eval_suite.forecast`); the main process prints the forecast (total time and each stage's
-share) and, when ``--budget`` is given and the forecast exceeds it, every process stops with one line naming a
-cheaper command before anything is written. The progress bar counts examples and advances after every stage
+Each process measures its share of the planned batches longest first. Before any of them, the main process
+measures a probe (a few of the longest examples, apart from the plan) that calibrates the forecast
+(:mod:`eval_suite.forecast`), prints the forecast (total time and each stage's share) and, when ``--budget`` is
+given and the forecast exceeds it, every process stops with one line naming a cheaper command before anything is
+written. Every measured batch refines the forecast. The progress bar counts examples and advances after every stage
 (and within the long ones), each stage weighted by its forecast share of the batch, so its ETA covers every
 measure of every remaining batch; with several processes the main process counts for all of them (they take
 equal shares of the batches).
@@ -11,6 +12,7 @@ equal shares of the batches).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ class LoopResult:
     timings: dict = field(default_factory=dict)  # seconds per stage, this process
     forecast: dict | None = None  # what was forecast (main process), for run_info.json
     measure_seconds: float = 0.0
+    measure_cpu_seconds: float = 0.0  # this process's CPU time (all its threads), probe included
 
 
 def _broadcast(state, value):
@@ -55,9 +58,6 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     budget check and before the first ``save(batch_id, arrays, token_maps)``."""
     from tqdm.auto import tqdm
 
-    from .batching import collate
-    from .batch_rows import measure_batch
-
     classifier = plan.classifier
     per_process = [sorted(remaining[k::state.num_processes], reverse=True) for k in range(state.num_processes)]
     mine = per_process[state.process_index]
@@ -70,70 +70,104 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     bar = tqdm(total=len(plan.indices), initial=n_done, unit="ex", desc="eval_suite", dynamic_ncols=True,
                disable=not state.is_main_process, smoothing=0.1,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} ex [{elapsed}<{remaining}]{postfix}")
-    position = float(n_done)
     labels = stage_labels(plan.measure.measures)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:  # closed before an error propagates: the error line stays the last thing on stderr
-        ready = not mine
-        if not mine:
-            _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=False)
-            on_ready()
-        for number, batch_id in enumerate(mine):
-            members = plan.batches[batch_id]
-            stage_seconds = forecast.batch_seconds(batch_id)
-            batch_total = sum(stage_seconds.values()) or 1.0
-            done_shares: dict[str, float] = {}
-            base = position
-
-            def advance(stage, share, members=members, stage_seconds=stage_seconds, batch_total=batch_total,
-                        done_shares=done_shares, base=base):
-                nonlocal position
-                if stage not in done_shares:
-                    bar.set_postfix_str(labels.get(stage, stage), refresh=False)
-                done_shares[stage] = max(done_shares.get(stage, 0.0), share)
-                weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
-                target = base + len(members) * scale * min(1.0, weight)
-                if target > position:
-                    bar.update(target - position)
-                    position = target
-
-            timings: dict = {}
-            batch_started = time.perf_counter()
-            batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
-            arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
-                                               [plan.indices[k] for k in members], plan.measure, timings=timings,
-                                               progress=advance)
-            if number:
-                save(batch_id, arrays, token_maps)
-            # Everything the batch took outside its measurement stages (collating, converting, storing the rows) is
-            # bookkeeping. The first batch is stored only after the budget check (a refused run writes nothing), so its
-            # bookkeeping leaves out one shard's disk write.
-            timings["bookkeeping"] = max(0.0, time.perf_counter() - batch_started - sum(timings.values()))
-            for stage, seconds in timings.items():
-                result.timings[stage] = result.timings.get(stage, 0.0) + seconds
-            if number == 0:
-                forecast.calibrate(batch_id, timings)
-                _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar, calibrated=True,
-                              first_seconds=time.perf_counter() - started)
-                on_ready()
-                ready = True
-                save(batch_id, arrays, token_maps)
-            result.computed.append((batch_id, arrays, token_maps))
-            end = base + len(members) * scale
-            if end > position:
-                bar.update(end - position)
-                position = end
-        if not ready:
-            on_ready()
+        position, deferred = float(n_done), []
+        if state.is_main_process and remaining:
+            _probe(plan, forecast, max(remaining, key=lambda b: (forecast.shapes[b].length, b)), bar)
+            if mine and sum(forecast.batch_seconds(mine[0]).values()) <= CHEAP_BATCH_SECONDS:
+                # Cheap enough to measure before the forecast: the first (longest) batch calibrates it better than
+                # the probe (per-batch overheads), and it is stored only once the run is within its budget.
+                position = _measure_one(plan, mine[0], forecast, bar, position, scale, labels, result,
+                                        lambda *stored: deferred.append(stored))
+        _check_budget(plan, forecast, per_process, state, budget_seconds, result, bar)
+        on_ready()
+        for stored in deferred:
+            save(*stored)
+        for batch_id in mine[len(deferred):]:
+            position = _measure_one(plan, batch_id, forecast, bar, position, scale, labels, result, save)
     finally:
         bar.close()
     result.measure_seconds = time.perf_counter() - started
+    result.measure_cpu_seconds = time.process_time() - cpu_started
     return result
 
 
-def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, result: LoopResult, bar, *,
-                  calibrated: bool, first_seconds: float = 0.0) -> None:
+PROBE_EXAMPLES = 2  # examples of the longest planned batch measured before the forecast (1 from 256 tokens on)
+CHEAP_BATCH_SECONDS = 5.0  # a first batch forecast under this is measured before the forecast is printed
+
+
+def _probe(plan, forecast: Forecast, batch_id: int, bar) -> None:
+    """Measure the longest examples of the longest planned batch apart from the plan (their rows are dropped) and
+    calibrate the forecast on them: seconds, not the minutes a whole first batch of a paper run takes."""
+    from .batching import collate
+    from .batch_rows import measure_batch
+
+    classifier = plan.classifier
+    members = sorted(plan.batches[batch_id], key=lambda k: len(plan.encodings[k]["input_ids"]))
+    members = members[-(1 if forecast.shapes[batch_id].length >= 256 else PROBE_EXAMPLES):]
+    bar.set_postfix_str("forecast", refresh=True)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    timings: dict = {}
+    batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+    config = dataclasses.replace(plan.measure, token_map_indices=frozenset())
+    measure_batch(classifier, batch, [plan.labels[k] for k in members], [plan.indices[k] for k in members], config,
+                  timings=timings)
+    seconds = time.perf_counter() - started
+    timings["bookkeeping"] = max(0.0, seconds - sum(timings.values()))
+    shape = batch_shapes(plan.encodings, [members])[0]
+    forecast.calibrate(shape, timings, batch_id=batch_id, seconds=seconds)
+    forecast.probe_cpu_seconds = time.process_time() - cpu_started
+
+
+def _measure_one(plan, batch_id: int, forecast: Forecast, bar, position: float, scale: int, labels: dict,
+                 result: LoopResult, save) -> float:
+    """Measure and store one planned batch, advancing the bar stage by stage (each stage weighted by its share of
+    the batch's forecast) and refining the forecast with its timings; returns the bar's new position."""
+    from .batching import collate
+    from .batch_rows import measure_batch
+
+    classifier = plan.classifier
+    members = plan.batches[batch_id]
+    stage_seconds = forecast.batch_seconds(batch_id)
+    batch_total = sum(stage_seconds.values()) or 1.0
+    done_shares: dict[str, float] = {}
+    base = position
+
+    def advance(stage, share):
+        nonlocal position
+        if stage not in done_shares:
+            bar.set_postfix_str(labels.get(stage, stage), refresh=False)
+        done_shares[stage] = max(done_shares.get(stage, 0.0), share)
+        weight = sum(stage_seconds.get(s, 0.0) * f for s, f in done_shares.items()) / batch_total
+        target = base + len(members) * scale * min(1.0, weight)
+        if target > position:
+            bar.update(target - position)
+            position = target
+
+    timings: dict = {}
+    batch_started = time.perf_counter()
+    batch = collate([plan.encodings[k] for k in members], classifier.tokenizer.pad_token_id or 0)
+    arrays, token_maps = measure_batch(classifier, batch, [plan.labels[k] for k in members],
+                                       [plan.indices[k] for k in members], plan.measure, timings=timings,
+                                       progress=advance)
+    save(batch_id, arrays, token_maps)
+    # Everything the batch took outside its measurement stages (collating, converting, storing the rows).
+    timings["bookkeeping"] = max(0.0, time.perf_counter() - batch_started - sum(timings.values()))
+    for stage, seconds in timings.items():
+        result.timings[stage] = result.timings.get(stage, 0.0) + seconds
+    forecast.observe(batch_id, timings)
+    result.computed.append((batch_id, arrays, token_maps))
+    end = base + len(members) * scale
+    if end > position:
+        bar.update(end - position)
+        position = end
+    return position
+
+
+def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, result: LoopResult, bar) -> None:
     """Print the forecast (main process) and stop every process when it exceeds the budget."""
     verdict = None
     if state.is_main_process:
@@ -141,13 +175,16 @@ def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, 
         n_examples = sum(len(plan.batches[b]) for ids in per_process for b in ids)
         n_batches = sum(len(ids) for ids in per_process)
         line = describe(total, per_stage, n_examples, n_batches, state.num_processes)
-        if calibrated:
-            first = forecast.calibrated_on
-            shape = forecast.shapes[first]
-            line += (f"; calibrated on batch {first} ({shape.size} examples of up to {shape.length} tokens, "
-                     f"{first_seconds:.1f} s)")
-        result.forecast = {"measure_seconds": total, "stage_seconds": per_stage, "calibration_batch":
-                           forecast.calibrated_on, "factors": dict(forecast.factors),
+        probe = forecast.probe_shape
+        if probe is not None:
+            line += (f"; calibrated on {probe.size} of the longest examples ({probe.length} tokens, "
+                     f"{forecast.probe_seconds:.1f} s)")
+        for batch_id, seconds in forecast.measured.items():
+            line += f" and batch {batch_id} ({forecast.shapes[batch_id].size} examples, {sum(seconds.values()):.1f} s)"
+        result.forecast = {"measure_seconds": total, "stage_seconds": per_stage,
+                           "calibration_batch": forecast.calibrated_on, "batches_measured": list(forecast.measured),
+                           "probe_examples": probe.size if probe else 0, "probe_seconds": forecast.probe_seconds,
+                           "probe_cpu_seconds": forecast.probe_cpu_seconds, "factors": dict(forecast.factors),
                            "machine": forecast.machine.to_dict(), "processes": state.num_processes}
         if n_batches:
             bar.write("eval_suite: " + line)

@@ -206,6 +206,9 @@ class EvalRequest:
     label_map: str | None = setting("label values to use, numbered 0..K-1 in this order (as in training)", "data",
                                     default=None, metavar="RAW=NAME,...")
     plot_examples: int = setting("token-level views (plots, report) for this many examples", "output", default=3)
+    no_plots: bool = setting("write no PNG plots (plots/*.png, about half a CPU-second each); results.json, the CSV "
+                             "and report.html are complete without them, and a model card draws its own heatmaps",
+                             "output", default=False)
     cpu: bool = setting("run on CPU even when a GPU is visible (= --device cpu)", "model", default=False)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     aggregation: AggregateConfig = field(default_factory=AggregateConfig)

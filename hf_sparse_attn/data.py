@@ -492,11 +492,23 @@ def _carve(train: datasets.Dataset, origin: str, fractions: dict[str, float] | N
     return datasets.DatasetDict({s: splits[s] for s in ("train", "validation", "test") if s in splits})
 
 
+def _stratified_split(dataset: datasets.Dataset, n_test: int) -> datasets.DatasetDict:
+    """``dataset.train_test_split(test_size=n_test, stratify_by_column="label", seed=SPLIT_SEED)``, the same split
+    drawn by the same function, with the labels read as one Arrow column: datasets reads them row by row there
+    (2 s of every load of MR); ValueError where stratification is impossible."""
+    from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+
+    labels = dataset.with_format("arrow")[:]["label"].to_numpy()
+    train, test = next(stratified_shuffle_split_generate_indices(labels, len(dataset) - n_test, n_test,
+                                                                 rng=np.random.default_rng(SPLIT_SEED)))
+    return datasets.DatasetDict({"train": dataset.select(train), "test": dataset.select(test)})
+
+
 def _split(dataset: datasets.Dataset, test_fraction: float, origin: str) -> datasets.DatasetDict:
     n_test = max(1, int(math.ceil(test_fraction * len(dataset))))
     n_test = min(n_test, len(dataset) - 1)
     try:
-        parts = dataset.train_test_split(test_size=n_test, stratify_by_column="label", seed=SPLIT_SEED)
+        parts = _stratified_split(dataset, n_test)
     except ValueError:
         # Stratification needs >= 2 examples per class and room for every class; tiny files fall back to random.
         logger.warning("%s: too few examples per class for a stratified split; splitting at random", origin)

@@ -218,7 +218,8 @@
            ["classes", meta.label_names ? meta.label_names.join(" / ") : "not named"],
            ["query", String(meta.attention_query || "cls")],
            ["heads", grid.n_layers + " layers × " + grid.n_heads + " heads"],
-           ["weights", String(meta.weights_fingerprint || "").slice(0, 19)]]);
+           ["weights", String(meta.weights_fingerprint || "").slice(0, 19)],
+           ["plots", String(meta.plots || "")]]);
     if (!grid.metrics.length) { $("grids").appendChild(el("p", "warning", "This results file has no layer × head metric.")); return; }
     function redraw() {
       var metric = metricByKey(grid.metrics, state.metric), series = seriesOf(grid, metric.key, state.method);

@@ -201,3 +201,24 @@ def test_a_run_of_fewer_examples_than_the_minimum_defines_every_head_on_all_of_t
     with open(out / "per_layer_head.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert {row["attention_entropy.defined"] for row in table} == {"True"}
+
+
+def test_columnwise_nanpercentile_equals_numpys_bit_for_bit():
+    """Bootstrap intervals: the grouped percentile gives np.nanpercentile's numbers exactly, for columns without NaN,
+    with some, with all but one, and all NaN (undefined stays NaN)."""
+    import warnings
+
+    from eval_suite.statistics import nanpercentile_columns
+
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(1000, 40))
+    for column in range(40):
+        values[rng.random(1000) < (column % 8) / 8, column] = np.nan
+    values[:, 5] = np.nan
+    values[1:, 6], values[0, 6] = np.nan, 1.5
+    ours = nanpercentile_columns(values, (2.5, 97.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on the all-NaN column
+        theirs = np.nanpercentile(values, (2.5, 97.5), axis=0)
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.isnan(ours[:, 5]).all() and (ours[:, 6] == 1.5).all()

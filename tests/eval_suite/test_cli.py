@@ -197,3 +197,22 @@ def _assert_close(a, b, path="results"):
         assert b == pytest.approx(a, abs=1e-6), path
     else:
         assert a == b, path
+
+
+def test_no_plots_writes_no_png_says_so_and_a_card_still_renders(workspace, tmp_path):
+    """--no-plots: results, CSV and report complete, no plots/ folder, the report names the skip, and the model card
+    draws its own heatmaps from results.json."""
+    render = pytest.importorskip("hub_cards.render")
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main([checkpoint, "--dataset", workspace["data"], "--split", "train", "--limit", "6", "--measures", "quick",
+                 "--output-dir", str(out), "--no-plots"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["plots"] == [] and results["config"]["no_plots"] is True and not (out / "plots").exists()
+    assert (out / "per_layer_head.csv").is_file()
+    assert "skipped (--no-plots)" in (out / "report.html").read_text()
+    render.render_card(checkpoint, out / "results.json")
+    images = sorted(p for p in Path(checkpoint).rglob("*.png"))
+    assert images and all(p.read_bytes()[:8] == PNG_MAGIC for p in images)
+    pages = "".join(page.read_text() for page in Path(checkpoint).rglob("*.md"))  # the card and its pages
+    assert all(f"({p.name})" in pages or f"/{p.name})" in pages for p in images)

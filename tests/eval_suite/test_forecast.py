@@ -31,7 +31,7 @@ def _args(ws, out, *extra):
 
 
 def test_forecast_is_within_30_percent_of_the_measured_time(workspace):
-    """On this run's own batches (same lengths, same sizes), calibrated on its first (longest) batch.
+    """On this run's own batches (same lengths, same sizes), calibrated on a probe of its longest examples.
 
     A shared, loaded machine makes single timings noisy; the bound is the one the forecast promises."""
     out = workspace["root"] / "paper"
@@ -39,6 +39,7 @@ def test_forecast_is_within_30_percent_of_the_measured_time(workspace):
     info = json.loads((out / "run_info.json").read_text())
     forecast, measured = info["forecast"]["measure_seconds"], info["measure_seconds"]
     assert info["forecast"]["calibration_batch"] is not None
+    assert 0 < info["forecast"]["probe_examples"] < 4  # a probe, not the first batch of 4, calibrates it
     assert set(info["forecast"]["stage_seconds"]) == set(info["stage_seconds_main_process"])
     assert 0.7 < forecast / measured < 1.3, (forecast, measured, info)
 
@@ -110,3 +111,19 @@ def test_budget_refusal_when_nothing_fits_says_raise_the_budget(workspace, capsy
     line = [part for part in re.split(r"[\r\n]", capsys.readouterr().err) if part.strip()][-1]
     assert line.endswith("run instead: nothing smaller fits: raise --budget")
     assert not out.exists()
+
+
+def test_the_probe_leaves_the_results_as_they_were(workspace, monkeypatch):
+    """Forecast from the probe alone (first batch too dear to measure first) or from the probe and the first batch:
+    the probe's rows never reach the results, which are the same bytes either way."""
+    from eval_suite import schedule
+
+    outputs = {}
+    for name, cheap in (("probe_only", 0.0), ("first_batch", float("inf"))):
+        monkeypatch.setattr(schedule, "CHEAP_BATCH_SECONDS", cheap)
+        out = workspace["root"] / name
+        assert main(_args(workspace, out, "--measures", "quick", "--limit", "8")) == 0
+        info = json.loads((out / "run_info.json").read_text())["forecast"]
+        assert info["probe_examples"] == 2 and len(info["batches_measured"]) == (0 if cheap == 0 else 1)
+        outputs[name] = (out / "results.json").read_bytes()
+    assert outputs["probe_only"] == outputs["first_batch"]

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -209,3 +210,23 @@ def test_tokenize_counts_truncation(mr):
     with pytest.raises(DataError):
         tokenize_for_classification(sample, tokenizer, 0)
 
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_stratified_split_equals_the_datasets_call(subset):
+    """The fixed splits are datasets' own stratified draw (same seed, same indices), whether the table is a whole
+    dataset or a selection of one (the second carving step splits a selection)."""
+    from hf_sparse_attn import data
+
+    rng = np.random.default_rng(3)
+    labels = rng.choice(3, size=600, p=[0.6, 0.3, 0.1]).tolist()
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    table = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(600)], "label": labels}, features=features)
+    if subset:
+        table = table.select(rng.permutation(600)[:401])
+    ours = data._stratified_split(table, 57)
+    theirs = table.train_test_split(test_size=57, stratify_by_column="label", seed=data.SPLIT_SEED)
+    for part in ("train", "test"):
+        assert list(ours[part]["text"]) == list(theirs[part]["text"])
+        assert list(ours[part]["label"]) == list(theirs[part]["label"])
