@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "influence of inputs and representations (Meister et al. 2021, generalised). Writes "
                     "OUTDIR/results.json, per_layer_head.csv, report.html and plots/*.png.")
     p.groups["model"].add_argument("--threads", type=int, default=None,
-                                   help="torch CPU threads per process (default: one per free core)")
+                                   metavar="N", help="torch CPU threads per process (default: one per free core)")
     p.groups["output"].add_argument("--card", action="store_true",
                                     help="render the model card into the checkpoint folder (hub_cards)")
     try:

@@ -192,23 +192,21 @@ class EvalRequest:
                                     "...; default: the checkpoint's own, softmax for stock checkpoints)", "model",
                                     default=None, metavar="MAPPING")
     text_column: str = setting("column holding the text, in a local file or Hub dataset", "data", default="text")
-    text_pair_column: str | None = setting("second text of each example (sentence pairs: NLI, paraphrase, QA "
-                                           "relevance), encoded with the first as one pair; both texts' tokens are "
-                                           "content tokens", "data", default=None)
+    text_pair_column: str | None = setting("second text of sentence pairs (NLI, paraphrase), encoded with the "
+                                           "first as one pair", "data", default=None)
     label_column: str = setting("column holding the label (integer class or a name)", "data", default="label")
     batch_size: int = setting("examples measured together (larger needs more memory and is not faster on CPU)",
                               "model", default=32)
     max_length: int | None = setting("truncate texts to this many tokens (default: the model's limit)", "data",
                                      default=None)
     resume: bool = setting("skip batches whose rows are already in OUTDIR/rows", "output", default=False)
-    overwrite: bool = setting("replace the results of another checkpoint or setting in --output-dir (the new "
-                              "results are complete before the old ones go)", "output", default=False)
+    overwrite: bool = setting("replace the results of another run in --output-dir (once the new ones are "
+                              "complete)", "output", default=False)
     label_map: str | None = setting("label values to use, numbered 0..K-1 in this order (as in training)", "data",
                                     default=None, metavar="RAW=NAME,...")
     plot_examples: int = setting("token-level views (plots, report) for this many examples", "output", default=3)
-    no_plots: bool = setting("write no PNG plots (plots/*.png, about half a CPU-second each); results.json, the CSV "
-                             "and report.html are complete without them, and a model card draws its own heatmaps",
-                             "output", default=False)
+    no_plots: bool = setting("write no PNG plots (half a CPU-second each); results, CSV, report and cards "
+                             "need none", "output", default=False)
     cpu: bool = setting("run on CPU even when a GPU is visible (= --device cpu)", "model", default=False)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     aggregation: AggregateConfig = field(default_factory=AggregateConfig)
