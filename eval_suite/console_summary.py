@@ -96,7 +96,8 @@ def undefined_heads_lines(results: dict) -> list[str]:
         lines.append("  - sparse attention in the last layer only: train with --attn-layers=-1 (attn_layers=[-1] in "
                      "Python); the other layers keep softmax, which gives every token some weight")
     partly = sum(1 for h in undefined if 0 < (h.get("defined_share") or 0))
-    helps = (f"this can define the {partly} undefined heads that reach content tokens in some examples" if partly
+    which = "the undefined head that reaches" if partly == 1 else f"the {partly} undefined heads that reach"
+    helps = (f"this can define {which} content tokens in some examples" if partly
              else "no undefined head here reaches content tokens in any example, so this alone will not define them")
     lines.append(f"  - more examples (--limit; now {results['n_examples']}) or a lower --min-examples (now "
                  f"{min_examples}): a head is defined when its attention reaches content tokens in at least that "
