@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batching import TokenBatch
+from .batching import TokenBatch, length_sorted_chunks
 from .forward_context import ForwardContext, attention_rows
 
 __all__ = [
@@ -207,8 +207,6 @@ class RepresentationLeaveOneOut(Attribution):
 
     def __call__(self, ctx, measured: torch.Tensor | None = None):
         """[B, n, L]; ``measured`` [B, L] bool: the content positions to mask (default: all; 0 at the others)."""
-        from .input_to_representation import _chunks
-
         batch, base, tap = ctx.batch, ctx.base, ctx.classifier.tap
         rows, positions = ctx.content_variants(measured)
         n_layers = len(base.attentions)
@@ -218,7 +216,7 @@ class RepresentationLeaveOneOut(Attribution):
         lengths = batch.attention_mask.sum(dim=1)
         order = torch.sort(lengths[rows], stable=True).indices
         rows, positions = rows[order], positions[order]
-        chunks = list(_chunks(lengths[rows].tolist(), ctx.max_tokens))
+        chunks = list(length_sorted_chunks(lengths[rows].tolist(), ctx.max_tokens))
         for layer in range(n_layers):
             hidden = base.hidden_states[layer].detach()
             with torch.inference_mode():

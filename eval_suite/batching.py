@@ -132,3 +132,14 @@ def check_batches_fit(model_config, batches: list[list[int]], lengths: list[int]
                            fix="lower --batch-size, --max-batch-tokens or --max-length")
     except LimitError as error:
         raise EvalError(str(error)) from None
+
+
+def length_sorted_chunks(lengths: list[int], max_tokens: int):
+    """Consecutive slices of rows sorted by length, each with rows x its longest row <= max_tokens (>= 1 row)."""
+    start = 0
+    while start < len(lengths):
+        stop = start + 1
+        while stop < len(lengths) and (stop - start + 1) * lengths[stop] <= max_tokens:
+            stop += 1
+        yield slice(start, stop)
+        start = stop

@@ -31,8 +31,6 @@ import torch
 from .forward_context import ForwardContext
 from .metrics import top_k_mask
 
-from .methods.faithfulness import DEFAULT_FRACTIONS
-
 
 def removal_counts(fraction: float, n_content: torch.Tensor) -> torch.Tensor:
     """max(1, ceil(fraction * n)), at most n, per example."""
@@ -49,7 +47,7 @@ def tie_break_keys(indices: list[int], lengths: list[int], padded_length: int, s
     return torch.tensor(keys)
 
 
-def faithfulness_curves(ctx: ForwardContext, rankings: dict[str, torch.Tensor], fractions=DEFAULT_FRACTIONS,
+def faithfulness_curves(ctx: ForwardContext, rankings: dict[str, torch.Tensor], fractions,
                         tie_break: torch.Tensor | None = None):
     """Per-fraction comprehensiveness and sufficiency for every ranking: two tensors [B, n_rankings, n_fractions].
 
@@ -101,7 +99,7 @@ def _drops(ctx: ForwardContext, keep_all: torch.Tensor) -> torch.Tensor:
     return full[:, None] - probs[slot_of.to(probs.device)]
 
 
-def greedy_comprehensiveness_bounds(ctx: ForwardContext, fractions=DEFAULT_FRACTIONS) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_comprehensiveness_bounds(ctx: ForwardContext, fractions) -> tuple[torch.Tensor, torch.Tensor]:
     """(upper, lower) comprehensiveness curves [B, n_fractions] of the greedy best and worst removal orders."""
     batch = ctx.batch
     content = batch.content_mask

@@ -47,7 +47,7 @@ import torch
 
 from . import metrics as M
 from .attribution import ForwardContext, InputToRepresentation
-from .batching import TokenBatch
+from .batching import TokenBatch, length_sorted_chunks
 
 __all__ = ["forecast_work", "input_to_representation", "input_to_representation_length_buckets",
            "input_to_representation_replicated", "length_buckets", "sampled_position_summaries"]
@@ -190,7 +190,7 @@ def input_to_representation_replicated(ctx: ForwardContext, positions: torch.Ten
     order = torch.sort(lengths[examples], stable=True).indices  # shortest rows first: chunks of similar length
     examples, where = examples[order], where[order]
     done = 0
-    for rows in _chunks(lengths[examples].tolist(), ctx.max_grad_tokens):
+    for rows in length_sorted_chunks(lengths[examples].tolist(), ctx.max_grad_tokens):
         b, p = examples[rows], where[rows]
         n = int(lengths[b].max())
         grads = _row_gradients(ctx, b, p, n, wanted[b, :, p], mode)  # [n_layers] x ([R, n] or None)
@@ -210,17 +210,6 @@ def _wanted(ctx: ForwardContext, positions: torch.Tensor | None) -> torch.Tensor
     if positions is None:
         return keep[:, None, :].expand(keep.shape[0], n_layers, keep.shape[1]).clone()
     return positions.to(torch.bool) & keep[:, None, :]
-
-
-def _chunks(lengths: list[int], max_tokens: int):
-    """Consecutive slices of rows sorted by length, each with rows x its longest row <= max_tokens (>= 1 row)."""
-    start = 0
-    while start < len(lengths):
-        stop = start + 1
-        while stop < len(lengths) and (stop - start + 1) * lengths[stop] <= max_tokens:
-            stop += 1
-        yield slice(start, stop)
-        start = stop
 
 
 def _row_gradients(ctx: ForwardContext, examples, positions, n: int, layers_wanted, mode: str) -> list:
