@@ -82,39 +82,41 @@ def _gap(record: dict, method: str) -> float | None:
     return None if rep is None or inp is None else rep - inp
 
 
+def _by_method(intervals_of) -> tuple[list[str], list[str]]:
+    """Per input method, the sign verdicts (+1) of the intervals ``intervals_of(method)`` gives as (label, Interval)
+    and their text; undefined intervals (no seed) are left out."""
+    texts, verdicts = [], []
+    for method in INPUT_PAIR:
+        found = [(label, interval) for label, interval in intervals_of(method) if interval.n]
+        method_verdicts = [sign_verdict(interval, +1) for _, interval in found]
+        if found:
+            texts.append(f"{method} ({combine(method_verdicts)}): "
+                         + "; ".join(f"{label} {_text(interval)}" for label, interval in found))
+        verdicts += method_verdicts
+    return texts, verdicts
+
+
 def repr_vs_input_findings(records: dict) -> list[dict]:
     """Representation vs input agreement, by gradient AND by leave-one-out (the paper's LOO numbers go the other way
     on SST and 20News), each paired over the seeds of one model; then whether sparsemax widens the gap."""
-    texts, verdicts = [], []
-    for method in INPUT_PAIR:
-        cells, method_verdicts = [], []
+    def gap_per_model(method):
         for dataset in DATASETS:
             for mapping in ("softmax", "sparsemax"):
                 gaps = [_gap(r, method) for r in group(records, ENCODER, dataset, mapping)]
-                interval = mean_interval(gaps, TAU_DIFFERENCE_RANGE)
-                if interval.n:
-                    method_verdicts.append(sign_verdict(interval, +1))
-                    cells.append(f"{dataset} {mapping} {_text(interval)}")
-        if cells:
-            texts.append(f"{method} ({combine(method_verdicts)}): " + "; ".join(cells))
-        verdicts += method_verdicts
+                yield f"{dataset} {mapping}", mean_interval(gaps, TAU_DIFFERENCE_RANGE)
+
+    def widening_by_sparsemax(method):
+        for dataset in DATASETS:
+            gaps = {m: by_seed(group(records, ENCODER, dataset, m), lambda r, k=method: _gap(r, k))
+                    for m in ("softmax", "sparsemax")}
+            yield dataset, paired_by_seed(gaps["sparsemax"], gaps["softmax"], (-4.0, 4.0))
+
+    texts, verdicts = _by_method(gap_per_model)
     out = [_finding("repr_vs_input", "Attention agrees more with the importance of the representations than with "
                     "that of the inputs (tested on gradient and leave-one-out importance).", combine(verdicts),
                     ("Ours, excess tau(att, repr) - excess tau(att, input) per seed: " + " | ".join(texts) + ".")
                     if texts else "")]
-    texts, verdicts = [], []
-    for method in INPUT_PAIR:
-        cells, method_verdicts = [], []
-        for dataset in DATASETS:
-            gaps = {m: by_seed(group(records, ENCODER, dataset, m), lambda r, k=method: _gap(r, k))
-                    for m in ("softmax", "sparsemax")}
-            interval = paired_by_seed(gaps["sparsemax"], gaps["softmax"], (-4.0, 4.0))
-            if interval.n:
-                method_verdicts.append(sign_verdict(interval, +1))
-                cells.append(f"{dataset} {_text(interval)}")
-        if cells:
-            texts.append(f"{method} ({combine(method_verdicts)}): " + "; ".join(cells))
-        verdicts += method_verdicts
+    texts, verdicts = _by_method(widening_by_sparsemax)
     out.append(_finding("repr_vs_input_sparsemax", "... and more so under sparsemax.", combine(verdicts),
                         ("Ours, gap under sparsemax minus gap under softmax, paired by seed: " + " | ".join(texts) + ".")
                         if texts else ""))
