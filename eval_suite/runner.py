@@ -1,8 +1,8 @@
 """checkpoint -> per-example rows -> results.json, per_layer_head.csv, plots; resumable, and split over processes.
 
-Work is planned as fixed batches (examples sorted by token length, then index, chunked by ``batch_size``). The
-plan depends only on the data, the checkpoint and the settings, never on the number of processes, so every
-batch is computed identically whether one process or several run it: ``accelerate launch`` gives exactly the
+Work is planned as fixed batches (examples sorted by token length, then index, chunked by ``batch_size``, padded
+tokens and the share of padding; :func:`plan_batches`). The plan depends only on the data, the checkpoint and the
+settings, never on the number of processes, so every batch is computed identically whether one process or several run it: ``accelerate launch`` gives exactly the
 numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
 atomically) together with the plan's fingerprint; ``--resume`` skips the batches already there after checking that
 each was produced by this plan. Processes take every k-th remaining batch, send their rows to the main process
@@ -76,18 +76,23 @@ def select_examples(n_available: int, limit: int | None, seed: int) -> list[int]
 
 
 def plan_batches(indices: list[int], lengths: list[int], batch_size: int,
-                 max_batch_tokens: int | None = None) -> list[list[int]]:
+                 max_batch_tokens: int | None = None, max_padding: float | None = None) -> list[list[int]]:
     """Positions into ``indices`` grouped into batches of similar length (sorted by length, then index): at most
-    ``batch_size`` examples and, when given, at most ``max_batch_tokens`` padded tokens (at least one example)."""
+    ``batch_size`` examples, when given at most ``max_batch_tokens`` padded tokens, and when given at most
+    ``max_padding`` padding per real token (a batch closes before the example that would pass it). Every batch
+    has at least one example."""
     order = sorted(range(len(indices)), key=lambda k: (lengths[k], indices[k]))
-    batches, current = [], []
+    batches, current, real = [], [], 0
     for k in order:
         longest = lengths[k]  # sorted by length: the newest member is the longest
+        padded = (len(current) + 1) * longest
         if current and (len(current) == batch_size or
-                        (max_batch_tokens is not None and (len(current) + 1) * longest > max_batch_tokens)):
+                        (max_batch_tokens is not None and padded > max_batch_tokens) or
+                        (max_padding is not None and padded > (1 + max_padding) * (real + longest))):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(k)
+        real += longest
     return batches + ([current] if current else [])
 
 
@@ -224,7 +229,7 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
     batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
-                           request.max_batch_tokens)
+                           request.max_batch_tokens, request.max_padding)
     check_batches_fit(classifier.model.config, batches, [len(e["input_ids"]) for e in encodings], device)
     longest = max((len(e["special_tokens_mask"]) - sum(e["special_tokens_mask"]) for e in encodings), default=0)
     measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]),
@@ -428,6 +433,7 @@ def build_results(request: EvalRequest, plan: _Plan, rows: dict) -> dict:
         "limit": request.limit,
         "batch_size": request.batch_size,
         "max_batch_tokens": request.max_batch_tokens,
+        "max_padding": request.max_padding,
         "no_plots": request.no_plots,
         "max_length": plan.max_length,
         "n_truncated": plan.n_truncated,

@@ -217,6 +217,9 @@ class EvalRequest:
                                            flag="budget", parse=_duration, metavar="DURATION")
     max_batch_tokens: int = setting("at most this many padded tokens per batch (long documents: fewer examples)",
                                     "model", default=4096)
+    max_padding: float = setting("at most this many padding tokens per real token in a batch: on CPU a padded token "
+                                 "costs what a real one does (--max-padding 1e9: batches of --batch-size)", "model",
+                                 default=0.2)
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
@@ -227,6 +230,9 @@ class EvalRequest:
         for name in ("batch_size", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.max_padding >= 0:  # NaN too
+            raise EvalError(f"--max-padding must be a number >= 0 (padding tokens per real token), got "
+                            f"{self.max_padding}")
         if self.limit is not None and self.limit < 1:
             raise EvalError(f"--limit must be a positive number of examples, got {self.limit}; leave it out to "
                             "evaluate the whole split")

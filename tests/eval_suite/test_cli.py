@@ -91,11 +91,13 @@ def test_same_seed_same_bytes_and_resume_recomputes_only_missing_batches(first_r
     assert (out / "results.json").read_bytes() == (first_run / "results.json").read_bytes()
 
     shards = sorted((out / "rows").glob("batch_*.npz"))
-    assert len(shards) == 3  # 12 examples, batches of 5
+    assert len(shards) >= 3  # 12 examples, batches of at most 5
+    with np.load(shards[1]) as rows:
+        lost = len(rows["example.index"])
     shards[1].unlink()
     assert main(_args(workspace, out, "--resume")) == 0
     info = json.loads((out / "run_info.json").read_text())
-    assert info["examples_measured_this_run"] == 5
+    assert info["examples_measured_this_run"] == lost
     assert (out / "results.json").read_bytes() == (first_run / "results.json").read_bytes()
 
     # Different settings must not mix with stored rows.

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from eval_suite.cli import main
+from eval_suite.runner import shard_plan_id
+from hf_sparse_attn.constants import PLAN_FILE
 from tests.helpers.crash import CRASH_EXIT_STATUS
 from tests.helpers.faults import (assert_one_line_error, free_space, leave_free, leftovers, run_command, small_disk,
                                   snapshot, start_paused)
@@ -79,7 +81,9 @@ def test_another_evaluation_into_a_used_folder_needs_overwrite_which_leaves_no_s
     assert _token_plots(out) != _token_plots(evaluated)  # other examples, other token plots ...
     assert {f"plots/{p.name}" for p in (out / "plots").iterdir()} == set(results["plots"])  # ... and no stale ones
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder went with the swap
-    assert len(list((out / "rows").glob("batch_*.npz"))) == 2
+    plan = json.loads((out / "rows" / PLAN_FILE).read_text())
+    shards = sorted((out / "rows").glob("batch_*.npz"))
+    assert len(shards) == plan["n_batches"] and {shard_plan_id(s) for s in shards} == {plan["plan_id"]}
 
 
 def test_resume_refuses_row_files_of_another_checkpoint(ws, evaluated, tmp_path, capsys):
@@ -294,6 +298,8 @@ HANDLED = [
     (lambda ws, a: a.__setitem__(a.index("--batch-size") + 1, "0"), "--batch-size must be >= 1"),
     (lambda ws, a: a.__setitem__(a.index("--ig-steps") + 1, "0"), "--ig-steps must be >= 1"),
     (lambda ws, a: a.extend(["--max-length", "2"]), "--max-length must be >= 3"),
+    (lambda ws, a: a.extend(["--max-padding", "-0.5"]), "--max-padding must be a number >= 0"),
+    (lambda ws, a: a.extend(["--max-padding", "nan"]), "--max-padding must be a number >= 0"),
     (lambda ws, a: a.extend(["--fractions", "0,0.5"]), "--fractions must be numbers in (0, 1]"),
     (lambda ws, a: a.extend(["--fractions", "1.5"]), "--fractions must be numbers in (0, 1]"),
     (lambda ws, a: a.extend(["--plot-examples", "-1"]), "--plot-examples must be >= 0"),
