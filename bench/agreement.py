@@ -234,15 +234,21 @@ def documents(classifier, L: int, count: int):
 
 
 def mr_batches(classifier, n: int = 64):
-    """The runner's batches (sorted by length, 32 per batch) of ``n`` seeded MR test sentences."""
+    """The runner's batches of ``n`` seeded MR test sentences, planned with its default settings (those of the tree
+    on ``sys.path``: a tree before ``max_padding`` plans by batch size and padded tokens alone)."""
+    import dataclasses
+
     from eval_suite.batching import collate, encode_texts
     from eval_suite.runner import plan_batches, select_examples
+    from eval_suite.settings import EvalRequest
     from hf_sparse_attn.data import load_text_classification
 
     test = load_text_classification("mr")["test"]
     indices = select_examples(len(test), n, seed=0)
     encodings, _ = encode_texts(classifier.tokenizer, [test[i]["text"] for i in indices], classifier.max_length)
-    plan = plan_batches(indices, [len(e["input_ids"]) for e in encodings], 32, 4096)
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalRequest)}
+    limits = [defaults[name] for name in ("batch_size", "max_batch_tokens", "max_padding") if name in defaults]
+    plan = plan_batches(indices, [len(e["input_ids"]) for e in encodings], *limits)
     return [collate([encodings[k] for k in members], classifier.tokenizer.pad_token_id) for members in plan]
 
 
@@ -255,7 +261,7 @@ def bench_eq5(lengths, sample: int, work: Path) -> list[str]:
              "loop / best | auto picks | auto s | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     cases = [(f"L = {L}: {max(1, min(32, 1024 // L))} documents of {3 * L // 4}-{L} tokens", L,
               [documents(classifier, L, max(1, min(32, 1024 // L)))]) for L in lengths]
-    cases.append(("64 MR test sentences, 2 runner batches", 0, mr_batches(classifier)))
+    cases.append(("64 MR test sentences, the runner's batches", 0, mr_batches(classifier)))
     for label, L, batches in cases:
         seconds = dict.fromkeys(("loop", *STRATEGIES[1:], "auto"), 0.0)
         picks, diff = set(), 0.0

@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 
 from .batching import TokenBatch
+from .settings import EXTRA_PASS_TOKENS, GRAPH_PASS_TOKENS
 
 __all__ = ["BasePass", "ForwardContext", "attention_rows"]
 
@@ -37,7 +38,8 @@ class ForwardContext:
     that keep a graph.
     """
 
-    def __init__(self, classifier, batch: TokenBatch, *, max_tokens: int = 16384, max_grad_tokens: int = 4096):
+    def __init__(self, classifier, batch: TokenBatch, *, max_tokens: int = EXTRA_PASS_TOKENS,
+                 max_grad_tokens: int = GRAPH_PASS_TOKENS):
         self.classifier = classifier
         self.model = classifier.model
         self.batch = batch.to(classifier.device)

@@ -41,6 +41,15 @@ def setting(help: str, group: str | None = None, **kwargs):
     return field(metadata=metadata, **kwargs)
 
 
+# Rows x length of one extra forward pass (leave-one-out variants, representation leave-one-out, faithfulness).
+# Larger chunks are slower on CPU, not faster: a chunk's FFN activations and attention scores must stay within the
+# caches. MiniLM paper tier, one thread: 16,384 tokens took 57 CPU-s on 24 MR sentences and 115 on a 512-token
+# document (K = 64), 2,048 tokens 44-46 and 92-102 (bench/measuring_path.py, docs/performance.md).
+EXTRA_PASS_TOKENS = 2048
+# The same for passes that keep a graph (eq. 5, integrated gradients): 1,024-4,096 measured alike.
+GRAPH_PASS_TOKENS = 4096
+
+
 @dataclass
 class AggregateConfig:
     """How per-example rows become aggregates (recorded in results.json as config.aggregation)."""
@@ -91,8 +100,8 @@ class MeasureConfig:
                                     "positions", "measures", default=64, metavar="K")
     sample_above: int = setting("a document with more content tokens than this is long", "measures", default=128)
     longest_content: int | None = None  # the longest document of the run (set by the runner): sampled rows or not
-    max_tokens: int = 16384  # rows x length of one extra forward pass (memory)
-    max_grad_tokens: int = 4096  # the same for passes that keep a graph
+    max_tokens: int = EXTRA_PASS_TOKENS  # rows x length of one extra forward pass
+    max_grad_tokens: int = GRAPH_PASS_TOKENS  # the same for passes that keep a graph
     token_map_indices: frozenset = field(default_factory=frozenset)  # examples whose token-level maps to keep
     params: dict = field(default_factory=_default_params)  # measure (or "family:*") -> its parameters dataclass
     left_out: dict = field(default_factory=dict, compare=False)  # measurement -> why a tier's member was dropped
@@ -217,9 +226,8 @@ class EvalRequest:
                                            flag="budget", parse=_duration, metavar="DURATION")
     max_batch_tokens: int = setting("at most this many padded tokens per batch (long documents: fewer examples)",
                                     "model", default=4096)
-    max_padding: float = setting("at most this many padding tokens per real token in a batch: on CPU a padded token "
-                                 "costs what a real one does (--max-padding 1e9: batches of --batch-size)", "model",
-                                 default=0.2)
+    max_padding: float = setting("padding tokens per real token a batch may hold (each costs what a real one does)",
+                                 "model", default=0.2)
 
     def validate(self) -> None:
         """One-line EvalError for settings that are wrong before anything is loaded."""
