@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from .batching import TokenBatch
+from .batching import TokenBatch, length_sorted_chunks
 from .settings import EXTRA_PASS_TOKENS, GRAPH_PASS_TOKENS
 
 __all__ = ["BasePass", "ForwardContext", "attention_rows"]
@@ -119,20 +119,15 @@ class ForwardContext:
         lengths = variants.attention_mask.sum(dim=1)
         order = torch.sort(lengths, stable=True).indices
         sorted_lengths = lengths[order].tolist()
-        start = 0
-        while start < len(sorted_lengths):
-            stop = start + 1  # grow the chunk while rows x its longest variant stays within the budget
-            while stop < len(sorted_lengths) and (stop - start + 1) * sorted_lengths[stop] <= self.max_tokens:
-                stop += 1
-            pick = order[start:stop]
-            length = max(1, sorted_lengths[stop - 1])
+        for chunk in length_sorted_chunks(sorted_lengths, self.max_tokens):
+            pick = order[chunk]
+            length = max(1, sorted_lengths[chunk.stop - 1])
             sub = TokenBatch(variants.input_ids[pick, :length], variants.attention_mask[pick, :length],
                              variants.content_mask[pick, :length],
                              None if variants.token_type_ids is None else variants.token_type_ids[pick, :length])
             probs = torch.softmax(self.model(**sub.model_inputs()).logits.float(), dim=-1)
             out[pick] = probs.gather(1, targets[pick, None]).squeeze(1)
-            start = stop
-            self.tick(start / len(sorted_lengths))
+            self.tick(chunk.stop / len(sorted_lengths))
         return out
 
     def kept_probability(self, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Work is planned as fixed batches (examples sorted by token length, then index, chunked by ``batch_size``, padded
 tokens and the share of padding; :func:`plan_batches`). The plan depends only on the data, the checkpoint and the
-settings, never on the number of processes, so every batch is computed identically whether one process or several run it: ``accelerate launch`` gives exactly the
-numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
+settings, never on the number of processes, so every batch is computed identically whether one process or several
+run it: ``accelerate launch`` gives exactly the numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
 atomically) together with the plan's fingerprint; ``--resume`` skips the batches already there after checking that
 each was produced by this plan. Processes take every k-th remaining batch, send their rows to the main process
 (``accelerate.utils.gather_object``), and the main process aggregates and writes the outputs, each to a temporary
