@@ -1,7 +1,7 @@
 """The measuring loop of one process: forecast from a probe, keep to a budget, measure, show progress.
 
 Each process measures its share of the planned batches longest first. Before any of them, the main process
-measures a probe (a few of the longest examples, apart from the plan) that calibrates the forecast
+measures a probe (one or two of the longest examples, apart from the plan) that calibrates the forecast
 (:mod:`eval_suite.forecast`), prints the forecast (total time and each stage's share) and, when ``--budget`` is
 given and the forecast exceeds it, every process stops with one line naming a cheaper command before anything is
 written. Every measured batch refines the forecast. The progress bar counts examples and advances after every stage
@@ -76,7 +76,8 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     try:  # closed before an error propagates: the error line stays the last thing on stderr
         position, deferred = float(n_done), []
         if state.is_main_process and remaining:
-            _probe(plan, forecast, max(remaining, key=lambda b: (forecast.shapes[b].length, b)), bar)
+            _probe(plan, forecast, *probe_members(plan.encodings, [(b, plan.batches[b]) for b in remaining],
+                                                  forecast), bar)
             if mine and sum(forecast.batch_seconds(mine[0]).values()) <= CHEAP_BATCH_SECONDS:
                 # Cheap enough to measure before the forecast: the first (longest) batch calibrates it better than
                 # the probe (per-batch overheads), and it is stored only once the run is within its budget.
@@ -95,19 +96,37 @@ def run_batches(plan, remaining: list[int], state, *, budget_seconds: float | No
     return result
 
 
-PROBE_EXAMPLES = 2  # examples of the longest planned batch measured before the forecast (1 from 256 tokens on)
+PROBE_EXAMPLES = 2  # the longest examples measured before the forecast
+LONG_PROBE_TOKENS = 256  # from this length on, one example
+# Above this forecast before calibration (every stage's factor 1) the probe is the one longest example: a paper
+# run's two longest MR sentences cost 12 CPU-s. Shorter examples would be cheaper still but mislead: per-call costs
+# dominate them, and a probe of two 6-token sentences forecast a quarter of a 100-sentence paper run's time.
+PROBE_SECONDS = 2.0
 CHEAP_BATCH_SECONDS = 5.0  # a first batch forecast under this is measured before the forecast is printed
 
 
-def _probe(plan, forecast: Forecast, batch_id: int, bar) -> None:
-    """Measure the longest examples of the longest planned batch apart from the plan (their rows are dropped) and
-    calibrate the forecast on them: seconds, not the minutes a whole first batch of a paper run takes."""
+def probe_members(encodings: list[dict], batches: list[tuple[int, list[int]]], forecast: Forecast
+                  ) -> tuple[int, list[int]]:
+    """(planned batch, examples) of the probe: the two longest examples of the longest batch, or its one longest
+    when those two would cost more than :data:`PROBE_SECONDS` or it has :data:`LONG_PROBE_TOKENS` tokens. Work
+    grows with the square of the length, so the longest examples are the ones whose cost the forecast must get
+    right."""
+    batch_id, members = max(batches, key=lambda b: (max(len(encodings[k]["input_ids"]) for k in b[1]), b[0]))
+    members = sorted(members, key=lambda k: len(encodings[k]["input_ids"]))[-PROBE_EXAMPLES:]
+    shape = batch_shapes(encodings, [members])[0]
+    if shape.length >= LONG_PROBE_TOKENS or sum(forecast.shape_seconds(shape).values()) > PROBE_SECONDS:
+        members = members[-1:]
+    return batch_id, members
+
+
+def _probe(plan, forecast: Forecast, batch_id: int, members: list[int], bar) -> None:
+    """Measure the probe's examples apart from the plan (their rows are dropped) and calibrate the forecast on
+    them: seconds, not the minutes a whole first batch of a paper run takes."""
     from .batching import collate
     from .batch_rows import measure_batch
 
     classifier = plan.classifier
-    members = sorted(plan.batches[batch_id], key=lambda k: len(plan.encodings[k]["input_ids"]))
-    members = members[-(1 if forecast.shapes[batch_id].length >= 256 else PROBE_EXAMPLES):]
+    members = sorted(members, key=lambda k: len(plan.encodings[k]["input_ids"]))
     bar.set_postfix_str("forecast", refresh=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict = {}
@@ -177,8 +196,8 @@ def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, 
         line = describe(total, per_stage, n_examples, n_batches, state.num_processes)
         probe = forecast.probe_shape
         if probe is not None:
-            line += (f"; calibrated on {probe.size} of the longest examples ({probe.length} tokens, "
-                     f"{forecast.probe_seconds:.1f} s)")
+            line += (f"; calibrated on {probe.size} example{'s' if probe.size > 1 else ''} of {probe.length} "
+                     f"tokens ({forecast.probe_seconds:.1f} s)")
         for batch_id, seconds in forecast.measured.items():
             line += f" and batch {batch_id} ({forecast.shapes[batch_id].size} examples, {sum(seconds.values()):.1f} s)"
         result.forecast = {"measure_seconds": total, "stage_seconds": per_stage,

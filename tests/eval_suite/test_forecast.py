@@ -63,6 +63,29 @@ def test_the_forecast_grows_with_the_tier_and_the_length():
     assert sampled_eq5.flops < exact_eq5.flops / 10
 
 
+def _encodings(lengths):
+    return [{"input_ids": [5] * n, "special_tokens_mask": [1] + [0] * (n - 2) + [1]} for n in lengths]
+
+
+def test_the_probe_is_the_longest_examples_and_only_one_when_two_would_be_dear():
+    """The probe sees the lengths that dominate the total; a paper run's two longest sentences cost many seconds
+    before the forecast is printed, so it takes the longest alone (as it does from 256 tokens on)."""
+    from eval_suite.schedule import PROBE_SECONDS, probe_members
+
+    model = ModelShape(n_layers=6, n_heads=12, d_model=384, d_ff=1536)
+    encodings = _encodings([20, 61, 58, 300, 30, 40])
+    batches = [(0, [0, 4]), (1, [1, 2, 5]), (2, [3])]
+    shapes = batch_shapes(encodings, [m for _, m in batches])
+    fast = Machine(flop_rate=1e13, call_seconds=1e-4)
+    slow = Machine(flop_rate=1e10, call_seconds=1e-3)
+    for tier, machine, expected in (("quick", fast, [2, 1]), ("paper", fast, [2, 1]), ("paper", slow, [1])):
+        forecast = Forecast(model, MeasureConfig.of(measures=tier), machine, shapes)
+        pair = sum(forecast.shape_seconds(batch_shapes(encodings, [[1, 2]])[0]).values())
+        assert (pair > PROBE_SECONDS) == (len(expected) == 1), (tier, pair)
+        assert probe_members(encodings, batches[:2], forecast) == (1, expected)
+        assert probe_members(encodings, batches, forecast) == (2, [3])  # from 256 tokens on, one example
+
+
 def test_cheaper_options_name_the_largest_tier_that_fits():
     model = ModelShape(n_layers=2, n_heads=4, d_model=32, d_ff=37)
     config = MeasureConfig.of(measures="full")
