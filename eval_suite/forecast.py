@@ -8,8 +8,9 @@ faithfulness variants): forecast(batch, stage) = factor(stage) x model seconds(b
 from a probe: the two longest examples of the longest planned batch, or the longest alone where two would be dear
 (:func:`eval_suite.schedule.probe_members`), measured apart from the plan, so the forecast is printed after
 seconds, not after the minutes a whole first batch of a paper run takes, and it sees the lengths that dominate the
-total (work grows with the square of the length); a run that would not fit in memory fails there too. Every measured batch then refines them (measured over model
-seconds, summed over the batches so far), which the progress bar's ETA follows.
+total (work grows with the square of the length); a run that would not fit in memory fails there too. Every
+measured batch then refines them (measured over model seconds, summed over the batches so far), which the progress
+bar's ETA follows.
 """
 
 from __future__ import annotations

@@ -196,8 +196,8 @@ def _check_budget(plan, forecast: Forecast, per_process, state, budget_seconds, 
         line = describe(total, per_stage, n_examples, n_batches, state.num_processes)
         probe = forecast.probe_shape
         if probe is not None:
-            line += (f"; calibrated on {probe.size} example{'s' if probe.size > 1 else ''} of {probe.length} "
-                     f"tokens ({forecast.probe_seconds:.1f} s)")
+            examples = "the longest example" if probe.size == 1 else f"the {probe.size} longest examples"
+            line += f"; calibrated on {examples} ({probe.length} tokens, {forecast.probe_seconds:.1f} s)"
         for batch_id, seconds in forecast.measured.items():
             line += f" and batch {batch_id} ({forecast.shapes[batch_id].size} examples, {sum(seconds.values()):.1f} s)"
         result.forecast = {"measure_seconds": total, "stage_seconds": per_stage,
