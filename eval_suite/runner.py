@@ -3,11 +3,11 @@
 Work is planned as fixed batches (examples sorted by token length, then index, chunked by ``batch_size``, padded
 tokens and the share of padding; :func:`plan_batches`). The plan depends only on the data, the checkpoint and the
 settings, never on the number of processes, so every batch is computed identically whether one process or several
-run it: ``accelerate launch`` gives exactly the numbers of a single-process run. Each finished batch is stored as ``OUTDIR/rows/batch_NNNNN.npz`` (written
-atomically) together with the plan's fingerprint; ``--resume`` skips the batches already there after checking that
-each was produced by this plan. Processes take every k-th remaining batch, send their rows to the main process
-(``accelerate.utils.gather_object``), and the main process aggregates and writes the outputs, each to a temporary
-file renamed into place.
+run it: ``accelerate launch`` gives exactly the numbers of a single-process run. Each finished batch is stored as
+``OUTDIR/rows/batch_NNNNN.npz`` (written atomically) together with the plan's fingerprint; ``--resume`` skips the
+batches already there after checking that each was produced by this plan. Processes take every k-th remaining batch,
+send their rows to the main process (``accelerate.utils.gather_object``), and the main process aggregates and writes
+the outputs, each to a temporary file renamed into place.
 
 One evaluation at a time per output folder (``hf_sparse_attn.output_dir.OutputLock``, held by the main process
 from before anything loads). A folder that holds another checkpoint's or another setting's results is refused
@@ -228,9 +228,9 @@ def plan_evaluation(request: EvalRequest, device, is_main_process: bool = True) 
     encodings, n_truncated = encode_texts(classifier.tokenizer, texts, max_length, pairs)
     if n_truncated and is_main_process:
         print(f"eval_suite: truncated {n_truncated} of {len(texts)} texts to {max_length} tokens", flush=True)
-    batches = plan_batches(indices, [len(e["input_ids"]) for e in encodings], request.batch_size,
-                           request.max_batch_tokens, request.max_padding)
-    check_batches_fit(classifier.model.config, batches, [len(e["input_ids"]) for e in encodings], device)
+    lengths = [len(e["input_ids"]) for e in encodings]
+    batches = plan_batches(indices, lengths, request.batch_size, request.max_batch_tokens, request.max_padding)
+    check_batches_fit(classifier.model.config, batches, lengths, device)
     longest = max((len(e["special_tokens_mask"]) - sum(e["special_tokens_mask"]) for e in encodings), default=0)
     measure = dataclasses.replace(request.measure, token_map_indices=frozenset(indices[: request.plot_examples]),
                                   longest_content=longest)

@@ -43,8 +43,8 @@ def setting(help: str, group: str | None = None, **kwargs):
 
 # Rows x length of one extra forward pass (leave-one-out variants, representation leave-one-out, faithfulness).
 # Larger chunks are slower on CPU, not faster: at 16,384 tokens a chunk's FFN activations (100 MB) and attention
-# scores leave the caches. MiniLM paper tier, one thread: 16,384 tokens took 57 CPU-s on 24 MR sentences and 115 on
-# a 512-token document (K = 64), 2,048 tokens 44-46 and 92-102 (docs/performance.md, "The two changes").
+# scores leave the caches. MiniLM paper tier, one thread, A/B in one process: 16,384 tokens took 57 CPU-s on 24 MR
+# sentences, 2,048 tokens 44-46 (docs/performance.md, chunk size of extra forward passes).
 EXTRA_PASS_TOKENS = 2048
 # The same for passes that keep a graph (eq. 5, integrated gradients): 1,024-4,096 measured alike.
 GRAPH_PASS_TOKENS = 4096
